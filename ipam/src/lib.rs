@@ -1,0 +1,1 @@
+//! The iotlan IoT address pool. (Being written.)
