@@ -1,0 +1,1 @@
+//! Simulated-LAN tests (being written).

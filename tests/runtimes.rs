@@ -1,0 +1,1 @@
+//! Real-runtime tests (being written).
