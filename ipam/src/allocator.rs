@@ -1,0 +1,238 @@
+//! The allocation order, shared by every store.
+//!
+//! A store implements [`Claims`] (reads of its state plus an atomic claim of one address) and calls
+//! [`allocate`]. The logic needs no global lock: a store that claims an address with an atomic create that
+//! fails on conflict (an API object per address) reports the lost race from [`Claims::claim`], and the
+//! search simply moves on to the next candidate. A store with a lock (the file store) can make `claim`
+//! record the choice and write everything in [`Claims::finish`].
+//!
+//! Order, per family of the pool:
+//! 1. the address reserved for the identity;
+//! 2. else the requested address (`runtimeConfig.ips`): it must pass [`Pool::check_assignable`] and be
+//!    free, or the ADD fails ([`Error::NotAllowed`] / [`Error::Conflict`]);
+//! 3. else the identity's previous address (sticky across DEL), if still assignable and free;
+//! 4. else the first free address of [`Pool::candidates`], which starts at the identity's hash slot.
+//!
+//! A lease held by the *same identity* under a *different container ID* is stale (a pod name is unique in
+//! its namespace, so that container is an earlier sandbox of this pod whose DEL has not come yet): steps
+//! 1 to 3 take such an address over. The old container's later DEL then finds the address no longer
+//! its own and leaves it alone.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::addr::Family;
+use crate::error::Error;
+use crate::lease::{AllocRequest, Attachment, Lease};
+use crate::names;
+use crate::pool::Pool;
+
+/// What a store offers the allocator. Called within one [`crate::Store::allocate`].
+pub trait Claims {
+    /// The leases `att` already holds (an ADD for it is then idempotent).
+    fn held_by(&mut self, att: &Attachment) -> Result<Vec<Lease>, Error>;
+    /// The addresses `identity` held most recently (kept after DEL, for stickiness).
+    fn previous(&mut self, identity: &str) -> Result<Vec<IpAddr>, Error>;
+    /// The lease holding `ip`, if any.
+    fn holder(&mut self, ip: IpAddr) -> Result<Option<Lease>, Error>;
+    /// Whether `ip` is free. Stores may answer this more cheaply than [`Claims::holder`]; the search
+    /// asks it for every candidate.
+    fn is_free(&mut self, ip: IpAddr) -> Result<bool, Error> {
+        Ok(self.holder(ip)?.is_none())
+    }
+    /// Claims `lease.ip` for `lease`, atomically. `replacing` is the stale lease being taken over (the
+    /// claim must then succeed only while that lease still holds the address). Returns `Ok(None)` when
+    /// claimed, or `Ok(Some(holder))` when another lease holds the address (a lost race).
+    fn claim(&mut self, lease: &Lease, replacing: Option<&Lease>) -> Result<Option<Lease>, Error>;
+    /// Called once every family is claimed, with all leases of the attachment (kept and new): record the
+    /// attachment's index and the identity's addresses for stickiness.
+    fn finish(&mut self, req: &AllocRequest, leases: &[Lease]) -> Result<(), Error>;
+    /// Called when the allocation fails after some claims: undo them (best effort).
+    fn abandon(&mut self, claimed: &[Lease]) -> Result<(), Error>;
+}
+
+/// Runs the allocation order for `req` against a store's [`Claims`]. Returns one lease per family of the
+/// pool, IPv4 first. `node` is recorded in new leases.
+pub fn allocate(
+    pool: &Pool,
+    req: &AllocRequest,
+    node: Option<&str>,
+    claims: &mut dyn Claims,
+) -> Result<Vec<Lease>, Error> {
+    names::validate_identity(&req.identity)?;
+    req.attachment.validate()?;
+    let families = pool.families();
+    let mut requested: Vec<IpAddr> = Vec::new();
+    for &ip in &req.requested {
+        let fam = Family::of(&ip);
+        if !families.contains(&fam) {
+            return Err(Error::NotAllowed {
+                ip,
+                why: format!("pool {} has no {fam} subnet", pool.network()),
+            });
+        }
+        if let Some(other) = requested.iter().find(|o| Family::of(o) == fam) {
+            if *other != ip {
+                return Err(Error::NotAllowed {
+                    ip,
+                    why: format!("{other} is requested too; one address per family"),
+                });
+            }
+            continue;
+        }
+        requested.push(ip);
+    }
+
+    let existing = claims.held_by(&req.attachment)?;
+    for l in &existing {
+        if let Some(&want) = requested
+            .iter()
+            .find(|r| Family::of(r) == Family::of(&l.ip))
+        {
+            if want != l.ip {
+                return Err(Error::NotAllowed {
+                    ip: want,
+                    why: format!("{} already holds {}", req.attachment, l.ip),
+                });
+            }
+        }
+    }
+
+    let created_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let lease_for = |ip: IpAddr| Lease {
+        ip,
+        identity: req.identity.clone(),
+        container_id: req.attachment.container_id.clone(),
+        ifname: req.attachment.ifname.clone(),
+        node: node.map(str::to_string),
+        created_unix,
+    };
+
+    let mut claimed: Vec<Lease> = Vec::new();
+    let mut previous: Option<Vec<IpAddr>> = None;
+    for fam in families {
+        if existing.iter().any(|l| Family::of(&l.ip) == fam) {
+            continue;
+        }
+        let want = requested.iter().copied().find(|r| Family::of(r) == fam);
+        let result = match (pool.reservation(&req.identity, fam), want) {
+            (Some(r), Some(w)) if r != w => Err(Error::NotAllowed {
+                ip: w,
+                why: format!("{} has the reserved address {r}", req.identity),
+            }),
+            (Some(ip), _) => claim_fixed(claims, req, lease_for(ip)),
+            (None, Some(ip)) => pool
+                .check_assignable(ip, &req.identity)
+                .and_then(|()| claim_fixed(claims, req, lease_for(ip))),
+            (None, None) => {
+                if previous.is_none() {
+                    previous = Some(claims.previous(&req.identity)?);
+                }
+                let sticky = previous
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .filter(|ip| Family::of(ip) == fam)
+                    .find(|ip| pool.check_assignable(*ip, &req.identity).is_ok());
+                search(pool, claims, req, fam, sticky, &lease_for)
+            }
+        };
+        match result {
+            Ok(lease) => claimed.push(lease),
+            Err(e) => {
+                if !claimed.is_empty() {
+                    if let Err(undo) = claims.abandon(&claimed) {
+                        tracing::warn!(error = %undo, "could not undo a partial allocation");
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    let mut all = existing;
+    all.extend(claimed.iter().cloned());
+    all.sort_by_key(|l| (Family::of(&l.ip), l.ip));
+    if let Err(e) = claims.finish(req, &all) {
+        if !claimed.is_empty() {
+            if let Err(undo) = claims.abandon(&claimed) {
+                tracing::warn!(error = %undo, "could not undo a failed allocation");
+            }
+        }
+        return Err(e);
+    }
+    Ok(all)
+}
+
+/// Whether `holder` is an earlier sandbox of the same pod (same identity, another container).
+fn is_stale_self(holder: &Lease, req: &AllocRequest) -> bool {
+    holder.identity == req.identity && holder.container_id != req.attachment.container_id
+}
+
+/// Claims an address the attachment must get (a reservation or a request), taking over a stale lease of
+/// the same identity; any other holder is a conflict.
+fn claim_fixed(claims: &mut dyn Claims, req: &AllocRequest, lease: Lease) -> Result<Lease, Error> {
+    // Two rounds: the holder may change between the read and the claim in a lock-free store.
+    for _ in 0..2 {
+        let holder = claims.holder(lease.ip)?;
+        match holder {
+            Some(h) if is_stale_self(&h, req) => {
+                if claims.claim(&lease, Some(&h))?.is_none() {
+                    tracing::info!(ip = %lease.ip, old = %h.container_id, new = %lease.container_id,
+                        identity = %req.identity, "took over the address of a stale sandbox of the same pod");
+                    return Ok(lease);
+                }
+            }
+            Some(h) => return Err(h.conflict()),
+            None => {
+                if claims.claim(&lease, None)?.is_none() {
+                    return Ok(lease);
+                }
+            }
+        }
+    }
+    match claims.holder(lease.ip)? {
+        Some(h) => Err(h.conflict()),
+        None => Err(Error::Unavailable {
+            reason: format!("{} changed hands repeatedly while being claimed", lease.ip),
+        }),
+    }
+}
+
+fn search(
+    pool: &Pool,
+    claims: &mut dyn Claims,
+    req: &AllocRequest,
+    fam: Family,
+    sticky: Option<IpAddr>,
+    lease_for: &dyn Fn(IpAddr) -> Lease,
+) -> Result<Lease, Error> {
+    if let Some(ip) = sticky {
+        let lease = lease_for(ip);
+        match claims.holder(ip)? {
+            None => {
+                if claims.claim(&lease, None)?.is_none() {
+                    return Ok(lease);
+                }
+            }
+            Some(h) if is_stale_self(&h, req) => {
+                if claims.claim(&lease, Some(&h))?.is_none() {
+                    return Ok(lease);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for ip in pool.candidates(fam, &req.identity) {
+        if Some(ip) == sticky || !claims.is_free(ip)? {
+            continue;
+        }
+        let lease = lease_for(ip);
+        if claims.claim(&lease, None)?.is_none() {
+            return Ok(lease);
+        }
+    }
+    Err(pool.exhausted(fam))
+}

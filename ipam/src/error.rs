@@ -1,0 +1,95 @@
+//! The one error type of the pool library.
+//!
+//! The CNI layer maps each variant to a CNI error code; [`Error::is_retryable`] tells which ones a retry
+//! can fix (CNI code 11, "try again later").
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use crate::addr::Family;
+
+/// Everything that can go wrong in the pool library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The `ipam` configuration is invalid. `field` is the JSON path of the offending key, e.g.
+    /// `pool[1]`, `ipv6.gateway`, `reservations["iot/esphome-0"]`, `routes[0].dst`.
+    #[error("invalid ipam config: {field}: {reason}")]
+    InvalidConfig { field: String, reason: String },
+
+    /// No free address is left in the pool for this family.
+    #[error("pool {pool} is exhausted: all {size} {family} addresses are in use")]
+    Exhausted {
+        /// The network name and the subnet, e.g. `iot (192.168.20.0/24)`.
+        pool: String,
+        family: Family,
+        /// How many addresses of this family the pool can hand out (its ranges, less exclusions).
+        size: u64,
+    },
+
+    /// The address this attachment must get (its reservation or the IP it requested) is held by someone else.
+    #[error("{ip} is already held by {holder_identity} (container {holder_container}, interface {holder_ifname})")]
+    Conflict {
+        ip: IpAddr,
+        holder_identity: String,
+        holder_container: String,
+        holder_ifname: String,
+    },
+
+    /// A requested address may not be handed to this identity (outside the subnet or the pool, excluded,
+    /// the gateway, reserved for another identity, a second address of one family, ...).
+    #[error("{ip} cannot be assigned: {why}")]
+    NotAllowed { ip: IpAddr, why: String },
+
+    /// A store file does not hold what it should (truncated, corrupted, or edited by hand). Never reset
+    /// silently: fix or remove the named file.
+    #[error("store file {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+
+    /// The store could not be read or written (a full disk, a read-only file system, permissions).
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The store is locked by another process for longer than the lock timeout. A retry can help.
+    #[error("store {path} is busy: its lock was not acquired within {waited_ms} ms")]
+    Busy { path: PathBuf, waited_ms: u64 },
+
+    /// The store cannot be reached right now (e.g. an API server). A retry can help.
+    #[error("store unavailable: {reason}")]
+    Unavailable { reason: String },
+
+    /// A network name, container ID, interface name or identity that is not safe to use (it would end up
+    /// in a file name).
+    #[error("invalid {what} {value:?}: {why}")]
+    InvalidName {
+        what: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same operation later can succeed (CNI error code 11).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Busy { .. } | Error::Unavailable { .. })
+    }
+
+    pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::InvalidConfig {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}

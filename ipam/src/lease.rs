@@ -1,0 +1,118 @@
+//! Leases, attachments, requests and the allocation handed back to the CNI layer.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::names;
+
+/// One interface of one container: the key a lease is released by (CNI DEL, GC).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl Attachment {
+    pub fn new(container_id: impl Into<String>, ifname: impl Into<String>) -> Attachment {
+        Attachment {
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        }
+    }
+
+    /// Checks the container ID and the interface name (they become file names).
+    pub fn validate(&self) -> Result<(), Error> {
+        names::validate_container_id(&self.container_id)?;
+        names::validate_ifname(&self.ifname)
+    }
+}
+
+impl fmt::Display for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.container_id, self.ifname)
+    }
+}
+
+/// An ADD: who asks (its identity), for which interface, and the addresses it requested
+/// (`runtimeConfig.ips`, at most one per family; empty when none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllocRequest {
+    /// `namespace/name` of the pod, or the container ID when the runtime gives no pod name.
+    pub identity: String,
+    pub attachment: Attachment,
+    pub requested: Vec<IpAddr>,
+}
+
+/// One allocated address and who holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    pub ip: IpAddr,
+    pub identity: String,
+    pub container_id: String,
+    pub ifname: String,
+    /// The node that holds the lease, where the store knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// When the lease was taken, in seconds since the Unix epoch.
+    pub created_unix: u64,
+}
+
+impl Lease {
+    pub fn attachment(&self) -> Attachment {
+        Attachment::new(self.container_id.clone(), self.ifname.clone())
+    }
+
+    /// Whether this lease belongs to `att`.
+    pub fn is_held_by(&self, att: &Attachment) -> bool {
+        self.container_id == att.container_id && self.ifname == att.ifname
+    }
+
+    pub(crate) fn conflict(&self) -> Error {
+        Error::Conflict {
+            ip: self.ip,
+            holder_identity: self.identity.clone(),
+            holder_container: self.container_id.clone(),
+            holder_ifname: self.ifname.clone(),
+        }
+    }
+}
+
+/// What the CNI layer puts into its result for a set of leases.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Allocation {
+    pub addresses: Vec<Assigned>,
+    /// The configured routes of the families present (the subnet route is implied by each address's
+    /// prefix). Never a default route.
+    pub routes: Vec<Route>,
+    pub dns: Dns,
+}
+
+/// One address with its subnet prefix and its family's gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Assigned {
+    pub address: IpNetwork,
+    pub gateway: Option<IpAddr>,
+}
+
+/// A route via this network. `gw` is the route's own gateway, else the family's gateway, else `None`
+/// (on-link).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Route {
+    pub dst: IpNetwork,
+    pub gw: Option<IpAddr>,
+}
+
+/// DNS settings for the CNI result.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Dns {
+    pub nameservers: Vec<String>,
+    pub domain: Option<String>,
+    pub search: Vec<String>,
+    pub options: Vec<String>,
+}
