@@ -171,6 +171,68 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Names the network namespace of process `pid` (`ip netns attach`), e.g. a container's, so
+    /// the readers work on it. Drop only removes the name; the namespace lives while `pid` does.
+    pub fn attach(prefix: &str, pid: u32) -> Netns {
+        let name = unique_name(prefix);
+        run("ip", &["netns", "attach", &name, &pid.to_string()]);
+        Netns { name }
+    }
+}
+
+/// A process whose network namespace is `ns_link` (as `readlink /proc/<pid>/ns/net` prints it,
+/// `net:[4026532...]`), e.g. to find a container's netns from what the container printed.
+pub fn pid_in_netns(ns_link: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|l| l.to_string_lossy() == ns_link)
+        })
+}
+
+/// The shell run by [`on_node`]: in a private mount namespace, keep the host's cgroup tree, apply
+/// the binds, enter the node's netns, mount a sysfs of that netns on /sys, put the cgroup tree back.
+const ON_NODE_SCRIPT: &str = r#"set -e
+mount --rbind /sys/fs/cgroup "$IOTLAN_STAGE"
+printf '%s\n' "$IOTLAN_BINDS" | while read -r src dst; do [ -z "$src" ] || mount --bind "$src" "$dst"; done
+exec nsenter --net="$IOTLAN_NETNS" sh -c 'mount -t sysfs sysfs /sys && mount --move "$IOTLAN_STAGE" /sys/fs/cgroup && unset IOTLAN_STAGE IOTLAN_BINDS IOTLAN_NETNS && exec "$@"' sh "$@"
+"#;
+
+/// A command that runs `program` "on the node", as a container runtime runs on a real node:
+/// inside `node`'s netns, with a /sys of that netns (so plugins see only the node's interfaces)
+/// but the host's cgroup tree (runc needs it), in a private mount namespace where each
+/// `(src, dst)` of `binds` is bind-mounted (e.g. a private CNI config dir over `/etc/cni/net.d`).
+/// Nothing changes outside that process tree. `scratch` is an empty directory this may use.
+/// Append the program's arguments to the returned command.
+pub fn on_node(node: &Netns, scratch: &Path, binds: &[(&Path, &Path)], program: &str) -> Command {
+    let stage = scratch.join("cgroup-stage");
+    std::fs::create_dir_all(&stage)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", stage.display()));
+    let binds: Vec<String> = binds
+        .iter()
+        .map(|(s, d)| format!("{} {}", s.display(), d.display()))
+        .collect();
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "slave",
+        "sh",
+        "-c",
+        ON_NODE_SCRIPT,
+        "sh",
+    ])
+    .arg(program)
+    .env("IOTLAN_STAGE", &stage)
+    .env("IOTLAN_NETNS", node.path())
+    .env("IOTLAN_BINDS", binds.join("\n"));
+    cmd
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace destroys its veths (and their peers) and macvlans.
