@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what vm-tests/run needs (Debian 12) and caches Debian's cloud kernel. Idempotent and quiet.
+#   qemu-system-x86 + vde2: the VMs and their shared L2 segment (TCG, no host privileges needed)
+#   busybox-static, iproute2, nftables, socat: copied into the guests' initramfs
+#   containernetworking-plugins: Debian's reference plugins (vm-tests/run --reference)
+# The kernel lands in ${VMT_CACHE_DIR:-<repo>/.cache/vm}/kernel -> kernel-<version>/{vmlinuz,lib/modules/<version>}.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${VMT_CACHE_DIR:-$(dirname "$here")/.cache/vm}
+packages=(qemu-system-x86 vde2 busybox-static iproute2 nftables socat cpio python3 containernetworking-plugins)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt=(apt-get -o DPkg::Lock::Timeout=600 -y -qq --no-install-recommends)
+    if ! "${apt[@]}" install "${missing[@]}" >/dev/null; then
+        apt-get -o DPkg::Lock::Timeout=600 -qq update >/dev/null
+        "${apt[@]}" install "${missing[@]}" >/dev/null
+    fi
+fi
+
+if [[ -e $cache/kernel/vmlinuz ]]; then
+    exit 0
+fi
+# The package the cloud-kernel metapackage points at, e.g. linux-image-6.1.0-56-cloud-amd64.
+pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
+[[ -n $pkg ]] || { echo "setup.sh: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
+mkdir -p "$cache"
+tmp=$(mktemp -d "$cache/download.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+(cd "$tmp" && apt-get -o APT::Sandbox::User=root -qq download "$pkg" >/dev/null)
+dpkg-deb -x "$tmp"/*.deb "$tmp/root"
+version=$(ls "$tmp/root/lib/modules")
+busybox depmod -b "$tmp/root" "$version"
+dest=$cache/kernel-$version
+rm -rf "$dest"
+mkdir -p "$dest/lib/modules"
+mv "$tmp/root/boot/vmlinuz-$version" "$dest/vmlinuz"
+mv "$tmp/root/lib/modules/$version" "$dest/lib/modules/"
+ln -sfn "kernel-$version" "$cache/kernel"
+echo "setup.sh: cached $pkg in $dest"
