@@ -128,6 +128,17 @@ pub(crate) fn parse_span(s: &str) -> Result<(Family, Span), String> {
     Ok((Family::of(&ip), Span::point(to_u128(ip))))
 }
 
+/// Parses a CIDR block such as `192.168.20.0/24`; a bare address (no `/`) is refused.
+pub(crate) fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
+    let s = s.trim();
+    if !s.contains('/') {
+        return Err(format!(
+            "{s:?} is not a CIDR block such as 192.168.20.0/24 (the /prefix is missing)"
+        ));
+    }
+    IpNetwork::from_str(s).map_err(|e| format!("{s:?} is not a CIDR block: {e}"))
+}
+
 pub(crate) fn parse_ip(s: &str) -> Result<IpAddr, String> {
     IpAddr::from_str(s).map_err(|_| format!("{s:?} is not an IP address"))
 }

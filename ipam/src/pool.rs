@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use ipnetwork::IpNetwork;
 
-use crate::addr::{fnv1a64, from_u128, parse_ip, parse_span, to_u128, Family, Span, SpanSet};
+use crate::addr::{
+    fnv1a64, from_u128, parse_cidr, parse_ip, parse_span, to_u128, Family, Span, SpanSet,
+};
 use crate::config::{PoolConfig, RouteConfig};
 use crate::error::Error;
 use crate::lease::{Allocation, Assigned, Dns, Lease, Route};
@@ -43,6 +44,7 @@ struct FamilyPool {
 impl FamilyPool {
     fn new(
         prefix: &str,
+        expect: Option<Family>,
         subnet: &str,
         gateway: Option<&str>,
         pool: Option<&[String]>,
@@ -55,12 +57,7 @@ impl FamilyPool {
                 "required: the LAN's subnet, e.g. 192.168.20.0/24",
             ));
         }
-        let net = IpNetwork::from_str(subnet.trim()).map_err(|e| {
-            Error::config(
-                field("subnet"),
-                format!("{subnet:?} is not a subnet such as 192.168.20.0/24: {e}"),
-            )
-        })?;
+        let net = parse_cidr(subnet).map_err(|e| Error::config(field("subnet"), e))?;
         if net.ip() != net.network() {
             return Err(Error::config(
                 field("subnet"),
@@ -72,6 +69,12 @@ impl FamilyPool {
             ));
         }
         let family = Family::of(&net.ip());
+        if let Some(want) = expect.filter(|f| *f != family) {
+            return Err(Error::config(
+                field("subnet"),
+                format!("{net} is not {want}"),
+            ));
+        }
         let max_prefix = match family {
             Family::V4 => 30,
             Family::V6 => 126,
@@ -216,6 +219,7 @@ impl Pool {
         names::validate_network(network)?;
         let mut families = vec![FamilyPool::new(
             "",
+            None,
             &cfg.subnet,
             cfg.gateway.as_deref(),
             cfg.pool.as_deref(),
@@ -230,17 +234,12 @@ impl Pool {
             }
             let fp = FamilyPool::new(
                 "ipv6.",
+                Some(Family::V6),
                 &v6.subnet,
                 v6.gateway.as_deref(),
                 v6.pool.as_deref(),
                 &v6.exclude,
             )?;
-            if fp.family != Family::V6 {
-                return Err(Error::config(
-                    "ipv6.subnet",
-                    format!("{} is not IPv6", fp.subnet),
-                ));
-            }
             families.push(fp);
         }
 
@@ -479,8 +478,7 @@ fn validate_route(
     families: &[FamilyPool],
 ) -> Result<(IpNetwork, Option<IpAddr>), Error> {
     let field = format!("routes[{i}].dst");
-    let dst = IpNetwork::from_str(r.dst.trim())
-        .map_err(|e| Error::config(&field, format!("{:?} is not a CIDR block: {e}", r.dst)))?;
+    let dst = parse_cidr(&r.dst).map_err(|e| Error::config(&field, e))?;
     if dst.prefix() == 0 {
         return Err(Error::config(
             field,

@@ -1,6 +1,7 @@
 //! Where leases live. Every store implements [`Store`] with the same semantics, and runs the shared
 //! allocation order of [`crate::allocator`] through its own [`crate::allocator::Claims`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{StoreConfig, DEFAULT_LOCK_TIMEOUT_MS};
@@ -29,6 +30,25 @@ pub trait Store: Send + Sync {
     fn gc(&self, valid: &[Attachment]) -> Result<Vec<Lease>, Error>;
     /// Every lease, sorted by address (for STATUS and the operator CLI).
     fn leases(&self) -> Result<Vec<Lease>, Error>;
+}
+
+/// A shared store is a store (one handle per thread, same state).
+impl<S: Store + ?Sized> Store for Arc<S> {
+    fn allocate(&self, pool: &Pool, req: &AllocRequest) -> Result<Vec<Lease>, Error> {
+        (**self).allocate(pool, req)
+    }
+    fn release(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
+        (**self).release(att)
+    }
+    fn find(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
+        (**self).find(att)
+    }
+    fn gc(&self, valid: &[Attachment]) -> Result<Vec<Lease>, Error> {
+        (**self).gc(valid)
+    }
+    fn leases(&self) -> Result<Vec<Lease>, Error> {
+        (**self).leases()
+    }
 }
 
 /// Opens the store `cfg` describes for `network`.
