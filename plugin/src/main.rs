@@ -1,1 +1,42 @@
-fn main() {}
+//! `iotlan`: the CNI plugin when CNI_COMMAND is set, else the operator's command line.
+
+use iotlan::cni::{self, Plugin};
+
+const USAGE: &str = "\
+iotlan: a CNI plugin for the home/IoT LAN (macvlan with ipvlan L2 fallback, static IoT address pool)
+
+As a CNI plugin, the runtime runs it with CNI_COMMAND=ADD|DEL|CHECK|VERSION|STATUS|GC and the network
+configuration on stdin.
+
+Commands:
+  iotlan validate [FILE|-]   check a CNI config (a NAD's config) with iotlan's own parser and pool rules
+  iotlan version             print the plugin version and the CNI versions it speaks
+  iotlan help                this text
+";
+
+fn main() {
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        std::process::exit(cni::main(Plugin::Main));
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match args.first().map(String::as_str) {
+        None | Some("help") | Some("--help") | Some("-h") => {
+            print!("{USAGE}");
+            0
+        }
+        Some("version") | Some("--version") => {
+            println!(
+                "iotlan {} (CNI {})",
+                env!("CARGO_PKG_VERSION"),
+                cni::version::SUPPORTED.join(", ")
+            );
+            0
+        }
+        Some("validate") => iotlan::cli::validate(args.get(1).map(String::as_str)),
+        Some(other) => {
+            eprintln!("iotlan: unknown command {other:?}\n\n{USAGE}");
+            2
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,258 @@
+//! The CNI_* environment a runtime passes, validated before any of it touches a path or netlink.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// A CNI verb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Add,
+    Del,
+    Check,
+    Version,
+    Status,
+    Gc,
+}
+
+impl Command {
+    pub fn parse(s: &str) -> Result<Command> {
+        Ok(match s {
+            "ADD" => Command::Add,
+            "DEL" => Command::Del,
+            "CHECK" => Command::Check,
+            "VERSION" => Command::Version,
+            "STATUS" => Command::Status,
+            "GC" => Command::Gc,
+            other => {
+                return Err(Error::InvalidEnv(format!(
+                    "CNI_COMMAND {other:?} is not a CNI verb (ADD, DEL, CHECK, VERSION, STATUS, GC)"
+                )))
+            }
+        })
+    }
+}
+
+/// The container an ADD/DEL/CHECK is about.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub container_id: String,
+    /// Empty when the runtime passes none (DEL only: containerd's ctr, a netns that is gone).
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+    pub args: PodArgs,
+}
+
+/// The pod identity from CNI_ARGS (Multus/kubelet), if any.
+#[derive(Debug, Clone, Default)]
+pub struct PodArgs {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+impl Attachment {
+    /// "namespace/name" when the runtime names the pod, else the container ID.
+    pub fn identity(&self) -> String {
+        match (&self.args.namespace, &self.args.name) {
+            (Some(ns), Some(name)) => format!("{ns}/{name}"),
+            _ => self.container_id.clone(),
+        }
+    }
+}
+
+/// Everything read from the environment for one invocation.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub command: Command,
+    pub attachment: Option<Attachment>,
+    /// Directories searched for delegated IPAM plugins.
+    pub path: Vec<PathBuf>,
+}
+
+impl Env {
+    /// Reads the process environment.
+    pub fn from_process() -> Result<Env> {
+        Env::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Env> {
+        let command = Command::parse(
+            &get("CNI_COMMAND")
+                .ok_or_else(|| Error::InvalidEnv("CNI_COMMAND is not set".into()))?,
+        )?;
+        let path = get("CNI_PATH")
+            .unwrap_or_default()
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        let attachment = match command {
+            Command::Add | Command::Del | Command::Check => Some(read_attachment(command, &get)?),
+            Command::Version | Command::Status | Command::Gc => None,
+        };
+        Ok(Env {
+            command,
+            attachment,
+            path,
+        })
+    }
+}
+
+fn read_attachment(command: Command, get: &impl Fn(&str) -> Option<String>) -> Result<Attachment> {
+    let container_id = get("CNI_CONTAINERID")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Error::InvalidEnv("CNI_CONTAINERID is not set".into()))?;
+    validate_container_id(&container_id)?;
+    let ifname = get("CNI_IFNAME")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Error::InvalidEnv("CNI_IFNAME is not set".into()))?;
+    validate_ifname(&ifname)?;
+    let netns = get("CNI_NETNS")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
+    if netns.is_none() && command != Command::Del {
+        return Err(Error::InvalidEnv(format!(
+            "CNI_NETNS is not set: {command:?} needs the container's network namespace path"
+        )));
+    }
+    let args = parse_cni_args(&get("CNI_ARGS").unwrap_or_default())?;
+    Ok(Attachment {
+        container_id,
+        netns,
+        ifname,
+        args,
+    })
+}
+
+/// `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, as the spec requires: it ends up in file names.
+pub fn validate_container_id(id: &str) -> Result<()> {
+    let mut chars = id.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Err(Error::InvalidEnv(format!(
+            "CNI_CONTAINERID {id:?} is invalid: it must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"
+        )));
+    }
+    Ok(())
+}
+
+/// A Linux interface name: 1 to 15 bytes, no '/', ':' or whitespace, not "." or "..".
+pub fn validate_ifname(name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if bad {
+        return Err(Error::InvalidEnv(format!(
+            "CNI_IFNAME {name:?} is not a valid interface name: 1-15 bytes, no '/', ':' or whitespace"
+        )));
+    }
+    Ok(())
+}
+
+/// `K=V;K=V` pairs. Keys iotlan does not use are ignored (Multus always sends `IgnoreUnknown=true`).
+pub fn parse_cni_args(s: &str) -> Result<PodArgs> {
+    let mut args = PodArgs::default();
+    for pair in s.split(';').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            Error::InvalidEnv(format!(
+                "CNI_ARGS entry {pair:?} is not of the form KEY=VALUE"
+            ))
+        })?;
+        match k {
+            "K8S_POD_NAMESPACE" if !v.is_empty() => args.namespace = Some(v.to_string()),
+            "K8S_POD_NAME" if !v.is_empty() => args.name = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<Env> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn reads_multus_style_env() {
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "abc123"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "net1"),
+            ("CNI_PATH", "/opt/cni/bin:/usr/lib/cni"),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=true;K8S_POD_NAMESPACE=home-assistant;K8S_POD_NAME=home-assistant-0;K8S_POD_INFRA_CONTAINER_ID=abc123;K8S_POD_UID=u",
+            ),
+        ])
+        .unwrap();
+        let a = e.attachment.unwrap();
+        assert_eq!(a.identity(), "home-assistant/home-assistant-0");
+        assert_eq!(e.path.len(), 2);
+    }
+
+    #[test]
+    fn identity_falls_back_to_container_id() {
+        let e = env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_IFNAME", "eth1"),
+        ])
+        .unwrap();
+        let a = e.attachment.unwrap();
+        assert!(a.netns.is_none(), "DEL accepts an empty CNI_NETNS");
+        assert_eq!(a.identity(), "abc");
+    }
+
+    #[test]
+    fn rejects_bad_input_with_code_4() {
+        for bad in [
+            vec![
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "../etc"),
+                ("CNI_NETNS", "/x"),
+                ("CNI_IFNAME", "net1"),
+            ],
+            vec![
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "ok"),
+                ("CNI_NETNS", "/x"),
+                ("CNI_IFNAME", "a-very-long-ifname"),
+            ],
+            vec![
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "ok"),
+                ("CNI_NETNS", "/x"),
+                ("CNI_IFNAME", "net:1"),
+            ],
+            vec![
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "ok"),
+                ("CNI_IFNAME", "net1"),
+            ],
+            vec![
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "ok"),
+                ("CNI_NETNS", "/x"),
+                ("CNI_IFNAME", "net1"),
+                ("CNI_ARGS", "novalue"),
+            ],
+            vec![("CNI_COMMAND", "FROB")],
+        ] {
+            let err = env(&bad).unwrap_err();
+            assert_eq!(err.code(), 4, "{bad:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The CNI protocol: environment, versions, results, and the entry point that reads stdin, runs a
+//! verb and writes exactly one JSON document (a result or an error) to stdout.
+
+pub mod env;
+pub mod result;
+pub mod version;
+
+use std::io::{Read, Write};
+
+use crate::config::NetConf;
+use crate::error::{Error, ErrorReply, Result};
+use env::{Command, Env};
+use version::CURRENT;
+
+/// Which binary is running: the main plugin or the standalone IPAM plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plugin {
+    Main,
+    Ipam,
+}
+
+/// Runs one CNI invocation and returns the process exit code.
+pub fn main(plugin: Plugin) -> i32 {
+    let mut stdin = Vec::new();
+    let read = std::io::stdin().read_to_end(&mut stdin);
+    let mut version_for_errors = CURRENT.to_string();
+    let outcome = read
+        .map_err(|e| Error::io("cannot read the configuration from stdin", e))
+        .and_then(|_| dispatch(plugin, &stdin, &mut version_for_errors));
+    let mut out = std::io::stdout().lock();
+    match outcome {
+        Ok(Some(json)) => {
+            let _ = writeln!(out, "{json}");
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => {
+            tracing::error!(code = e.code(), error = %e, "failed");
+            let _ = writeln!(out, "{}", ErrorReply::new(&version_for_errors, &e));
+            1
+        }
+    }
+}
+
+fn dispatch(
+    plugin: Plugin,
+    stdin: &[u8],
+    version_for_errors: &mut String,
+) -> Result<Option<serde_json::Value>> {
+    let env = Env::from_process()?;
+    if env.command == Command::Version {
+        let requested: Option<String> = serde_json::from_slice::<serde_json::Value>(stdin)
+            .ok()
+            .and_then(|v| {
+                v.get("cniVersion")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string)
+            });
+        return Ok(Some(version::version_reply(requested.as_deref())));
+    }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(stdin) {
+        if let Some(s) = v.get("cniVersion").and_then(|c| c.as_str()) {
+            if version::SUPPORTED.contains(&s) {
+                *version_for_errors = s.to_string();
+            }
+        }
+    }
+    let conf = NetConf::parse(stdin)?;
+    crate::logging::init(conf.log_file.as_deref(), conf.log_level.as_deref());
+    tracing::debug!(command = ?env.command, network = %conf.name, "invoked");
+    let v = conf.cni_version;
+    let refuse = |verb: &str, since: &str| {
+        Err(Error::IncompatibleVersion(format!(
+            "cniVersion {} does not have {verb} (it exists from {since} on)",
+            conf.cni_version_str
+        )))
+    };
+    match (plugin, env.command) {
+        (_, Command::Check) if !v.has_check() => refuse("CHECK", "0.4.0"),
+        (_, Command::Status) if !v.has_status_and_gc() => refuse("STATUS", "1.1.0"),
+        (_, Command::Gc) if !v.has_status_and_gc() => refuse("GC", "1.1.0"),
+        (Plugin::Main, Command::Add) => {
+            let att = attachment(&env)?;
+            Ok(Some(crate::verbs::add::run(&env, &conf, att)?.to_json(v)))
+        }
+        (Plugin::Main, Command::Del) => {
+            crate::verbs::del::run(&env, &conf, attachment(&env)?).map(|_| None)
+        }
+        (Plugin::Main, Command::Check) => {
+            crate::verbs::check::run(&env, &conf, attachment(&env)?).map(|_| None)
+        }
+        (Plugin::Main, Command::Status) => crate::verbs::status::run(&env, &conf).map(|_| None),
+        (Plugin::Main, Command::Gc) => crate::verbs::gc::run(&env, &conf).map(|_| None),
+        (Plugin::Ipam, command) => crate::ipam_plugin::run(command, &env, &conf),
+        (_, Command::Version) => Ok(Some(version::version_reply(Some(&conf.cni_version_str)))),
+    }
+}
+
+fn attachment(env: &Env) -> Result<&env::Attachment> {
+    env.attachment
+        .as_ref()
+        .ok_or_else(|| Error::InvalidEnv("CNI_CONTAINERID/CNI_IFNAME are not set".into()))
+}

@@ -1,0 +1,390 @@
+//! The network configuration (a NetworkAttachmentDefinition's CNI config) as iotlan reads it.
+//! Every key is documented in the README's configuration reference; keep the two in step.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cni::version::Version;
+use crate::error::{Error, Result};
+use crate::mac::Mac;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/iotlan";
+
+/// Which link driver to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverChoice {
+    /// macvlan first, ipvlan L2 when macvlan cannot be created or its MAC is dropped.
+    #[default]
+    Auto,
+    Macvlan,
+    Ipvlan,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MacvlanMode {
+    #[default]
+    Bridge,
+    Private,
+    Vepa,
+    Passthru,
+}
+
+/// The ARP probe of the gateway after a macvlan is up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Probe {
+    #[serde(default)]
+    pub gateway: bool,
+    #[serde(default = "default_probe_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_probe_timeout() -> u64 {
+    800
+}
+
+/// Gratuitous ARP / unsolicited NA after ADD: `count` rounds, `intervalMs` apart. The kernel sends the
+/// first round as the link comes up; rounds after it are sent before ADD returns (no process is left
+/// behind) and cost a packet socket (an RCU grace period, ~10-20 ms) plus the intervals.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Announce {
+    #[serde(default = "default_announce_count")]
+    pub count: u32,
+    #[serde(default = "default_announce_interval")]
+    pub interval_ms: u64,
+}
+
+fn default_announce_count() -> u32 {
+    1
+}
+fn default_announce_interval() -> u64 {
+    0
+}
+
+impl Default for Announce {
+    fn default() -> Self {
+        Announce {
+            count: default_announce_count(),
+            interval_ms: default_announce_interval(),
+        }
+    }
+}
+
+/// IPv6 behaviour on net1.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ipv6 {
+    /// Accept router advertisements (SLAAC addresses and route information options), as Matter
+    /// devices and Thread border routers on the LAN need.
+    #[serde(default)]
+    pub accept_ra: bool,
+    /// Let RAs install a default route via net1. Off unless asked: net1 never carries default traffic.
+    #[serde(default)]
+    pub default_route: bool,
+}
+
+/// `runtimeConfig` (only present when the config declares the matching `capabilities`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    #[serde(default)]
+    pub ips: Vec<String>,
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConf {
+    cni_version: Option<String>,
+    name: Option<String>,
+    #[serde(rename = "type")]
+    plugin_type: Option<String>,
+    master: Option<String>,
+    #[serde(default)]
+    driver: DriverChoice,
+    #[serde(default)]
+    macvlan_mode: MacvlanMode,
+    ipvlan_mode: Option<String>,
+    mtu: Option<u32>,
+    probe: Option<Probe>,
+    announce: Option<Announce>,
+    ipv6: Option<Ipv6>,
+    state_dir: Option<PathBuf>,
+    log_file: Option<PathBuf>,
+    log_level: Option<String>,
+    ipam: Option<Value>,
+    #[serde(default)]
+    runtime_config: RuntimeConfig,
+    prev_result: Option<Value>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Vec<GcAttachment>>,
+    #[serde(rename = "cni.dev/attachments")]
+    attachments: Option<Vec<GcAttachment>>,
+}
+
+/// One entry of GC's `cni.dev/valid-attachments`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GcAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct NetConf {
+    pub cni_version: Version,
+    pub cni_version_str: String,
+    pub name: String,
+    pub master: Option<String>,
+    pub driver: DriverChoice,
+    pub macvlan_mode: MacvlanMode,
+    pub mtu: Option<u32>,
+    pub probe: Option<Probe>,
+    pub announce: Announce,
+    pub ipv6: Ipv6,
+    pub state_dir: PathBuf,
+    pub log_file: Option<PathBuf>,
+    pub log_level: Option<String>,
+    /// The `ipam` object as given (delegated plugins receive the whole config anyway).
+    pub ipam: Value,
+    pub ipam_type: String,
+    pub requested_ips: Vec<IpAddr>,
+    pub requested_mac: Option<Mac>,
+    pub prev_result: Option<Value>,
+    /// GC: the attachments the runtime still knows (None when the key is absent).
+    pub valid_attachments: Option<Vec<GcAttachment>>,
+    /// The configuration bytes as received: delegated IPAM plugins get exactly these.
+    pub raw: Vec<u8>,
+}
+
+impl NetConf {
+    /// Parses and validates stdin. Decode errors are code 6, bad values code 7, versions code 1.
+    pub fn parse(bytes: &[u8]) -> Result<NetConf> {
+        let raw: RawConf = serde_json::from_slice(bytes).map_err(|e| {
+            Error::Decode(format!(
+                "network configuration is not valid JSON for iotlan: {e}"
+            ))
+        })?;
+        let cni_version_str = raw
+            .cni_version
+            .ok_or_else(|| Error::InvalidConfig("cniVersion is missing".into()))?;
+        let cni_version = Version::parse(&cni_version_str)?;
+        let name = raw
+            .name
+            .ok_or_else(|| Error::InvalidConfig("name is missing".into()))?;
+        validate_network_name(&name)?;
+        if let Some(t) = &raw.plugin_type {
+            if t.is_empty() {
+                return Err(Error::InvalidConfig("type is empty".into()));
+            }
+        }
+        if let Some(mode) = raw.ipvlan_mode.as_deref() {
+            if !mode.eq_ignore_ascii_case("l2") {
+                return Err(Error::InvalidConfig(format!(
+                    "ipvlanMode {mode:?} is refused: only \"l2\" carries multicast and broadcast (mDNS, SSDP); \
+                     ipvlan l3/l3s would silently drop device discovery"
+                )));
+            }
+        }
+        if let Some(mtu) = raw.mtu {
+            if !(68..=65535).contains(&mtu) {
+                return Err(Error::InvalidConfig(format!(
+                    "mtu {mtu} is out of range (68-65535)"
+                )));
+            }
+        }
+        if let Some(master) = &raw.master {
+            crate::cni::env::validate_ifname(master).map_err(|_| {
+                Error::InvalidConfig(format!("master {master:?} is not a valid interface name"))
+            })?;
+        }
+        if let Some(p) = &raw.probe {
+            if p.gateway && !(1..=60_000).contains(&p.timeout_ms) {
+                return Err(Error::InvalidConfig(format!(
+                    "probe.timeoutMs {} is out of range (1-60000)",
+                    p.timeout_ms
+                )));
+            }
+        }
+        let ipam = raw.ipam.ok_or_else(|| {
+            Error::InvalidConfig("ipam is missing: iotlan needs an address for net1".into())
+        })?;
+        let ipam_type = ipam
+            .get("type")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::InvalidConfig("ipam.type is missing".into()))?
+            .to_string();
+        if ipam_type.contains('/') || ipam_type.starts_with('.') {
+            return Err(Error::InvalidConfig(format!(
+                "ipam.type {ipam_type:?} is not a plugin name"
+            )));
+        }
+        let requested_ips = raw
+            .runtime_config
+            .ips
+            .iter()
+            .map(|s| parse_requested_ip(s))
+            .collect::<Result<Vec<_>>>()?;
+        let requested_mac = match raw.runtime_config.mac.as_deref() {
+            Some(m) => Some(
+                Mac::parse_unicast(m)
+                    .map_err(|e| Error::InvalidConfig(format!("runtimeConfig.mac {m:?}: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(NetConf {
+            cni_version,
+            cni_version_str,
+            name,
+            master: raw.master,
+            driver: raw.driver,
+            macvlan_mode: raw.macvlan_mode,
+            mtu: raw.mtu,
+            probe: raw.probe.filter(|p| p.gateway),
+            announce: raw.announce.unwrap_or_default(),
+            ipv6: raw.ipv6.unwrap_or_default(),
+            state_dir: raw
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            log_file: raw.log_file,
+            log_level: raw.log_level,
+            ipam,
+            ipam_type,
+            requested_ips,
+            requested_mac,
+            prev_result: raw.prev_result,
+            valid_attachments: raw.valid_attachments.or(raw.attachments),
+            raw: bytes.to_vec(),
+        })
+    }
+
+    /// The `ipam.subnet` of iotlan-ipam or host-local style configs, used to find the master.
+    pub fn ipam_subnets(&self) -> Vec<ipnetwork::IpNetwork> {
+        let mut out = Vec::new();
+        let mut push = |v: Option<&Value>| {
+            if let Some(n) = v.and_then(Value::as_str).and_then(|s| s.parse().ok()) {
+                out.push(n);
+            }
+        };
+        push(self.ipam.get("subnet"));
+        push(self.ipam.get("ipv6").and_then(|v| v.get("subnet")));
+        for range in self
+            .ipam
+            .get("ranges")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for r in range.as_array().into_iter().flatten() {
+                push(r.get("subnet"));
+            }
+        }
+        for a in self
+            .ipam
+            .get("addresses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(n) = a
+                .get("address")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<ipnetwork::IpNetwork>().ok())
+            {
+                if let Ok(net) = ipnetwork::IpNetwork::new(n.network(), n.prefix()) {
+                    out.push(net);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// CNI network names end up in file names: same rule as container IDs.
+pub fn validate_network_name(name: &str) -> Result<()> {
+    crate::cni::env::validate_container_id(name).map_err(|_| {
+        Error::InvalidConfig(format!(
+            "network name {name:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"
+        ))
+    })
+}
+
+/// `runtimeConfig.ips` entries are CIDRs by convention ("192.168.20.100/24"); a bare IP is accepted.
+fn parse_requested_ip(s: &str) -> Result<IpAddr> {
+    let ip = s.split('/').next().unwrap_or(s);
+    ip.parse().map_err(|_| {
+        Error::InvalidConfig(format!(
+            "runtimeConfig.ips entry {s:?} is not an IP address or CIDR"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(extra: &str) -> Result<NetConf> {
+        let s = format!(
+            r#"{{"cniVersion":"1.0.0","name":"iot","type":"iotlan",{extra}
+               "ipam":{{"type":"iotlan-ipam","subnet":"192.168.20.0/24"}}}}"#
+        );
+        NetConf::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = conf("").unwrap();
+        assert_eq!(c.driver, DriverChoice::Auto);
+        assert_eq!(c.macvlan_mode, MacvlanMode::Bridge);
+        assert!(c.probe.is_none());
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.ipam_subnets(), vec!["192.168.20.0/24".parse().unwrap()]);
+    }
+
+    #[test]
+    fn refuses_ipvlan_l3_naming_the_reason() {
+        let err = conf(r#""ipvlanMode":"l3","#).unwrap_err();
+        assert_eq!(err.code(), 7);
+        assert!(err.to_string().contains("multicast"));
+    }
+
+    #[test]
+    fn reads_runtime_config() {
+        let c = conf(r#""runtimeConfig":{"ips":["192.168.20.100/24"],"mac":"c2:11:22:33:44:55"},"#)
+            .unwrap();
+        assert_eq!(
+            c.requested_ips,
+            vec!["192.168.20.100".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(c.requested_mac.unwrap().to_string(), "c2:11:22:33:44:55");
+        let err = conf(r#""runtimeConfig":{"mac":"01:00:5e:00:00:01"},"#).unwrap_err();
+        assert_eq!(err.code(), 7, "multicast MAC refused");
+    }
+
+    #[test]
+    fn malformed_json_is_code_6_and_missing_fields_code_7() {
+        assert_eq!(NetConf::parse(b"{not json").unwrap_err().code(), 6);
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"iot"}"#)
+                .unwrap_err()
+                .code(),
+            7
+        );
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"9.9.9","name":"iot"}"#)
+                .unwrap_err()
+                .code(),
+            1
+        );
+        assert_eq!(conf(r#""driver":"vxlan","#).unwrap_err().code(), 6);
+    }
+}

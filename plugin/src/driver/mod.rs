@@ -1,0 +1,150 @@
+//! Link drivers: macvlan (the default) and ipvlan L2 (the fallback), and the rule that picks
+//! between them. A parent cannot carry macvlan and ipvlan children at once, so the driver that
+//! worked on a master is remembered per node (see [`memory`]).
+
+pub mod ipvlan;
+pub mod macvlan;
+pub mod memory;
+
+use std::fmt;
+use std::io;
+
+use crate::config::DriverChoice;
+
+/// A link driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    Macvlan,
+    Ipvlan,
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Driver::Macvlan => "macvlan",
+            Driver::Ipvlan => "ipvlan",
+        })
+    }
+}
+
+/// The drivers to try, in order.
+/// - A fixed choice is tried alone.
+/// - `auto` tries the remembered driver first, then the other one.
+/// - `auto` on a Wi-Fi master goes straight to ipvlan: access points drop frames whose source MAC is
+///   not the associated station's, so a macvlan would be created but never heard.
+pub fn order(
+    choice: DriverChoice,
+    remembered: Option<Driver>,
+    wireless_master: bool,
+) -> Vec<Driver> {
+    match choice {
+        DriverChoice::Macvlan => vec![Driver::Macvlan],
+        DriverChoice::Ipvlan => vec![Driver::Ipvlan],
+        DriverChoice::Auto if wireless_master => vec![Driver::Ipvlan],
+        DriverChoice::Auto => match remembered {
+            Some(Driver::Ipvlan) => vec![Driver::Ipvlan, Driver::Macvlan],
+            _ => vec![Driver::Macvlan, Driver::Ipvlan],
+        },
+    }
+}
+
+/// Why a link could not be created, in words a person can act on.
+#[derive(Debug)]
+pub struct CreateFailure {
+    pub driver: Driver,
+    /// True when another driver may work (module missing, parent busy with the other kind).
+    pub other_driver_may_work: bool,
+    pub message: String,
+}
+
+/// Explains a kernel error from creating a `driver` child of `master`.
+pub fn explain(driver: Driver, master: &str, mtu: Option<u32>, err: &io::Error) -> CreateFailure {
+    let other = match driver {
+        Driver::Macvlan => "ipvlan",
+        Driver::Ipvlan => "macvlan",
+    };
+    let (other_driver_may_work, message) = match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => (
+            true,
+            format!("{driver} is not available in this kernel (Unknown device type: is the {driver} module installed?)"),
+        ),
+        Some(libc::EBUSY) => (
+            true,
+            format!("master {master} already carries {other} links, and a parent cannot hold {driver} and {other} children at once"),
+        ),
+        Some(libc::EINVAL) if mtu.is_some() => (
+            false,
+            format!("the kernel refused a {driver} link on {master} (EINVAL): is mtu {} larger than {master}'s mtu?", mtu.unwrap_or(0)),
+        ),
+        _ => (false, format!("cannot create a {driver} link on master {master}: {err}")),
+    };
+    CreateFailure {
+        driver,
+        other_driver_may_work,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_prefers_macvlan_then_what_worked() {
+        assert_eq!(
+            order(DriverChoice::Auto, None, false),
+            vec![Driver::Macvlan, Driver::Ipvlan]
+        );
+        assert_eq!(
+            order(DriverChoice::Auto, Some(Driver::Ipvlan), false),
+            vec![Driver::Ipvlan, Driver::Macvlan]
+        );
+        assert_eq!(
+            order(DriverChoice::Auto, Some(Driver::Macvlan), true),
+            vec![Driver::Ipvlan]
+        );
+        assert_eq!(
+            order(DriverChoice::Macvlan, Some(Driver::Ipvlan), false),
+            vec![Driver::Macvlan]
+        );
+        assert_eq!(
+            order(DriverChoice::Ipvlan, None, false),
+            vec![Driver::Ipvlan]
+        );
+    }
+
+    #[test]
+    fn explains_kernel_errors() {
+        let f = explain(
+            Driver::Ipvlan,
+            "eth0",
+            None,
+            &io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+        );
+        assert!(f.other_driver_may_work);
+        assert!(
+            f.message.contains("ipvlan is not available"),
+            "{}",
+            f.message
+        );
+        let f = explain(
+            Driver::Macvlan,
+            "eth0",
+            None,
+            &io::Error::from_raw_os_error(libc::EBUSY),
+        );
+        assert!(
+            f.message.contains("already carries ipvlan"),
+            "{}",
+            f.message
+        );
+        let f = explain(
+            Driver::Macvlan,
+            "eth0",
+            Some(9000),
+            &io::Error::from_raw_os_error(libc::EINVAL),
+        );
+        assert!(!f.other_driver_may_work);
+    }
+}

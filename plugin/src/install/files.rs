@@ -1,0 +1,103 @@
+//! Atomic file replacement: a temp file in the destination's own directory, written,
+//! fsynced, given its mode, renamed over the destination, then the directory fsynced.
+//!
+//! A process that is executing (or reading) the old file keeps its inode, so a running
+//! `iotlan` is never broken, and a new exec sees either the whole old or the whole new file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct FileError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileError + 'a {
+    move |source| FileError { op, path: path.to_owned(), source }
+}
+
+/// Prefix of our temp files, so a crash's leftovers can be recognised and removed.
+pub const TEMP_PREFIX: &str = ".iotlan-tmp.";
+
+/// Writes `contents` to `dest` atomically with permission bits `mode`.
+pub fn write_atomic(dest: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(
+        "{TEMP_PREFIX}{name}.{}.{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(err("create", &tmp))?;
+        f.write_all(contents).map_err(err("write", &tmp))?;
+        // The umask may have cleared bits of `mode` at creation; set them exactly.
+        f.set_permissions(fs::Permissions::from_mode(mode)).map_err(err("chmod", &tmp))?;
+        f.sync_all().map_err(err("fsync", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, dest).map_err(err("rename into place", dest))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(err("fsync", dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Copies `src` over `dest` atomically (mode 0755) unless `dest` already has the same bytes
+/// and mode. Returns whether it wrote.
+pub fn install_binary(src: &Path, dest: &Path) -> Result<bool, FileError> {
+    let new = fs::read(src).map_err(err("read", src))?;
+    if same_contents(dest, &new, 0o755) {
+        return Ok(false);
+    }
+    write_atomic(dest, &new, 0o755)?;
+    Ok(true)
+}
+
+/// True when `path` is a regular file holding exactly `want` with permission bits `mode`.
+pub fn same_contents(path: &Path, want: &[u8], mode: u32) -> bool {
+    let Ok(mut f) = File::open(path) else { return false };
+    let Ok(meta) = f.metadata() else { return false };
+    if !meta.is_file() || meta.len() != want.len() as u64 || meta.permissions().mode() & 0o7777 != mode {
+        return false;
+    }
+    let mut have = Vec::with_capacity(want.len());
+    f.read_to_end(&mut have).is_ok() && have == want
+}
+
+/// Removes temp files left in `dir` by an installer that was killed mid-write. Only files
+/// older than a minute: another installer (a DaemonSet surge pod) may be writing right now.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 60);
+        if stale && e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Creates `dir` (and parents) and sets its mode exactly.
+pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), FileError> {
+    fs::create_dir_all(dir).map_err(err("create dir", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(err("chmod", dir))
+}

@@ -1,0 +1,393 @@
+//! `iotlan install`: the DaemonSet's node agent.
+//!
+//! - Detects the host's CNI dirs under a host root (kubeadm, k3s, k3s before 2024.10, or
+//!   given) and copies `iotlan` and `iotlan-ipam` there atomically (temp file in the same
+//!   dir, fsync, rename), so a running exec of the old binary is never broken.
+//! - Writes `<conf dir>/iotlan.d/iotlan.kubeconfig` (mode 0600, dir 0700) from the
+//!   ServiceAccount's token and CA, and rewrites it when the projected token rotates: every
+//!   tick it compares the file with what it should be.
+//! - Every tick it also re-checks the binaries (a k3s upgrade switches its data dir) and
+//!   touches a health file; `iotlan install --check-health` is the exec liveness probe.
+//! - With the `kubernetes` store compiled in, it runs the reconcile loop: leases whose pod no
+//!   longer exists (after a grace period) are freed.
+//! - SIGTERM or SIGINT ends it at once with status 0; installed files stay, because pods on
+//!   the node keep using them while the DaemonSet rolls.
+
+mod files;
+mod kubeconfig;
+mod layout;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use layout::{Flavor, Layout, Overrides};
+
+/// The binaries we install, looked up in the source dir.
+const BINARIES: [&str; 2] = ["iotlan", "iotlan-ipam"];
+
+const USAGE: &str = "\
+usage: iotlan install [options]          install binaries and kubeconfig, then keep them current
+       iotlan install --check-health [--health-file PATH] [--max-age SECS]
+
+  --host-root DIR           where the host's file system is mounted (default /host)
+  --flavor NAME             auto (default), kubeadm, k3s or k3s-legacy
+  --bin-dir PATH            host path of the CNI binary dir (overrides detection)
+  --conf-dir PATH           host path of the CNI config dir (overrides detection)
+  --source-dir DIR          where iotlan and iotlan-ipam are (default: this binary's dir)
+  --serviceaccount-dir DIR  token, ca.crt, namespace (default /var/run/secrets/kubernetes.io/serviceaccount)
+  --api-server URL          API server for the kubeconfig (default from KUBERNETES_SERVICE_HOST/PORT)
+  --namespace NS            namespace of the lease objects (default: the ServiceAccount's)
+  --kubeconfig PATH         host path of the kubeconfig (default <conf dir>/iotlan.d/iotlan.kubeconfig)
+  --no-kubeconfig           write no kubeconfig (file store only)
+  --interval SECS           how often to re-check token, binaries and health (default 10)
+  --health-file PATH        touched every tick (default /run/iotlan/healthy)
+  --max-age SECS            --check-health: oldest acceptable health file (default 60)
+  --reconcile-interval SECS free leases of deleted pods this often; 0 disables (default 60)
+  --reconcile-grace SECS    never free a lease younger than this (default 300)
+  --once                    do one pass and exit
+";
+
+#[derive(Debug, Clone)]
+struct Options {
+    host_root: PathBuf,
+    layout: Overrides,
+    source_dir: Option<PathBuf>,
+    sa_dir: PathBuf,
+    api_server: Option<String>,
+    namespace: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    no_kubeconfig: bool,
+    interval: Duration,
+    health_file: PathBuf,
+    max_age: Duration,
+    reconcile_interval: Duration,
+    reconcile_grace: Duration,
+    once: bool,
+    check_health: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            host_root: PathBuf::from("/host"),
+            layout: Overrides::default(),
+            source_dir: None,
+            sa_dir: PathBuf::from(kubeconfig::SERVICEACCOUNT_DIR),
+            api_server: None,
+            namespace: None,
+            kubeconfig: None,
+            no_kubeconfig: false,
+            interval: Duration::from_secs(10),
+            health_file: PathBuf::from("/run/iotlan/healthy"),
+            max_age: Duration::from_secs(60),
+            reconcile_interval: Duration::from_secs(60),
+            reconcile_grace: Duration::from_secs(300),
+            once: false,
+            check_health: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum InstallError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Layout(#[from] layout::LayoutError),
+    #[error(transparent)]
+    File(#[from] files::FileError),
+    #[error(transparent)]
+    Kubeconfig(#[from] kubeconfig::KubeconfigError),
+    #[error("cannot find our own binary dir: {0}")]
+    SelfPath(std::io::Error),
+    #[error("signal setup: {0}")]
+    Signal(nix::Error),
+}
+
+fn parse_args(args: &[String]) -> Result<Options, InstallError> {
+    let mut o = Options::default();
+    let mut it = args.iter();
+    let secs = |flag: &str, v: &str| {
+        v.parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| InstallError::Usage(format!("{flag}: not a number of seconds: {v:?}")))
+    };
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| InstallError::Usage(format!("{flag} needs a value")))
+        };
+        match flag {
+            "--host-root" => o.host_root = value()?.into(),
+            "--flavor" => {
+                o.layout.flavor = match value()?.as_str() {
+                    "auto" => None,
+                    "kubeadm" => Some(Flavor::Kubeadm),
+                    "k3s" => Some(Flavor::K3s),
+                    "k3s-legacy" => Some(Flavor::K3sLegacy),
+                    other => return Err(InstallError::Usage(format!("--flavor: unknown flavor {other:?}"))),
+                }
+            }
+            "--bin-dir" => o.layout.bin_dir = Some(value()?.into()),
+            "--conf-dir" => o.layout.conf_dir = Some(value()?.into()),
+            "--source-dir" => o.source_dir = Some(value()?.into()),
+            "--serviceaccount-dir" => o.sa_dir = value()?.into(),
+            "--api-server" => o.api_server = Some(value()?),
+            "--namespace" => o.namespace = Some(value()?),
+            "--kubeconfig" => o.kubeconfig = Some(value()?.into()),
+            "--no-kubeconfig" => o.no_kubeconfig = true,
+            "--interval" => o.interval = secs(flag, &value()?)?.max(Duration::from_secs(1)),
+            "--health-file" => o.health_file = value()?.into(),
+            "--max-age" => o.max_age = secs(flag, &value()?)?,
+            "--reconcile-interval" => o.reconcile_interval = secs(flag, &value()?)?,
+            "--reconcile-grace" => o.reconcile_grace = secs(flag, &value()?)?,
+            "--once" => o.once = true,
+            "--check-health" => o.check_health = true,
+            "-h" | "--help" => return Err(InstallError::Usage(String::new())),
+            other => return Err(InstallError::Usage(format!("unknown argument {other:?}"))),
+        }
+    }
+    if let Some(k) = &o.kubeconfig {
+        if !k.is_absolute() {
+            return Err(InstallError::Usage(format!("--kubeconfig must be an absolute host path: {}", k.display())));
+        }
+    }
+    Ok(o)
+}
+
+/// Entry point of `iotlan install`; `args` are the arguments after `install`.
+pub fn main(args: &[String]) -> ExitCode {
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).try_init();
+    let opts = match parse_args(args) {
+        Ok(o) => o,
+        Err(InstallError::Usage(msg)) => {
+            if msg.is_empty() {
+                print!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("iotlan install: {msg}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("iotlan install: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if opts.check_health {
+        return check_health(&opts.health_file, opts.max_age);
+    }
+    match run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("iotlan install: {e}");
+            eprintln!("iotlan install: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_health(path: &Path, max_age: Duration) -> ExitCode {
+    let age = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| SystemTime::now().duration_since(t).unwrap_or_default());
+    match age {
+        Ok(age) if age <= max_age => ExitCode::SUCCESS,
+        Ok(age) => {
+            eprintln!("{}: last touched {}s ago (limit {}s)", path.display(), age.as_secs(), max_age.as_secs());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The state of one installer: what it has found and last written.
+struct Agent {
+    opts: Options,
+    layout: Layout,
+    source_dir: PathBuf,
+    /// (host path, path under the host root) of the kubeconfig, unless disabled.
+    kubeconfig: Option<(PathBuf, PathBuf)>,
+    server: Option<String>,
+}
+
+impl Agent {
+    fn new(opts: &Options) -> Result<Agent, InstallError> {
+        let layout = layout::detect(&opts.host_root, &opts.layout)?;
+        tracing::info!(
+            flavor = %layout.flavor,
+            bin_dir = %layout.host_bin_dir.display(),
+            conf_dir = %layout.host_conf_dir.display(),
+            "host CNI layout"
+        );
+        let source_dir = match &opts.source_dir {
+            Some(d) => d.clone(),
+            None => std::env::current_exe()
+                .map_err(InstallError::SelfPath)?
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("/")),
+        };
+        let kubeconfig = if opts.no_kubeconfig {
+            None
+        } else {
+            let host = opts
+                .kubeconfig
+                .clone()
+                .unwrap_or_else(|| layout.host_conf_dir.join("iotlan.d").join("iotlan.kubeconfig"));
+            let local = layout::resolve_in_root(&opts.host_root, &host)?;
+            Some((host, local))
+        };
+        let server = match (&kubeconfig, &opts.api_server) {
+            (None, _) => None,
+            (Some(_), Some(s)) => Some(s.clone()),
+            (Some(_), None) => Some(kubeconfig::server_from_env()?),
+        };
+        Ok(Agent { opts: opts.clone(), layout, source_dir, kubeconfig, server })
+    }
+
+    /// One pass: binaries, kubeconfig, health file. Idempotent and cheap when nothing changed.
+    fn tick(&mut self) -> Result<(), InstallError> {
+        files::remove_stale_temps(&self.layout.bin_dir);
+        for name in BINARIES {
+            let dest = self.layout.bin_dir.join(name);
+            if files::install_binary(&self.source_dir.join(name), &dest)? {
+                tracing::info!(path = %self.layout.host_bin_dir.join(name).display(), "installed");
+            }
+        }
+        if let (Some((host, local)), Some(server)) = (&self.kubeconfig, &self.server) {
+            let creds = kubeconfig::load(&self.opts.sa_dir, server, self.opts.namespace.as_deref())?;
+            let text = kubeconfig::render(&creds);
+            if !files::same_contents(local, text.as_bytes(), 0o600) {
+                if let Some(dir) = local.parent() {
+                    files::ensure_dir(dir, 0o700)?;
+                    files::remove_stale_temps(dir);
+                }
+                files::write_atomic(local, text.as_bytes(), 0o600)?;
+                tracing::info!(path = %host.display(), "kubeconfig written");
+            }
+        }
+        touch(&self.opts.health_file)?;
+        Ok(())
+    }
+}
+
+fn touch(path: &Path) -> Result<(), files::FileError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| files::FileError { op: "create dir", path: dir.into(), source })?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(SystemTime::now()))
+        .map_err(|source| files::FileError { op: "touch", path: path.into(), source })
+}
+
+/// Blocks SIGTERM and SIGINT in this thread (and every thread started after), and returns a
+/// channel that receives one message when either arrives.
+fn termination_channel() -> Result<mpsc::Receiver<i32>, InstallError> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().map_err(InstallError::Signal)?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                let _ = tx.send(sig as i32);
+            }
+        })
+        .map_err(|e| InstallError::Signal(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+    Ok(rx)
+}
+
+fn run(opts: &Options) -> Result<(), InstallError> {
+    let signals = termination_channel()?;
+    let mut agent = Agent::new(opts)?;
+    agent.tick()?;
+    if opts.once {
+        return Ok(());
+    }
+    let mut reconciler = reconcile::Reconciler::new(&agent, opts);
+    let mut last_reconcile: Option<Instant> = None;
+    loop {
+        let due = reconciler.is_some()
+            && last_reconcile.is_none_or(|t| t.elapsed() >= opts.reconcile_interval);
+        if due {
+            if let Some(r) = reconciler.as_mut() {
+                r.run_once();
+            }
+            last_reconcile = Some(Instant::now());
+        }
+        match signals.recv_timeout(opts.interval) {
+            Ok(sig) => {
+                tracing::info!(signal = sig, "terminating");
+                return Ok(());
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        // A failed tick (say, a token being swapped) is retried next time; liveness notices
+        // when it keeps failing, because the health file is touched only on success.
+        if let Err(e) = agent.tick() {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+mod reconcile {
+    //! The reconcile loop's hook. It needs the `kubernetes` store; without it, it is off.
+    use super::{Agent, Options};
+
+    pub struct Reconciler {
+        #[cfg(feature = "kubernetes")]
+        inner: iotlan_ipam::store::kubernetes::Reconciler,
+    }
+
+    impl Reconciler {
+        #[cfg(feature = "kubernetes")]
+        pub fn new(agent: &Agent, opts: &Options) -> Option<Reconciler> {
+            if opts.reconcile_interval.is_zero() {
+                return None;
+            }
+            let (_, kubeconfig) = agent.kubeconfig.as_ref()?;
+            match iotlan_ipam::store::kubernetes::Reconciler::new(kubeconfig, opts.namespace.as_deref(), opts.reconcile_grace) {
+                Ok(inner) => Some(Reconciler { inner }),
+                Err(e) => {
+                    tracing::error!("reconcile loop disabled: {e}");
+                    None
+                }
+            }
+        }
+
+        #[cfg(not(feature = "kubernetes"))]
+        pub fn new(_agent: &Agent, opts: &Options) -> Option<Reconciler> {
+            if !opts.reconcile_interval.is_zero() {
+                tracing::info!("reconcile loop off: built without the kubernetes store");
+            }
+            None
+        }
+
+        pub fn run_once(&mut self) {
+            #[cfg(feature = "kubernetes")]
+            match self.inner.run_once() {
+                Ok(report) => tracing::info!("reconcile: {report}"),
+                Err(e) => tracing::warn!("reconcile: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Addresses for a CNI call: the iotlan pool in-process (the fast path for `"type": "iotlan-ipam"`),
+//! or any other IPAM plugin exec'd from CNI_PATH as the spec describes (Debian's `static`,
+//! `host-local`, whereabouts...).
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command as Process, Stdio};
+
+use iotlan_ipam::{AllocRequest, Attachment as PoolAttachment, Pool, PoolConfig, Store};
+use serde_json::Value;
+
+use crate::cni::env::{Attachment, Env};
+use crate::cni::result::{CniResult, Dns, IpConfig, Route};
+use crate::config::{GcAttachment, NetConf};
+use crate::error::{Error, Result};
+
+pub const IN_PROCESS_TYPE: &str = "iotlan-ipam";
+
+/// Where addresses come from for one network.
+pub enum Ipam {
+    Pool { pool: Pool, store: Box<dyn Store> },
+    Delegate { plugin: PathBuf },
+}
+
+impl Ipam {
+    /// The pool when `ipam.type` is iotlan-ipam, else the delegated plugin found in CNI_PATH.
+    pub fn for_config(env: &Env, conf: &NetConf) -> Result<Ipam> {
+        if conf.ipam_type == IN_PROCESS_TYPE {
+            let (pool, store) = open_pool(&conf.name, &conf.ipam)?;
+            return Ok(Ipam::Pool { pool, store });
+        }
+        let plugin = env
+            .path
+            .iter()
+            .map(|d| d.join(&conf.ipam_type))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "ipam plugin {:?} was not found in CNI_PATH ({})",
+                    conf.ipam_type,
+                    env.path
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(":")
+                ))
+            })?;
+        Ok(Ipam::Delegate { plugin })
+    }
+
+    /// Allocates the pod's addresses. `interface` is the index the ips refer to in the final result.
+    pub fn add(
+        &self,
+        conf: &NetConf,
+        att: &Attachment,
+        interface: Option<usize>,
+    ) -> Result<CniResult> {
+        match self {
+            Ipam::Pool { pool, store } => {
+                let req = AllocRequest {
+                    identity: att.identity(),
+                    attachment: pool_attachment(att),
+                    requested: conf.requested_ips.clone(),
+                };
+                let leases = store.allocate(pool, &req)?;
+                Ok(result_of(pool.allocation(&leases), interface))
+            }
+            Ipam::Delegate { plugin } => {
+                let out = exec(plugin, "ADD", &conf.raw)?;
+                let mut r = CniResult::from_json(&out, &format!("ipam plugin {}", conf.ipam_type))?;
+                r.interfaces.clear();
+                for ip in &mut r.ips {
+                    ip.interface = interface;
+                }
+                // A requested IP that is not applied is a failure, never silently ignored.
+                for want in &conf.requested_ips {
+                    if !r.ips.iter().any(|ip| ip.address.ip() == *want) {
+                        let _ = exec(plugin, "DEL", &conf.raw);
+                        return Err(Error::Pool(iotlan_ipam::Error::NotAllowed {
+                            ip: *want,
+                            why: format!(
+                                "runtimeConfig.ips asked for it, but ipam plugin {} returned {}",
+                                conf.ipam_type,
+                                r.ips
+                                    .iter()
+                                    .map(|i| i.address.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        }));
+                    }
+                }
+                Ok(r)
+            }
+        }
+    }
+
+    /// Releases the attachment's addresses. Idempotent.
+    pub fn del(&self, conf: &NetConf, att: &Attachment) -> Result<()> {
+        match self {
+            Ipam::Pool { store, .. } => {
+                let freed = store.release(&pool_attachment(att))?;
+                for l in freed {
+                    tracing::info!(ip = %l.ip, identity = %l.identity, "released");
+                }
+                Ok(())
+            }
+            Ipam::Delegate { plugin } => exec(plugin, "DEL", &conf.raw).map(drop),
+        }
+    }
+
+    /// Verifies that the attachment still holds the addresses `prev` lists for `interface`.
+    pub fn check(&self, conf: &NetConf, att: &Attachment, prev: &CniResult) -> Result<()> {
+        match self {
+            Ipam::Pool { store, .. } => {
+                let held: BTreeSet<IpAddr> = store
+                    .find(&pool_attachment(att))?
+                    .into_iter()
+                    .map(|l| l.ip)
+                    .collect();
+                let expected: BTreeSet<IpAddr> = prev.ips.iter().map(|i| i.address.ip()).collect();
+                if held != expected {
+                    return Err(Error::CheckFailed(format!(
+                        "pool {} holds {:?} for container {} interface {}, but prevResult lists {:?}",
+                        conf.name, held, att.container_id, att.ifname, expected
+                    )));
+                }
+                Ok(())
+            }
+            Ipam::Delegate { plugin } => exec(plugin, "CHECK", &conf.raw).map(drop),
+        }
+    }
+
+    /// CNI GC: frees every lease of this network that `valid` does not list.
+    pub fn gc(&self, conf: &NetConf, valid: &[GcAttachment]) -> Result<()> {
+        match self {
+            Ipam::Pool { store, .. } => {
+                let valid: Vec<PoolAttachment> = valid
+                    .iter()
+                    .map(|a| PoolAttachment::new(a.container_id.clone(), a.ifname.clone()))
+                    .collect();
+                for l in store.gc(&valid)? {
+                    tracing::info!(ip = %l.ip, identity = %l.identity, container = %l.container_id, "gc released");
+                }
+                Ok(())
+            }
+            Ipam::Delegate { plugin } => exec(plugin, "GC", &conf.raw).map(drop),
+        }
+    }
+
+    /// CNI STATUS: can an ADD be served?
+    pub fn status(&self, conf: &NetConf) -> Result<()> {
+        match self {
+            Ipam::Pool { pool, store } => {
+                let leases = store
+                    .leases()
+                    .map_err(|e| Error::NotAvailable(format!("pool {}: {e}", conf.name)))?;
+                if pool.free(&leases) == 0 {
+                    return Err(Error::NotAvailable(format!(
+                        "pool {} has no free address: all {} are held",
+                        conf.name,
+                        pool.size()
+                    )));
+                }
+                Ok(())
+            }
+            Ipam::Delegate { plugin } => exec(plugin, "STATUS", &conf.raw).map(drop),
+        }
+    }
+}
+
+/// Parses and validates the pool, and opens its store.
+pub fn open_pool(network: &str, ipam: &Value) -> Result<(Pool, Box<dyn Store>)> {
+    let cfg: PoolConfig = serde_json::from_value(ipam.clone())
+        .map_err(|e| Error::InvalidConfig(format!("ipam: {e}")))?;
+    let pool = Pool::new(network, &cfg)?;
+    let store = iotlan_ipam::open_store(network, &cfg.store, &pool)?;
+    Ok((pool, store))
+}
+
+fn pool_attachment(att: &Attachment) -> PoolAttachment {
+    PoolAttachment::new(att.container_id.clone(), att.ifname.clone())
+}
+
+/// The pool's allocation as a CNI result.
+pub fn result_of(a: iotlan_ipam::Allocation, interface: Option<usize>) -> CniResult {
+    CniResult {
+        interfaces: Vec::new(),
+        ips: a
+            .addresses
+            .into_iter()
+            .map(|x| IpConfig {
+                address: x.address,
+                gateway: x.gateway,
+                interface,
+            })
+            .collect(),
+        routes: a
+            .routes
+            .into_iter()
+            .map(|r| Route {
+                dst: r.dst,
+                gw: r.gw,
+            })
+            .collect(),
+        dns: Dns {
+            nameservers: a.dns.nameservers,
+            domain: a.dns.domain,
+            search: a.dns.search,
+            options: a.dns.options,
+        },
+    }
+}
+
+/// Runs a delegated plugin with this process's CNI environment and `CNI_COMMAND=command`.
+/// Returns its stdout as JSON (Null when empty); its CNI error becomes [`Error::Delegate`].
+fn exec(plugin: &PathBuf, command: &str, stdin: &[u8]) -> Result<Value> {
+    let name = plugin
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let mut child = Process::new(plugin)
+        .env("CNI_COMMAND", command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::io(format!("cannot run ipam plugin {}", plugin.display()), e))?;
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin)
+            .map_err(|e| Error::io(format!("cannot write to ipam plugin {name}"), e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io(format!("ipam plugin {name} did not finish"), e))?;
+    let json: Value = if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            Error::Decode(format!(
+                "ipam plugin {name} printed something that is not JSON: {e}"
+            ))
+        })?
+    };
+    if !out.status.success() {
+        let code = json
+            .get("code")
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::from(crate::error::code::IPAM_DELEGATE));
+        return Err(Error::Delegate {
+            plugin: name,
+            code: code as u32,
+            msg: json
+                .get("msg")
+                .and_then(Value::as_str)
+                .unwrap_or("failed without a message")
+                .to_string(),
+            details: json
+                .get("details")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        });
+    }
+    Ok(json)
+}

@@ -1,0 +1,41 @@
+//! `iotlan-ipam`: the pool as a standalone CNI IPAM plugin, usable under other main plugins
+//! (Debian's macvlan and ipvlan, for example). Same semantics as iotlan's in-process pool.
+
+use crate::cni::env::{Command, Env};
+use crate::cni::result::CniResult;
+use crate::config::NetConf;
+use crate::error::{Error, Result};
+use crate::ipam::Ipam;
+
+pub fn run(command: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_json::Value>> {
+    let (pool, store) = crate::ipam::open_pool(&conf.name, &conf.ipam)?;
+    let ipam = Ipam::Pool { pool, store };
+    let att = || {
+        env.attachment
+            .as_ref()
+            .ok_or_else(|| Error::InvalidEnv("CNI_CONTAINERID is not set".into()))
+    };
+    match command {
+        Command::Add => Ok(Some(
+            ipam.add(conf, att()?, None)?.to_json(conf.cni_version),
+        )),
+        Command::Del => ipam.del(conf, att()?).map(|_| None),
+        Command::Check => {
+            let prev = conf.prev_result.as_ref().ok_or_else(|| {
+                Error::InvalidConfig("CHECK needs prevResult in the configuration".into())
+            })?;
+            ipam.check(conf, att()?, &CniResult::from_json(prev, "prevResult")?)
+                .map(|_| None)
+        }
+        Command::Gc => {
+            let valid = conf.valid_attachments.as_deref().ok_or_else(|| {
+                Error::InvalidConfig(
+                    "GC needs cni.dev/valid-attachments in the configuration".into(),
+                )
+            })?;
+            ipam.gc(conf, valid).map(|_| None)
+        }
+        Command::Status => ipam.status(conf).map(|_| None),
+        Command::Version => Ok(None),
+    }
+}

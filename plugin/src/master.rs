@@ -1,0 +1,82 @@
+//! Finding the node's LAN interface (the master) and reading what matters about it.
+
+use std::path::Path;
+
+use crate::config::NetConf;
+use crate::error::{Error, Result};
+use crate::netlink::{Link, Netlink};
+
+/// The configured master, or the interface with an address in the pool's subnet, or the
+/// default-route interface.
+pub fn resolve(nl: &mut Netlink, conf: &NetConf) -> Result<Link> {
+    let ctx = |e| Error::netlink("cannot list the node's interfaces", e);
+    if let Some(name) = &conf.master {
+        return match nl.link_by_name(name).map_err(ctx)? {
+            Some(link) => Ok(link),
+            None => Err(Error::Master(format!(
+                "master {name:?} does not exist on node {}; interfaces here: {}",
+                hostname(),
+                names(nl)
+            ))),
+        };
+    }
+    let subnets = conf.ipam_subnets();
+    if !subnets.is_empty() {
+        let addrs = nl.addresses().map_err(ctx)?;
+        if let Some(a) = addrs
+            .iter()
+            .find(|a| subnets.iter().any(|s| s.contains(a.address.ip())))
+        {
+            if let Some(link) = nl.link_by_index(a.index).map_err(ctx)? {
+                tracing::debug!(master = %link.name, address = %a.address, "master found by subnet");
+                return Ok(link);
+            }
+        }
+    }
+    for v6 in [false, true] {
+        let routes = nl.routes(v6).map_err(ctx)?;
+        if let Some(oif) = routes
+            .iter()
+            .find(|r| r.dst.prefix() == 0)
+            .and_then(|r| r.oif)
+        {
+            if let Some(link) = nl.link_by_index(oif).map_err(ctx)? {
+                tracing::debug!(master = %link.name, "master found by default route");
+                return Ok(link);
+            }
+        }
+    }
+    let subnets: Vec<String> = subnets.iter().map(ToString::to_string).collect();
+    Err(Error::Master(format!(
+        "no \"master\" configured and none found on node {}: no interface has an address in {} and there is \
+         no default route; set \"master\" to the node's LAN interface (interfaces here: {})",
+        hostname(),
+        if subnets.is_empty() { "the ipam subnet".to_string() } else { subnets.join(", ") },
+        names(nl)
+    )))
+}
+
+/// True for Wi-Fi interfaces, where access points drop frames from MACs other than the station's.
+pub fn is_wireless(name: &str) -> bool {
+    let dev = Path::new("/sys/class/net").join(name);
+    dev.join("wireless").exists() || dev.join("phy80211").exists()
+}
+
+fn names(nl: &mut Netlink) -> String {
+    match nl.links() {
+        Ok(links) => links
+            .into_iter()
+            .map(|l| l.name)
+            .filter(|n| n != "lo")
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(_) => "(unknown)".into(),
+    }
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "(unknown)".into())
+}

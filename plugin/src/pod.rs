@@ -1,0 +1,117 @@
+//! Configuring net1 inside the pod's namespace: name, IPv6 policy, addresses, link up, routes.
+//! Everything here runs with the thread inside the pod's namespace.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use crate::cni::result::{IpConfig, Route};
+use crate::config::Ipv6;
+use crate::error::{Error, Result};
+use crate::netlink::{Link, Netlink};
+
+/// Renames the freshly created link from its temporary name to `ifname`, applies the IPv6 policy,
+/// adds the addresses, brings it up and adds the routes. Returns the configured link.
+pub fn configure(
+    nl: &mut Netlink,
+    temp_name: &str,
+    ifname: &str,
+    ips: &[IpConfig],
+    routes: &[Route],
+    ipv6: &Ipv6,
+) -> Result<Link> {
+    let link = nl
+        .link_by_name(temp_name)
+        .map_err(|e| {
+            Error::netlink(
+                format!("cannot find the new link {temp_name} in the pod"),
+                e,
+            )
+        })?
+        .ok_or_else(|| {
+            Error::Link(format!(
+                "the new link {temp_name} vanished from the pod's namespace"
+            ))
+        })?;
+    if nl
+        .link_by_name(ifname)
+        .map_err(|e| Error::netlink("cannot list the pod's links", e))?
+        .is_some()
+    {
+        return Err(Error::InterfaceExists(format!(
+            "the pod already has an interface named {ifname}; CNI_IFNAME must be free"
+        )));
+    }
+    nl.rename(link.index, ifname).map_err(|e| {
+        Error::netlink(
+            format!("cannot rename {temp_name} to {ifname} in the pod"),
+            e,
+        )
+    })?;
+    crate::sysctl::apply_ipv6(ifname, ipv6).map_err(|e| {
+        Error::io(
+            format!("cannot set the IPv6 router-advertisement policy of {ifname}"),
+            e,
+        )
+    })?;
+    crate::sysctl::enable_announcements(ifname).map_err(|e| {
+        Error::io(
+            format!("cannot enable address announcements on {ifname}"),
+            e,
+        )
+    })?;
+    for ip in ips {
+        nl.add_address(link.index, ip.address, true)
+            .map_err(|e| Error::netlink(format!("cannot add {} to {ifname}", ip.address), e))?;
+    }
+    nl.set_up(link.index)
+        .map_err(|e| Error::netlink(format!("cannot bring {ifname} up"), e))?;
+    for r in routes {
+        if r.dst.prefix() == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "route {} would be a default route via {ifname}; iotlan never sends default traffic through \
+                 the IoT LAN (remove it from the ipam routes)",
+                r.dst
+            )));
+        }
+        let gw = r.gw.or_else(|| gateway_for(ips, r.dst));
+        nl.add_route(link.index, r.dst, gw)
+            .map_err(|e| Error::netlink(format!("cannot add route {} via {ifname}", r.dst), e))?;
+    }
+    nl.link_by_index(link.index)
+        .map_err(|e| Error::netlink(format!("cannot read {ifname} back"), e))?
+        .ok_or_else(|| Error::Link(format!("{ifname} vanished from the pod's namespace")))
+}
+
+/// The gateway of the same family as `dst`, for routes that name none.
+fn gateway_for(ips: &[IpConfig], dst: IpNetwork) -> Option<IpAddr> {
+    ips.iter()
+        .filter(|ip| ip.address.is_ipv4() == dst.is_ipv4())
+        .find_map(|ip| ip.gateway)
+}
+
+/// Deletes `name` from the pod if it is a link iotlan makes (macvlan or ipvlan). Returns whether a
+/// link was deleted; a missing link is not an error.
+pub fn remove(nl: &mut Netlink, name: &str) -> Result<bool> {
+    let Some(link) = nl
+        .link_by_name(name)
+        .map_err(|e| Error::netlink("cannot list the pod's links", e))?
+    else {
+        return Ok(false);
+    };
+    match link.kind.as_deref() {
+        Some("macvlan") | Some("ipvlan") => {}
+        other => {
+            tracing::warn!(ifname = name, kind = ?other, "not deleting an interface iotlan did not create");
+            return Ok(false);
+        }
+    }
+    match nl.delete_link(link.index) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(Error::netlink(
+            format!("cannot delete {name} from the pod"),
+            e,
+        )),
+    }
+}

@@ -1,0 +1,307 @@
+//! ADD: addresses first (cheap to undo), then the link, created directly inside the pod's namespace
+//! by the driver that works on this master, configured, optionally probed, and announced.
+//! Any failure after the addresses are held undoes everything: the link is deleted and the
+//! addresses are released.
+
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use crate::cni::env::{Attachment, Env};
+use crate::cni::result::{CniResult, Interface};
+use crate::config::{DriverChoice, NetConf};
+use crate::driver::{self, memory, Driver};
+use crate::error::{Error, Result};
+use crate::ipam::Ipam;
+use crate::mac::Mac;
+use crate::netlink::{Link, Netlink};
+use crate::netns::Netns;
+use crate::{master, packet, pod, probe};
+
+pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<CniResult> {
+    let netns_path = att
+        .netns
+        .as_ref()
+        .ok_or_else(|| Error::InvalidEnv("CNI_NETNS is not set".into()))?;
+    let home = Netns::current()?;
+    let pod_ns = Netns::open(netns_path)
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot open the pod's network namespace {}",
+                    netns_path.display()
+                ),
+                e,
+            )
+        })?
+        .ok_or_else(|| {
+            Error::UnknownContainer(format!(
+                "the pod's network namespace {} does not exist",
+                netns_path.display()
+            ))
+        })?;
+    let mut nl = Netlink::open().map_err(|e| Error::netlink("cannot open a netlink socket", e))?;
+    let master = master::resolve(&mut nl, conf)?;
+    if let Some(mtu) = conf.mtu {
+        if let Some(mmtu) = master.mtu.filter(|m| mtu > *m) {
+            return Err(Error::InvalidConfig(format!(
+                "mtu {mtu} is larger than master {}'s mtu {mmtu}",
+                master.name
+            )));
+        }
+    }
+
+    let ipam = Ipam::for_config(env, conf)?;
+    let mut result = ipam.add(conf, att, Some(0))?;
+    match attach(conf, att, &home, &pod_ns, &mut nl, &master, &result) {
+        Ok((link, driver)) => {
+            let mac = link.mac.map(Mac).map(|m| m.to_string()).unwrap_or_default();
+            tracing::info!(
+                %driver, master = %master.name, ifname = %att.ifname, %mac,
+                ips = ?result.ips.iter().map(|i| i.address.to_string()).collect::<Vec<_>>(),
+                identity = %att.identity(), container = %att.container_id, "attached"
+            );
+            result.interfaces = vec![Interface {
+                name: att.ifname.clone(),
+                mac,
+                mtu: conf.mtu,
+                sandbox: netns_path.display().to_string(),
+            }];
+            Ok(result)
+        }
+        Err(e) => {
+            if let Err(undo) = ipam.del(conf, att) {
+                tracing::error!(error = %undo, "could not release the addresses after a failed ADD");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Creates and configures the link with the first driver that works, remembering it in auto mode.
+fn attach(
+    conf: &NetConf,
+    att: &Attachment,
+    home: &Netns,
+    pod_ns: &Netns,
+    nl: &mut Netlink,
+    master: &Link,
+    addrs: &CniResult,
+) -> Result<(Link, Driver)> {
+    let remembered = memory::load(&conf.state_dir, &master.name).map(|r| r.driver);
+    let wireless = master::is_wireless(&master.name);
+    let order = driver::order(conf.driver, remembered, wireless);
+    if wireless && conf.driver == DriverChoice::Auto {
+        tracing::info!(master = %master.name, "master is a Wi-Fi interface: using ipvlan");
+    }
+    let mut failures: Vec<String> = Vec::new();
+    let mut gateway_silent_somewhere = false;
+    for (i, drv) in order.iter().copied().enumerate() {
+        let last = i + 1 == order.len();
+        match try_driver(drv, conf, att, home, pod_ns, nl, master, addrs) {
+            Ok(link) => {
+                if conf.driver == DriverChoice::Auto {
+                    let reason = if failures.is_empty() {
+                        "worked first".to_string()
+                    } else {
+                        failures.join("; ")
+                    };
+                    if let Err(e) = memory::remember(&conf.state_dir, &master.name, drv, &reason) {
+                        tracing::warn!(error = %e, "could not remember the driver choice");
+                    }
+                }
+                return Ok((link, drv));
+            }
+            Err(Attempt::Fallback {
+                msg,
+                gateway_silent,
+            }) => {
+                gateway_silent_somewhere |= gateway_silent;
+                failures.push(format!("{drv}: {msg}"));
+                if last {
+                    let text = failures.join("; ");
+                    return Err(if gateway_silent_somewhere {
+                        Error::GatewayUnreachable(text)
+                    } else {
+                        Error::Link(text)
+                    });
+                }
+                tracing::warn!(driver = %drv, master = %master.name, reason = %msg, "falling back to the next driver");
+            }
+            Err(Attempt::Fatal(e)) => return Err(e),
+        }
+    }
+    Err(Error::Link("no link driver to try".into()))
+}
+
+enum Attempt {
+    /// This driver cannot work here; another one may. `gateway_silent`: the link was made but the
+    /// gateway never answered it.
+    Fallback {
+        msg: String,
+        gateway_silent: bool,
+    },
+    Fatal(Error),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn try_driver(
+    drv: Driver,
+    conf: &NetConf,
+    att: &Attachment,
+    home: &Netns,
+    pod_ns: &Netns,
+    nl: &mut Netlink,
+    master: &Link,
+    addrs: &CniResult,
+) -> Result<Link, Attempt> {
+    let temp = temp_name(&att.container_id, &att.ifname);
+    let pod_fd = pod_ns.fd().as_raw_fd();
+    let created = match drv {
+        Driver::Macvlan => {
+            let mac = conf
+                .requested_mac
+                .unwrap_or_else(|| Mac::derived(&conf.name, &att.identity()));
+            driver::macvlan::create(nl, master, pod_fd, &temp, mac, conf.macvlan_mode, conf.mtu)
+        }
+        Driver::Ipvlan => {
+            if let Some(mac) = conf.requested_mac {
+                return Err(Attempt::Fatal(Error::InvalidConfig(format!(
+                    "runtimeConfig.mac {mac} cannot be applied on master {}: ipvlan links share the master's MAC",
+                    master.name
+                ))));
+            }
+            driver::ipvlan::create(nl, master, pod_fd, &temp, conf.mtu)
+        }
+    };
+    if let Err(f) = created {
+        return Err(if f.other_driver_may_work {
+            Attempt::Fallback {
+                msg: f.message,
+                gateway_silent: false,
+            }
+        } else {
+            Attempt::Fatal(Error::Link(f.message))
+        });
+    }
+
+    let outcome = pod_ns
+        .run(home, || -> Result<Result<Link, Attempt>> {
+            let mut pnl = Netlink::open()
+                .map_err(|e| Error::netlink("cannot open a netlink socket in the pod", e))?;
+            let configured = pod::configure(
+                &mut pnl,
+                &temp,
+                &att.ifname,
+                &addrs.ips,
+                &addrs.routes,
+                &conf.ipv6,
+            );
+            let link = match configured {
+                Ok(link) => link,
+                Err(e) => {
+                    remove_quietly(&mut pnl, &temp);
+                    remove_quietly(&mut pnl, &att.ifname);
+                    return Ok(Err(Attempt::Fatal(e)));
+                }
+            };
+            if let Some(probe) = &conf.probe {
+                if let Err(msg) = probe_gateway(
+                    &mut pnl,
+                    &link,
+                    addrs,
+                    Duration::from_millis(probe.timeout_ms),
+                ) {
+                    remove_quietly(&mut pnl, &att.ifname);
+                    return Ok(Err(match msg {
+                        ProbeFailure::Silent(msg) => Attempt::Fallback {
+                            msg,
+                            gateway_silent: true,
+                        },
+                        ProbeFailure::Error(e) => Attempt::Fatal(e),
+                    }));
+                }
+            }
+            announce_again(&link, addrs, conf.announce.count, conf.announce.interval_ms);
+            Ok(Ok(link))
+        })
+        .map_err(Attempt::Fatal)?;
+    outcome.map_err(Attempt::Fatal)?
+}
+
+enum ProbeFailure {
+    Silent(String),
+    Error(Error),
+}
+
+/// Waits for the IPv4 gateway to answer the new link, within the timeout.
+fn probe_gateway(
+    nl: &mut Netlink,
+    link: &Link,
+    addrs: &CniResult,
+    timeout: Duration,
+) -> Result<(), ProbeFailure> {
+    let Some(gw) = addrs
+        .ips
+        .iter()
+        .find_map(|ip| match (ip.address.ip(), ip.gateway) {
+            (IpAddr::V4(_), Some(gw @ IpAddr::V4(_))) => Some(gw),
+            _ => None,
+        })
+    else {
+        return Err(ProbeFailure::Error(Error::InvalidConfig(
+            "probe.gateway needs an IPv4 gateway in the ipam result (set ipam.gateway)".into(),
+        )));
+    };
+    match probe::gateway(nl, link.index, &link.name, gw, timeout) {
+        Ok(Some(took)) => {
+            tracing::debug!(gateway = %gw, took_ms = took.as_millis() as u64, "gateway answered the probe");
+            Ok(())
+        }
+        Ok(None) => Err(ProbeFailure::Silent(format!(
+            "gateway {gw} did not answer ARP from {} within {} ms (the uplink may drop unknown MACs)",
+            Mac(link.mac.unwrap_or_default()),
+            timeout.as_millis()
+        ))),
+        Err(e) => Err(ProbeFailure::Error(Error::io("cannot probe the gateway", e))),
+    }
+}
+
+/// Extra announcement rounds after the kernel's own at link-up (`announce.count` > 1): gratuitous
+/// ARP per IPv4 address, unsolicited NA per IPv6 address. Best effort: failures are logged.
+fn announce_again(link: &Link, addrs: &CniResult, count: u32, interval_ms: u64) {
+    if count <= 1 {
+        return;
+    }
+    let mac = link.mac.unwrap_or_default();
+    let arp = packet::ArpSocket::open(link.index, mac);
+    for _ in 1..count {
+        if interval_ms > 0 {
+            std::thread::sleep(Duration::from_millis(interval_ms));
+        }
+        for ip in &addrs.ips {
+            let sent = match ip.address.ip() {
+                IpAddr::V4(v4) => match &arp {
+                    Ok(sock) => sock.send_request(v4, v4),
+                    Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                },
+                IpAddr::V6(v6) => packet::send_unsolicited_na(link.index, mac, v6),
+            };
+            if let Err(e) = sent {
+                tracing::warn!(ip = %ip.address, error = %e, "could not announce the address");
+            }
+        }
+    }
+}
+
+fn remove_quietly(nl: &mut Netlink, name: &str) {
+    if let Err(e) = pod::remove(nl, name) {
+        tracing::warn!(ifname = name, error = %e, "could not remove a half-made link");
+    }
+}
+
+/// A temporary name, unique per attachment, under which the link is created in the pod.
+fn temp_name(container_id: &str, ifname: &str) -> String {
+    let h = iotlan_ipam::addr::fnv1a64(format!("{container_id}\0{ifname}").as_bytes());
+    format!("iot{:08x}", h as u32)
+}
