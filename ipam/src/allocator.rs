@@ -47,8 +47,17 @@ pub trait Claims {
     /// Called once every family is claimed, with all leases of the attachment (kept and new): record the
     /// attachment's index and the identity's addresses for stickiness.
     fn finish(&mut self, req: &AllocRequest, leases: &[Lease]) -> Result<(), Error>;
-    /// Called when the allocation fails after some claims: undo them (best effort).
-    fn abandon(&mut self, claimed: &[Lease]) -> Result<(), Error>;
+    /// Called when the allocation fails after some claims: undo them (best effort), putting back any
+    /// lease a claim replaced.
+    fn abandon(&mut self, claimed: &[Claimed]) -> Result<(), Error>;
+}
+
+/// A claim made during one allocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    pub lease: Lease,
+    /// The stale lease of the same pod that this claim took over.
+    pub replaced: Option<Lease>,
 }
 
 /// Runs the allocation order for `req` against a store's [`Claims`]. Returns one lease per family of the
@@ -110,23 +119,36 @@ pub fn allocate(
         created_unix,
     };
 
-    let mut claimed: Vec<Lease> = Vec::new();
-    let mut previous: Option<Vec<IpAddr>> = None;
+    // Decide first, claim second: every refusal of the request comes before any claim.
+    let mut plan: Vec<(Family, Option<IpAddr>)> = Vec::new();
     for fam in families {
         if existing.iter().any(|l| Family::of(&l.ip) == fam) {
             continue;
         }
         let want = requested.iter().copied().find(|r| Family::of(r) == fam);
-        let result = match (pool.reservation(&req.identity, fam), want) {
-            (Some(r), Some(w)) if r != w => Err(Error::NotAllowed {
-                ip: w,
-                why: format!("{} has the reserved address {r}", req.identity),
-            }),
-            (Some(ip), _) => claim_fixed(claims, req, lease_for(ip)),
-            (None, Some(ip)) => pool
-                .check_assignable(ip, &req.identity)
-                .and_then(|()| claim_fixed(claims, req, lease_for(ip))),
-            (None, None) => {
+        let fixed = match (pool.reservation(&req.identity, fam), want) {
+            (Some(r), Some(w)) if r != w => {
+                return Err(Error::NotAllowed {
+                    ip: w,
+                    why: format!("{} has the reserved address {r}", req.identity),
+                })
+            }
+            (Some(r), _) => Some(r),
+            (None, Some(w)) => {
+                pool.check_assignable(w, &req.identity)?;
+                Some(w)
+            }
+            (None, None) => None,
+        };
+        plan.push((fam, fixed));
+    }
+
+    let mut claimed: Vec<Claimed> = Vec::new();
+    let mut previous: Option<Vec<IpAddr>> = None;
+    for (fam, fixed) in plan {
+        let result = match fixed {
+            Some(ip) => claim_fixed(claims, req, lease_for(ip)),
+            None => {
                 if previous.is_none() {
                     previous = Some(claims.previous(&req.identity)?);
                 }
@@ -140,30 +162,31 @@ pub fn allocate(
             }
         };
         match result {
-            Ok(lease) => claimed.push(lease),
+            Ok(c) => claimed.push(c),
             Err(e) => {
-                if !claimed.is_empty() {
-                    if let Err(undo) = claims.abandon(&claimed) {
-                        tracing::warn!(error = %undo, "could not undo a partial allocation");
-                    }
-                }
+                undo(claims, &claimed);
                 return Err(e);
             }
         }
     }
 
     let mut all = existing;
-    all.extend(claimed.iter().cloned());
+    all.extend(claimed.iter().map(|c| c.lease.clone()));
     all.sort_by_key(|l| (Family::of(&l.ip), l.ip));
     if let Err(e) = claims.finish(req, &all) {
-        if !claimed.is_empty() {
-            if let Err(undo) = claims.abandon(&claimed) {
-                tracing::warn!(error = %undo, "could not undo a failed allocation");
-            }
-        }
+        undo(claims, &claimed);
         return Err(e);
     }
     Ok(all)
+}
+
+fn undo(claims: &mut dyn Claims, claimed: &[Claimed]) {
+    if claimed.is_empty() {
+        return;
+    }
+    if let Err(e) = claims.abandon(claimed) {
+        tracing::warn!(error = %e, "could not undo a partial allocation");
+    }
 }
 
 /// Whether `holder` is an earlier sandbox of the same pod (same identity, another container).
@@ -173,7 +196,11 @@ fn is_stale_self(holder: &Lease, req: &AllocRequest) -> bool {
 
 /// Claims an address the attachment must get (a reservation or a request), taking over a stale lease of
 /// the same identity; any other holder is a conflict.
-fn claim_fixed(claims: &mut dyn Claims, req: &AllocRequest, lease: Lease) -> Result<Lease, Error> {
+fn claim_fixed(
+    claims: &mut dyn Claims,
+    req: &AllocRequest,
+    lease: Lease,
+) -> Result<Claimed, Error> {
     // Two rounds: the holder may change between the read and the claim in a lock-free store.
     for _ in 0..2 {
         let holder = claims.holder(lease.ip)?;
@@ -182,13 +209,19 @@ fn claim_fixed(claims: &mut dyn Claims, req: &AllocRequest, lease: Lease) -> Res
                 if claims.claim(&lease, Some(&h))?.is_none() {
                     tracing::info!(ip = %lease.ip, old = %h.container_id, new = %lease.container_id,
                         identity = %req.identity, "took over the address of a stale sandbox of the same pod");
-                    return Ok(lease);
+                    return Ok(Claimed {
+                        lease,
+                        replaced: Some(h),
+                    });
                 }
             }
             Some(h) => return Err(h.conflict()),
             None => {
                 if claims.claim(&lease, None)?.is_none() {
-                    return Ok(lease);
+                    return Ok(Claimed {
+                        lease,
+                        replaced: None,
+                    });
                 }
             }
         }
@@ -208,21 +241,19 @@ fn search(
     fam: Family,
     sticky: Option<IpAddr>,
     lease_for: &dyn Fn(IpAddr) -> Lease,
-) -> Result<Lease, Error> {
+) -> Result<Claimed, Error> {
     if let Some(ip) = sticky {
         let lease = lease_for(ip);
-        match claims.holder(ip)? {
-            None => {
-                if claims.claim(&lease, None)?.is_none() {
-                    return Ok(lease);
-                }
+        let holder = claims.holder(ip)?;
+        let replaced = match holder {
+            None => Some(None),
+            Some(h) if is_stale_self(&h, req) => Some(Some(h)),
+            Some(_) => None,
+        };
+        if let Some(replaced) = replaced {
+            if claims.claim(&lease, replaced.as_ref())?.is_none() {
+                return Ok(Claimed { lease, replaced });
             }
-            Some(h) if is_stale_self(&h, req) => {
-                if claims.claim(&lease, Some(&h))?.is_none() {
-                    return Ok(lease);
-                }
-            }
-            Some(_) => {}
         }
     }
     for ip in pool.candidates(fam, &req.identity) {
@@ -231,7 +262,10 @@ fn search(
         }
         let lease = lease_for(ip);
         if claims.claim(&lease, None)?.is_none() {
-            return Ok(lease);
+            return Ok(Claimed {
+                lease,
+                replaced: None,
+            });
         }
     }
     Err(pool.exhausted(fam))

@@ -42,7 +42,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::addr::Family;
-use crate::allocator::{self, Claims};
+use crate::allocator::{self, Claimed, Claims};
 use crate::error::Error;
 use crate::lease::{AllocRequest, Attachment, Lease};
 use crate::names;
@@ -248,6 +248,17 @@ impl FileStore {
             .map_err(|e| Error::io("sync directory", &path, e))
     }
 
+    /// Records `ips` as the identity's latest addresses (for stickiness), if they changed.
+    fn remember(&self, identity: &str, ips: Vec<IpAddr>) -> Result<(), Error> {
+        let path = self.identity_path(identity);
+        let latest = IpList { ips };
+        if Self::read_json::<IpList>(&path)?.as_ref() != Some(&latest) {
+            self.write_json(&path, &latest)?;
+            self.sync_dir(IDENTITIES)?;
+        }
+        Ok(())
+    }
+
     /// The leases `att` holds: the addresses its index lists whose `ips/` file names it.
     fn attachment_leases(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
         let Some(index) = Self::read_json::<IpList>(&self.attachment_path(att))? else {
@@ -337,11 +348,12 @@ impl Claims for Txn<'_> {
     }
 
     fn finish(&mut self, req: &AllocRequest, leases: &[Lease]) -> Result<(), Error> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
         let store = self.store;
         let ips: Vec<IpAddr> = leases.iter().map(|l| l.ip).collect();
+        if self.pending.is_empty() {
+            // An idempotent ADD: nothing to claim, but the identity's latest addresses are these.
+            return store.remember(&req.identity, ips);
+        }
 
         // 1. The attachment's index, first: whatever happens next, DEL can find the addresses.
         let index_path = store.attachment_path(&req.attachment);
@@ -358,35 +370,30 @@ impl Claims for Txn<'_> {
         }
 
         // 2. The leases themselves.
-        for (i, lease) in self.pending.iter().enumerate() {
-            if let Err(e) = store.write_json(&store.ip_path(lease.ip), lease) {
-                for written in &self.pending[..i] {
-                    let _ = FileStore::remove(&store.ip_path(written.ip));
-                }
-                self.pending.clear();
-                return Err(e);
-            }
+        // On a failure the allocator calls `abandon`, which removes (or restores) what was written.
+        for lease in &self.pending {
+            store.write_json(&store.ip_path(lease.ip), lease)?;
         }
         store.sync_dir(IPS)?;
 
         // 3. The identity's addresses, for stickiness.
-        let id_path = store.identity_path(&req.identity);
-        let latest = IpList { ips };
-        if FileStore::read_json::<IpList>(&id_path)?.as_ref() != Some(&latest) {
-            store.write_json(&id_path, &latest)?;
-            store.sync_dir(IDENTITIES)?;
-        }
-        Ok(())
+        store.remember(&req.identity, ips)
     }
 
-    fn abandon(&mut self, claimed: &[Lease]) -> Result<(), Error> {
+    fn abandon(&mut self, claimed: &[Claimed]) -> Result<(), Error> {
+        // Claims are only written by `finish`: undo whatever of it reached the disk.
         self.pending.clear();
-        for l in claimed {
-            if self.store.read_lease(l.ip)?.as_ref() == Some(l) {
-                FileStore::remove(&self.store.ip_path(l.ip))?;
+        let store = self.store;
+        for c in claimed {
+            if store.read_lease(c.lease.ip)?.as_ref() == Some(&c.lease) {
+                let path = store.ip_path(c.lease.ip);
+                match &c.replaced {
+                    Some(old) => store.write_json(&path, old)?,
+                    None => FileStore::remove(&path)?,
+                }
             }
         }
-        Ok(())
+        store.sync_dir(IPS)
     }
 }
 

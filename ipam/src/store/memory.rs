@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::addr::Family;
-use crate::allocator::{self, Claims};
+use crate::allocator::{self, Claimed, Claims};
 use crate::error::Error;
 use crate::lease::{AllocRequest, Attachment, Lease};
 use crate::pool::Pool;
@@ -75,10 +75,13 @@ impl Claims for State {
         Ok(())
     }
 
-    fn abandon(&mut self, claimed: &[Lease]) -> Result<(), Error> {
-        for l in claimed {
-            if self.leases.get(&l.ip) == Some(l) {
-                self.leases.remove(&l.ip);
+    fn abandon(&mut self, claimed: &[Claimed]) -> Result<(), Error> {
+        for c in claimed {
+            if self.leases.get(&c.lease.ip) == Some(&c.lease) {
+                match &c.replaced {
+                    Some(old) => self.leases.insert(old.ip, old.clone()),
+                    None => self.leases.remove(&c.lease.ip),
+                };
             }
         }
         Ok(())

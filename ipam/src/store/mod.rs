@@ -11,6 +11,8 @@ use crate::names;
 use crate::pool::Pool;
 
 pub mod file;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod memory;
 
 pub use file::FileStore;
@@ -71,6 +73,9 @@ pub fn open_store(network: &str, cfg: &StoreConfig, pool: &Pool) -> Result<Box<d
                 timeout,
             )?))
         }
+        #[cfg(feature = "kubernetes")]
+        "kubernetes" => Ok(Box::new(kubernetes::KubernetesStore::open(network, cfg)?)),
+        #[cfg(not(feature = "kubernetes"))]
         "kubernetes" => Err(Error::config(
             "store.kind",
             "this build has no kubernetes store (cargo feature \"kubernetes\")",

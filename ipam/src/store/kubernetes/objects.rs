@@ -45,7 +45,9 @@ pub const ANN_CREATED: &str = "iotlan/created-unix";
 /// The network's part of object names and its label value.
 pub fn network_key(network: &str) -> String {
     let clean = network.len() <= 40
-        && network.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && network
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !network.ends_with('-');
     if clean {
         return network.to_string();
@@ -53,7 +55,13 @@ pub fn network_key(network: &str) -> String {
     let mut s: String = network
         .chars()
         .take(40)
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     s.push('-');
     s.push_str(&hash(network));
@@ -67,8 +75,18 @@ fn hash(s: &str) -> String {
 /// The address's part of an object name: dashes for dots, IPv6 fully expanded.
 pub fn ip_key(ip: IpAddr) -> String {
     match ip {
-        IpAddr::V4(v4) => v4.octets().iter().map(u8::to_string).collect::<Vec<_>>().join("-"),
-        IpAddr::V6(v6) => v6.segments().iter().map(|s| format!("{s:04x}")).collect::<Vec<_>>().join("-"),
+        IpAddr::V4(v4) => v4
+            .octets()
+            .iter()
+            .map(u8::to_string)
+            .collect::<Vec<_>>()
+            .join("-"),
+        IpAddr::V6(v6) => v6
+            .segments()
+            .iter()
+            .map(|s| format!("{s:04x}"))
+            .collect::<Vec<_>>()
+            .join("-"),
     }
 }
 
@@ -94,7 +112,9 @@ pub fn selector(netkey: &str, kind: &str, extra: &[(&str, &str)]) -> String {
 }
 
 fn micro_time(unix: u64) -> Option<MicroTime> {
-    Timestamp::from_second(i64::try_from(unix).ok()?).ok().map(MicroTime)
+    Timestamp::from_second(i64::try_from(unix).ok()?)
+        .ok()
+        .map(MicroTime)
 }
 
 /// The object recording `lease` of `network`.
@@ -103,7 +123,10 @@ pub fn address_object(network: &str, netkey: &str, namespace: &str, lease: &Leas
         (MANAGED_BY.to_string(), MANAGER.to_string()),
         (LABEL_NETWORK.to_string(), netkey.to_string()),
         (LABEL_KIND.to_string(), KIND_ADDRESS.to_string()),
-        (LABEL_ATTACHMENT.to_string(), attachment_hash(&lease.attachment())),
+        (
+            LABEL_ATTACHMENT.to_string(),
+            attachment_hash(&lease.attachment()),
+        ),
         (LABEL_IDENTITY.to_string(), hash(&lease.identity)),
     ]);
     let mut annotations = BTreeMap::from([
@@ -138,10 +161,17 @@ pub fn lease_of(network: &str, obj: &KLease) -> Result<Lease, String> {
     let ann = obj.metadata.annotations.as_ref().ok_or("no annotations")?;
     let get = |k: &str| ann.get(k).ok_or_else(|| format!("annotation {k} missing"));
     if get(ANN_NETWORK)? != network {
-        return Err(format!("annotation {ANN_NETWORK} is {:?}, not {network:?}", get(ANN_NETWORK)?));
+        return Err(format!(
+            "annotation {ANN_NETWORK} is {:?}, not {network:?}",
+            get(ANN_NETWORK)?
+        ));
     }
-    let ip: IpAddr = get(ANN_IP)?.parse().map_err(|e| format!("annotation {ANN_IP}: {e}"))?;
-    let created_unix = get(ANN_CREATED)?.parse().map_err(|e| format!("annotation {ANN_CREATED}: {e}"))?;
+    let ip: IpAddr = get(ANN_IP)?
+        .parse()
+        .map_err(|e| format!("annotation {ANN_IP}: {e}"))?;
+    let created_unix = get(ANN_CREATED)?
+        .parse()
+        .map_err(|e| format!("annotation {ANN_CREATED}: {e}"))?;
     Ok(Lease {
         ip,
         identity: get(ANN_IDENTITY)?.clone(),
@@ -153,7 +183,13 @@ pub fn lease_of(network: &str, obj: &KLease) -> Result<Lease, String> {
 }
 
 /// The identity object remembering `ips` for `identity`.
-pub fn identity_object(network: &str, netkey: &str, namespace: &str, identity: &str, ips: &[IpAddr]) -> KLease {
+pub fn identity_object(
+    network: &str,
+    netkey: &str,
+    namespace: &str,
+    identity: &str,
+    ips: &[IpAddr],
+) -> KLease {
     let labels = BTreeMap::from([
         (MANAGED_BY.to_string(), MANAGER.to_string()),
         (LABEL_NETWORK.to_string(), netkey.to_string()),
@@ -163,7 +199,13 @@ pub fn identity_object(network: &str, netkey: &str, namespace: &str, identity: &
     let annotations = BTreeMap::from([
         (ANN_NETWORK.to_string(), network.to_string()),
         (ANN_IDENTITY.to_string(), identity.to_string()),
-        (ANN_IPS.to_string(), ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(",")),
+        (
+            ANN_IPS.to_string(),
+            ips.iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
     ]);
     KLease {
         metadata: ObjectMeta {
@@ -173,14 +215,19 @@ pub fn identity_object(network: &str, netkey: &str, namespace: &str, identity: &
             annotations: Some(annotations),
             ..ObjectMeta::default()
         },
-        spec: Some(LeaseSpec { holder_identity: Some(identity.to_string()), ..LeaseSpec::default() }),
+        spec: Some(LeaseSpec {
+            holder_identity: Some(identity.to_string()),
+            ..LeaseSpec::default()
+        }),
     }
 }
 
 /// The addresses an identity object remembers, if it is `identity`'s (a hash collision or a
 /// hand-edited object yields none).
 pub fn identity_ips(network: &str, identity: &str, obj: &KLease) -> Vec<IpAddr> {
-    let Some(ann) = obj.metadata.annotations.as_ref() else { return Vec::new() };
+    let Some(ann) = obj.metadata.annotations.as_ref() else {
+        return Vec::new();
+    };
     if ann.get(ANN_IDENTITY).map(String::as_str) != Some(identity)
         || ann.get(ANN_NETWORK).map(String::as_str) != Some(network)
     {
@@ -200,7 +247,8 @@ mod tests {
             && s.split('.').all(|l| {
                 !l.is_empty()
                     && l.len() <= 63
-                    && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                     && !l.starts_with('-')
                     && !l.ends_with('-')
             })
@@ -208,7 +256,15 @@ mod tests {
 
     #[test]
     fn names_are_dns_subdomains_and_distinct() {
-        let nets = ["iot", "IoT", "iot_lan", "iot.lan", "iot-", &"x".repeat(200), "9"];
+        let nets = [
+            "iot",
+            "IoT",
+            "iot_lan",
+            "iot.lan",
+            "iot-",
+            &"x".repeat(200),
+            "9",
+        ];
         let mut seen = std::collections::HashSet::new();
         for n in nets {
             let k = network_key(n);
@@ -218,10 +274,16 @@ mod tests {
                 let name = address_name(&k, ip.parse().unwrap());
                 assert!(dns_subdomain(&name), "{name}");
             }
-            assert!(dns_subdomain(&identity_name(&k, "home-assistant/home-assistant-0")));
+            assert!(dns_subdomain(&identity_name(
+                &k,
+                "home-assistant/home-assistant-0"
+            )));
         }
         assert_eq!(network_key("iot"), "iot");
-        assert_eq!(address_name("iot", "192.168.20.7".parse().unwrap()), "iot.192-168-20-7");
+        assert_eq!(
+            address_name("iot", "192.168.20.7".parse().unwrap()),
+            "iot.192-168-20-7"
+        );
     }
 
     #[test]
@@ -237,7 +299,13 @@ mod tests {
         let obj = address_object("iot", "iot", "iotlan-system", &l);
         assert_eq!(lease_of("iot", &obj).unwrap(), l);
         assert!(lease_of("other", &obj).is_err());
-        let id = identity_object("iot", "iot", "ns", "ha/x", &["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()]);
+        let id = identity_object(
+            "iot",
+            "iot",
+            "ns",
+            "ha/x",
+            &["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+        );
         assert_eq!(identity_ips("iot", "ha/x", &id).len(), 2);
         assert!(identity_ips("iot", "ha/y", &id).is_empty());
     }
