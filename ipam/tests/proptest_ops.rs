@@ -7,7 +7,6 @@
 //! (sticky); otherwise the first free address from the identity's hash slot; errors only when the model
 //! says so, leaving the state unchanged; DEL and GC free exactly what they should.
 
-#[allow(dead_code)]
 #[path = "support/contract.rs"]
 mod contract;
 
