@@ -82,7 +82,7 @@ impl Default for Announce {
 pub struct Ipv6 {
     /// Accept router advertisements (SLAAC addresses and route information options), as Matter
     /// devices and Thread border routers on the LAN need.
-    #[serde(default)]
+    #[serde(default, rename = "acceptRA")]
     pub accept_ra: bool,
     /// Let RAs install a default route via net1. Off unless asked: net1 never carries default traffic.
     #[serde(default)]

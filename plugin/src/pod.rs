@@ -2,6 +2,7 @@
 //! Everything here runs with the thread inside the pod's namespace.
 
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 
@@ -64,8 +65,7 @@ pub fn configure(
         nl.add_address(link.index, ip.address, true)
             .map_err(|e| Error::netlink(format!("cannot add {} to {ifname}", ip.address), e))?;
     }
-    nl.set_up(link.index)
-        .map_err(|e| Error::netlink(format!("cannot bring {ifname} up"), e))?;
+    bring_up(nl, &link, ifname)?;
     for r in routes {
         if r.dst.prefix() == 0 {
             return Err(Error::InvalidConfig(format!(
@@ -82,6 +82,33 @@ pub fn configure(
         .map_err(|e| Error::netlink(format!("cannot read {ifname} back"), e))?
         .ok_or_else(|| Error::Link(format!("{ifname} vanished from the pod's namespace")))
 }
+
+/// Brings the link up. A macvlan whose MAC another link on the same master still uses cannot come
+/// up (EADDRINUSE): that is an older sandbox of the same pod whose namespace the kernel is still
+/// tearing down, so wait for it a little, then ask the runtime to retry.
+fn bring_up(nl: &mut Netlink, link: &Link, ifname: &str) -> Result<()> {
+    let deadline = Instant::now() + MAC_RELEASE_WAIT;
+    loop {
+        match nl.set_up(link.index) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+                return Err(Error::TryAgainLater(format!(
+                    "cannot bring {ifname} up: another link on the same master still uses MAC {} after {} s \
+                     (an older sandbox of the same pod that is not torn down yet?)",
+                    link.mac.map(|m| crate::mac::Mac(m).to_string()).unwrap_or_default(),
+                    MAC_RELEASE_WAIT.as_secs()
+                )))
+            }
+            Err(e) => return Err(Error::netlink(format!("cannot bring {ifname} up"), e)),
+        }
+    }
+}
+
+/// How long ADD waits for a dying sandbox to release the pod's MAC.
+const MAC_RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// The gateway of the same family as `dst`, for routes that name none.
 fn gateway_for(ips: &[IpConfig], dst: IpNetwork) -> Option<IpAddr> {
