@@ -49,7 +49,11 @@ fn truncated_and_corrupted_files_are_named_never_reset() {
     for bad in [&b""[..], b"\x00\x01garbage", b"{\"ip\": 7}"] {
         fs::write(&lease_file, bad).unwrap();
         expect_corrupt(store.leases(), &lease_file);
-        assert_eq!(fs::read(&lease_file).unwrap(), bad, "the file was rewritten");
+        assert_eq!(
+            fs::read(&lease_file).unwrap(),
+            bad,
+            "the file was rewritten"
+        );
     }
     // A lease file that names another address.
     let other = String::from_utf8(full.clone())
@@ -256,11 +260,21 @@ fn full_disk_fails_cleanly_at_every_stage() {
             }
             Err(e) => {
                 assert_io(&e, nix::errno::Errno::ENOSPC, &store_dir);
-                assert_eq!(store.leases().unwrap(), before, "a failed ADD changed the leases");
-                assert!(store.find(&Attachment::new(&cid, "net1")).unwrap().is_empty());
+                assert_eq!(
+                    store.leases().unwrap(),
+                    before,
+                    "a failed ADD changed the leases"
+                );
+                assert!(store
+                    .find(&Attachment::new(&cid, "net1"))
+                    .unwrap()
+                    .is_empty());
                 assert!(tmp_is_empty(&store_dir), "a temporary file was left behind");
                 // The runtime's DEL after the failed ADD works on the full disk.
-                assert!(store.release(&Attachment::new(&cid, "net1")).unwrap().is_empty());
+                assert!(store
+                    .release(&Attachment::new(&cid, "net1"))
+                    .unwrap()
+                    .is_empty());
                 failures += 1;
             }
         }

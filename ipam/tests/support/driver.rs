@@ -1,0 +1,101 @@
+//! A one-shot command-line driver of the file store, so tests and benchmarks can run each operation
+//! as its own process (as the CNI plugin does) without waiting for the plugin binary:
+//!
+//! ```text
+//! <exe> driver <config.json> <network> add <identity> <container-id> <ifname> [requested-ip...]
+//! <exe> driver <config.json> <network> del <container-id> <ifname>
+//! <exe> driver <config.json> <network> gc [<container-id>:<ifname>...]
+//! <exe> driver <config.json> <network> leases
+//! ```
+//!
+//! `<config.json>` holds the CNI config's `ipam` object. Prints the resulting leases as JSON on stdout.
+//! Exit codes: 0 done, 11 retryable (busy), 1 any other error (message on stderr), 2 usage.
+//! With `IOTLAN_DRIVER_START_AT=<unix time in ns>` it sleeps until then before opening the store, so a
+//! test can line up many processes on one instant.
+#![allow(dead_code)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use iotlan_ipam::{open_store, AllocRequest, Attachment, Error, Lease, Pool, PoolConfig};
+
+pub const ARG: &str = "driver";
+
+/// Runs the driver with the arguments after `driver`; returns the exit code.
+pub fn run(args: &[String]) -> i32 {
+    if let Ok(at) = std::env::var("IOTLAN_DRIVER_START_AT") {
+        if let Ok(at) = at.parse::<u128>() {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            if at > now {
+                std::thread::sleep(Duration::from_nanos((at - now) as u64));
+            }
+        }
+    }
+    match execute(args) {
+        Ok(Some(leases)) => {
+            println!("{}", serde_json::to_string(&leases).unwrap_or_default());
+            0
+        }
+        Ok(None) => {
+            eprintln!("usage: driver <config.json> <network> add|del|gc|leases ...");
+            2
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            if e.is_retryable() {
+                11
+            } else {
+                1
+            }
+        }
+    }
+}
+
+fn execute(args: &[String]) -> Result<Option<Vec<Lease>>, Error> {
+    let [config, network, verb, rest @ ..] = args else {
+        return Ok(None);
+    };
+    let text = std::fs::read(config).map_err(|e| Error::Io {
+        op: "read",
+        path: config.into(),
+        source: e,
+    })?;
+    let cfg: PoolConfig = serde_json::from_slice(&text).map_err(|e| Error::InvalidConfig {
+        field: "ipam".into(),
+        reason: e.to_string(),
+    })?;
+    let pool = Pool::new(network, &cfg)?;
+    let store = open_store(network, &cfg.store, &pool)?;
+    let leases = match (verb.as_str(), rest) {
+        ("add", [identity, cid, ifname, requested @ ..]) => {
+            let mut ips = Vec::new();
+            for r in requested {
+                ips.push(r.parse().map_err(|_| Error::InvalidConfig {
+                    field: "requested".into(),
+                    reason: format!("{r:?} is not an IP address"),
+                })?);
+            }
+            store.allocate(
+                &pool,
+                &AllocRequest {
+                    identity: identity.clone(),
+                    attachment: Attachment::new(cid.as_str(), ifname.as_str()),
+                    requested: ips,
+                },
+            )?
+        }
+        ("del", [cid, ifname]) => store.release(&Attachment::new(cid.as_str(), ifname.as_str()))?,
+        ("gc", valid) => {
+            let valid: Vec<Attachment> = valid
+                .iter()
+                .filter_map(|a| a.split_once(':'))
+                .map(|(c, i)| Attachment::new(c, i))
+                .collect();
+            store.gc(&valid)?
+        }
+        ("leases", []) => store.leases()?,
+        _ => return Ok(None),
+    };
+    Ok(Some(leases))
+}
