@@ -25,7 +25,7 @@ const NET: &str = "iot";
 /// The reference configuration's static address.
 const REF_IP: &str = "10.77.0.60";
 /// iotlan's pool on the simulated LAN.
-const POOL: &str = "10.77.0.200-10.77.0.203";
+const POOL: &str = "10.77.0.200-10.77.0.239";
 /// How long a runtime may take to bring a container up or down.
 const RUNTIME_TIMEOUT: Duration = Duration::from_secs(120);
 /// What the containers run: report the interface, ping the gateway, wait for the test.
@@ -114,6 +114,12 @@ impl Case {
             .prefix("iotlan-rt-")
             .tempdir()
             .unwrap_or_else(|e| panic!("tempdir: {e}"));
+        // IOTLAN_TEST_KEEP=1 keeps configs, store and the plugin's log for a look afterwards.
+        let mut dir = dir;
+        if std::env::var_os("IOTLAN_TEST_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("{tag}: keeping {}", dir.path().display());
+        }
         Case {
             flavor,
             lan: Lan::new(tag),
@@ -170,7 +176,7 @@ impl Case {
 
     /// The addresses iotlan may hand out.
     fn pool_ips(&self) -> Vec<String> {
-        (200..=203).map(|i| format!("10.77.0.{i}")).collect()
+        (200..=239).map(|i| format!("10.77.0.{i}")).collect()
     }
 
     /// The leases in the store: ip -> lease JSON.
@@ -196,7 +202,8 @@ impl Case {
 
     /// Asserts what a user checks on the container's interface, from its netns: the kind, the
     /// address in the pool (or the reference's), a unicast MAC (locally administered for iotlan),
-    /// the subnet route, no default route via it, the gateway answering ping, and for iotlan
+    /// the subnet route, no default route via it, the gateway answering ping, an mDNS datagram
+    /// from the IoT device arriving on it, and for iotlan
     /// the lease held by `container_id` (when known). Returns (ip, mac).
     fn check_up(&self, ns: &Netns, ifname: &str, container_id: Option<&str>) -> (String, String) {
         let l = link(ns, ifname).unwrap_or_else(|| {
@@ -239,12 +246,15 @@ impl Case {
                     .unwrap_or_else(|| panic!("no lease for {ip} in the store: {leases:?}"));
                 assert_eq!(lease["ifname"], ifname, "lease {lease}");
                 if let Some(id) = container_id {
-                    assert_eq!(lease["container_id"], id, "lease {lease}");
+                    assert_eq!(lease["containerId"], id, "lease {lease}");
                 }
                 assert_eq!(leases.len(), 1, "more than one lease: {leases:?}");
             }
         }
         assert!(ping(ns, GATEWAY_IP), "{ifname} cannot ping the gateway");
+        let from = mdns_roundtrip(&self.lan.device, ns, ifname, b"iotlan-runtime-mdns")
+            .unwrap_or_else(|| panic!("mDNS from the device never reached {ifname}"));
+        assert_eq!(from.ip().to_string(), DEVICE_IP);
         (ip, l.mac)
     }
 
@@ -342,8 +352,24 @@ impl Session {
         }
     }
 
-    /// Lets the container exit and waits for the runtime to remove it; panics on failure.
-    fn finish(mut self) {
+    /// Runs the checks `f` while the container is up, then lets the container exit and waits for
+    /// the runtime to remove it (its CNI DEL), also when a check failed, and re-raises that failure.
+    fn checked<T>(self, f: impl FnOnce() -> T) -> T {
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let finished = self.finish();
+        match checked {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(v) => {
+                if let Err(e) = finished {
+                    panic!("{e}");
+                }
+                v
+            }
+        }
+    }
+
+    /// Lets the container exit and waits for the runtime to remove it.
+    fn finish(mut self) -> Result<(), String> {
         if let Some(mut stdin) = self.child.stdin.take() {
             let _ = stdin.write_all(b"done\n");
         }
@@ -354,10 +380,12 @@ impl Session {
                 Ok(None) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
                 }
-                other => panic!(
-                    "{} did not exit within {RUNTIME_TIMEOUT:?}: {other:?}",
-                    self.what
-                ),
+                other => {
+                    return Err(format!(
+                        "{} did not exit within {RUNTIME_TIMEOUT:?}: {other:?}",
+                        self.what
+                    ))
+                }
             }
         };
         let stderr = self
@@ -365,11 +393,14 @@ impl Session {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default();
-        assert!(
-            status.success(),
-            "{} failed ({status}):\nstderr: {stderr}",
-            self.what
-        );
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} failed ({status}):\nstderr: {stderr}",
+                self.what
+            ))
+        }
     }
 }
 
@@ -482,7 +513,7 @@ fn cnitool_run(flavor: Flavor) {
             lease["identity"], "home/ha-0",
             "identity from CNI_ARGS: {lease}"
         );
-        let cid = lease["container_id"].as_str().unwrap_or_default();
+        let cid = lease["containerId"].as_str().unwrap_or_default();
         assert!(
             cid.starts_with("cnitool-"),
             "cnitool's container ID: {lease}"
@@ -503,10 +534,10 @@ fn cnitool_run(flavor: Flavor) {
         let again = link(&pod, "net1").expect("net1 after re-ADD");
         assert_eq!(again.mac, mac, "same identity, different MAC");
         cnitool(&case, &netconf, "del", &pod, None);
-        let caps = json!({ "ips": ["10.77.0.202/24"], "mac": "02:11:22:33:44:55" });
+        let caps = json!({ "ips": ["10.77.0.237/24"], "mac": "02:11:22:33:44:55" });
         cnitool(&case, &netconf, "add", &pod, Some(&caps));
         let (ip, mac) = case.check_up(&pod, "net1", None);
-        assert_eq!(ip, "10.77.0.202", "runtimeConfig.ips not applied");
+        assert_eq!(ip, "10.77.0.237", "runtimeConfig.ips not applied");
         assert_eq!(mac, "02:11:22:33:44:55", "runtimeConfig.mac not applied");
         cnitool(&case, &netconf, "del", &pod, Some(&caps));
         case.check_gone();
@@ -592,7 +623,31 @@ cni_plugin_dirs = ["{bin}", "{reference}"]
     }
 }
 
+impl Podman {
+    /// Removes containers a failed test left (`podman rm -f`), on the node so their CNI DEL runs there.
+    fn cleanup(&self, node: &Netns, scratch: &Path) {
+        let ids = self
+            .command(Command::new("podman"))
+            .args(["ps", "-aq"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.split_whitespace() {
+            let _ = self
+                .command(on_node(node, scratch, &[], "podman"))
+                .args(["rm", "-f", "-t", "0", id])
+                .output();
+        }
+    }
+}
+
 fn podman_run(flavor: Flavor) {
+    podman_run_with(flavor, &[], None);
+}
+
+/// Runs a podman container on the LAN with `extra` `podman run` options; `expect` is the
+/// (ip, mac) they ask for.
+fn podman_run_with(flavor: Flavor, extra: &[&str], expect: Option<(&str, &str)>) {
     let needs = [
         Need::Cmd("podman", "podman"),
         Need::Cmd("runc", "runc"),
@@ -607,8 +662,7 @@ fn podman_run(flavor: Flavor) {
     let scratch = case.path("scratch");
     let cmd = podman.command(on_node(&case.lan.node.ns, &scratch, &[], "podman"));
     let mut cmd = cmd;
-    cmd.args([
-        "run",
+    cmd.args(["run"]).args(extra).args([
         "--rm",
         "-i",
         "--pull",
@@ -626,13 +680,27 @@ fn podman_run(flavor: Flavor) {
         GATEWAY_IP,
     ]);
     let what = format!("podman run ({flavor:?})");
+    struct Cleanup<'a>(&'a Podman, &'a Netns, &'a Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            self.0.cleanup(self.1, self.2);
+        }
+    }
+    let _cleanup = Cleanup(&podman, &case.lan.node.ns, &scratch);
     let mut session = Session::start(cmd, &what);
     let report = session.report();
-    let ns = container_view(&report, &what);
-    let (ip, mac) = case.check_up(&ns, "net1", None);
-    check_report(&report, &ip, &mac, &what);
-    drop(ns);
-    session.finish();
+    session.checked(|| {
+        let ns = container_view(&report, &what);
+        let (ip, mac) = case.check_up(&ns, "net1", None);
+        check_report(&report, &ip, &mac, &what);
+        if let Some((want_ip, want_mac)) = expect {
+            assert_eq!(
+                (ip.as_str(), mac.as_str()),
+                (want_ip, want_mac),
+                "{what}: {extra:?} not applied"
+            );
+        }
+    });
     case.check_gone();
 }
 
@@ -644,6 +712,27 @@ fn podman_reference_macvlan() {
 #[test]
 fn podman_iotlan() {
     podman_run(Flavor::Iotlan);
+}
+
+/// podman 4.3's --mac-address arrives as `MAC=` in CNI_ARGS; Debian's macvlan applies it.
+#[test]
+fn podman_reference_requested_mac() {
+    podman_run_with(
+        Flavor::Reference,
+        &["--mac-address", "02:11:22:33:44:77"],
+        Some((REF_IP, "02:11:22:33:44:77")),
+    );
+}
+
+/// podman 4.3's --ip and --mac-address arrive in CNI_ARGS as `IP=` and `MAC=`
+/// (`IgnoreUnknown=1;K8S_POD_NAME=<container name>;MAC=..;IP=..`), not as runtimeConfig.
+#[test]
+fn podman_iotlan_requested_ip_and_mac() {
+    podman_run_with(
+        Flavor::Iotlan,
+        &["--ip", "10.77.0.237", "--mac-address", "02:11:22:33:44:66"],
+        Some(("10.77.0.237", "02:11:22:33:44:66")),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -731,6 +820,31 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // Containers left by a failed test: kill and delete them so their shims exit.
+        let ids = self
+            .ctr()
+            .args(["containers", "ls", "-q"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.split_whitespace() {
+            let _ = self
+                .ctr()
+                .args(["tasks", "kill", "-s", "SIGKILL", id])
+                .output();
+            for _ in 0..20 {
+                let gone = self
+                    .ctr()
+                    .args(["tasks", "delete", id])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if gone {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.ctr().args(["containers", "delete", id]).output();
+        }
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -809,21 +923,21 @@ fn ctr_run(flavor: Flavor) {
     let what = format!("ctr run --cni ({flavor:?})");
     let mut session = Session::start(cmd, &what);
     let report = session.report();
-    let ns = container_view(&report, &what);
-    let (ip, mac) = case.check_up(&ns, "eth0", None);
-    check_report(&report, &ip, &mac, &what);
-    if flavor == Flavor::Iotlan {
-        // Without K8S_POD_* the identity is the container ID the runtime passed.
-        let lease = &case.leases()[&ip];
-        let cid = lease["container_id"].as_str().unwrap_or_default();
-        assert!(cid.contains(&id), "container ID {id} not in lease {lease}");
-        assert_eq!(
-            lease["identity"], cid,
-            "identity is the container ID: {lease}"
-        );
-    }
-    drop(ns);
-    session.finish();
+    session.checked(|| {
+        let ns = container_view(&report, &what);
+        let (ip, mac) = case.check_up(&ns, "eth0", None);
+        check_report(&report, &ip, &mac, &what);
+        if flavor == Flavor::Iotlan {
+            // Without K8S_POD_* the identity is the container ID the runtime passed.
+            let lease = &case.leases()[&ip];
+            let cid = lease["containerId"].as_str().unwrap_or_default();
+            assert!(cid.contains(&id), "container ID {id} not in lease {lease}");
+            assert_eq!(
+                lease["identity"], cid,
+                "identity is the container ID: {lease}"
+            );
+        }
+    });
     // ctr's DEL carries an empty CNI_NETNS: the plugin must still release everything.
     case.check_gone();
 }
