@@ -221,51 +221,51 @@ impl SpanSet {
         self.spans.get(k).is_some_and(|s| s.contains(v))
     }
 
-    /// Walks every address of the set once, starting at index `first % len` and wrapping around.
-    pub fn iter_from(&self, first: u128) -> SpanIter<'_> {
-        if self.total == 0 {
-            return SpanIter {
-                set: self,
-                span: 0,
-                value: 0,
-                remaining: 0,
-            };
-        }
-        let i = first % self.total;
+    /// The address at index `i` (`i < len`).
+    pub fn nth(&self, i: u128) -> u128 {
         let k = self.firsts.partition_point(|&f| f <= i) - 1;
-        SpanIter {
-            set: self,
-            span: k,
-            value: self.spans[k].start + (i - self.firsts[k]),
-            remaining: self.total,
-        }
+        self.spans[k].start + (i - self.firsts[k])
     }
-}
 
-pub(crate) struct SpanIter<'a> {
-    set: &'a SpanSet,
-    span: usize,
-    value: u128,
-    remaining: u128,
-}
-
-impl Iterator for SpanIter<'_> {
-    type Item = u128;
-
-    fn next(&mut self) -> Option<u128> {
-        if self.remaining == 0 {
-            return None;
-        }
-        self.remaining -= 1;
-        let v = self.value;
-        if v == self.set.spans[self.span].end {
-            self.span = (self.span + 1) % self.set.spans.len();
-            self.value = self.set.spans[self.span].start;
+    /// Walks every address of the set exactly once: index `first % len`, then onwards in strides of
+    /// `stride` (made coprime with `len`, so the walk is a permutation), wrapping around.
+    pub fn walk(&self, first: u128, stride: u128) -> impl Iterator<Item = u128> + '_ {
+        let n = self.total;
+        let (mut i, step) = if n == 0 {
+            (0, 0)
         } else {
-            self.value = v + 1;
-        }
-        Some(v)
+            (first % n, coprime(stride % n, n))
+        };
+        (0..n).map(move |_| {
+            let v = self.nth(i);
+            // i + step mod n, without overflow
+            i = if i >= n - step {
+                i - (n - step)
+            } else {
+                i + step
+            };
+            v
+        })
     }
+}
+
+/// The first of `s`, `s + 1`, ... (wrapping to 1) that is coprime with `n`; 0 when `n` is 1.
+fn coprime(s: u128, n: u128) -> u128 {
+    if n <= 1 {
+        return 0;
+    }
+    let mut s = s.max(1);
+    while gcd(s, n) != 1 {
+        s = if s + 1 >= n { 1 } else { s + 1 };
+    }
+    s
+}
+
+fn gcd(mut a: u128, mut b: u128) -> u128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// 64-bit FNV-1a: the stable hash from which an identity's starting slot in the pool is derived.
@@ -294,10 +294,34 @@ mod tests {
         assert_eq!(s.spans(), &[Span { start: 10, end: 15 }, Span::point(20)]);
         assert_eq!(s.len(), 7);
         assert!(s.contains(15) && s.contains(20) && !s.contains(16) && !s.contains(9));
-        let walk: Vec<u128> = s.iter_from(5).collect();
+        let walk: Vec<u128> = s.walk(5, 1).collect();
         assert_eq!(walk, vec![15, 20, 10, 11, 12, 13, 14]);
-        assert_eq!(s.iter_from(0).count(), 7);
-        assert_eq!(SpanSet::default().iter_from(3).count(), 0);
+        let walk: Vec<u128> = s.walk(12, 3).collect();
+        assert_eq!(walk, vec![15, 11, 14, 10, 13, 20, 12]);
+        assert_eq!(SpanSet::default().walk(3, 5).count(), 0);
+        assert_eq!(set(&[(4, 4)]).walk(9, 9).collect::<Vec<_>>(), vec![4]);
+    }
+
+    #[test]
+    fn every_walk_is_a_permutation() {
+        let base = set(&[(100, 159), (200, 200), (300, 339)]); // 101 addresses
+        for last in [100u128, 101, 105, 111, 200, 339] {
+            let s = base.subtract(&set(&[(last + 1, 400)]));
+            for stride in [0u128, 1, 2, 3, 4, 6, 50, 99, 1 << 70] {
+                for first in [0u128, 1, 7, 1 << 90] {
+                    let mut w: Vec<u128> = s.walk(first, stride).collect();
+                    assert_eq!(w.len() as u128, s.len());
+                    w.sort();
+                    w.dedup();
+                    assert_eq!(
+                        w.len() as u128,
+                        s.len(),
+                        "len={} stride={stride} first={first}",
+                        s.len()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! 2. else the requested address (`runtimeConfig.ips`): it must pass [`Pool::check_assignable`] and be
 //!    free, or the ADD fails ([`Error::NotAllowed`] / [`Error::Conflict`]);
 //! 3. else the identity's previous address (sticky across DEL), if still assignable and free;
-//! 4. else the first free address of [`Pool::candidates`], which starts at the identity's hash slot.
+//! 4. else the first free address of [`Pool::candidates`]: from the identity's hash slot, in strides
+//!    also derived from its hash.
 //!
 //! A lease held by the *same identity* under a *different container ID* is stale (a pod name is unique in
 //! its namespace, so that container is an earlier sandbox of this pod whose DEL has not come yet): steps

@@ -49,7 +49,8 @@
 //! Per family: the identity's reservation; else the requested address (`runtimeConfig.ips`), which must
 //! be inside the subnet, inside `pool` or reserved for this identity, and free, or the ADD fails; else the
 //! identity's previous address (sticky, also after DEL); else the first free address searched from a slot
-//! derived from the identity's FNV-1a 64 hash (see [`Pool::slot`]). Exclusions, the gateway, the network
+//! derived from the identity's FNV-1a 64 hash, in strides derived from the same identity (double
+//! hashing; see [`Pool::slot`] and [`Pool::stride`]). Exclusions, the gateway, the network
 //! and (IPv4) broadcast addresses are never handed out. Details: [`allocator`].
 //!
 //! # Stores

@@ -407,17 +407,33 @@ impl Pool {
         }
     }
 
+    /// The stride of an identity's search: FNV-1a 64 of the identity's bytes followed by a 0xff byte
+    /// (never part of UTF-8), modulo the number of searchable addresses, then the next value coprime with
+    /// it. Probing in identity-specific strides (double hashing) instead of one by one keeps occupied
+    /// addresses from forming long runs, so a search in a 90 % full /16 costs about what it costs in a
+    /// 90 % full /24 (about 10 probes on average).
+    pub fn stride(&self, family: Family, identity: &str) -> u128 {
+        let mut bytes = identity.as_bytes().to_vec();
+        bytes.push(0xff);
+        let n = self.family(family).map_or(1, |f| f.search.len().max(1));
+        u128::from(fnv1a64(&bytes)) % n
+    }
+
     /// The addresses the search may hand out to `identity` in `family`, in the order to try them: from
-    /// [`Pool::slot`] upwards, wrapping around. Reserved addresses are never among them.
+    /// [`Pool::slot`], in strides of [`Pool::stride`], each address once. Reserved addresses are never
+    /// among them.
     pub fn candidates<'a>(
         &'a self,
         family: Family,
         identity: &str,
     ) -> impl Iterator<Item = IpAddr> + 'a {
         let slot = self.slot(family, identity);
-        self.family(family)
-            .into_iter()
-            .flat_map(move |f| f.search.iter_from(slot).map(move |v| from_u128(family, v)))
+        let stride = self.stride(family, identity);
+        self.family(family).into_iter().flat_map(move |f| {
+            f.search
+                .walk(slot, stride)
+                .map(move |v| from_u128(family, v))
+        })
     }
 
     /// The error for a family with nothing left.

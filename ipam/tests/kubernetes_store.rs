@@ -1,1 +1,549 @@
-//! The kubernetes store against a test double of the API server (being written).
+//! The `kubernetes` store against the API server test double (support/apiserver.rs): the shared
+//! store contract (support/contract.rs, the same suite the file store passes), then the cases only
+//! a lock-free, networked store has: lost races, conditional deletes, an unreachable or refusing
+//! API server, the objects it writes, and the reconcile loop.
+//!
+//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_store`.
+
+#[macro_use]
+#[path = "support/contract.rs"]
+mod contract;
+#[path = "support/apiserver.rs"]
+mod apiserver;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use apiserver::ApiServer;
+use contract::{ip, ips, req, req_ip, v4_pool};
+use iotlan_ipam::store::kubernetes::{objects, KubernetesStore, Reconciler};
+use iotlan_ipam::{open_store, Attachment, Error, Lease, Store, StoreConfig};
+use serde_json::{json, Value};
+
+const NS: &str = "iotlan-system";
+const TOKEN: &str = "t0ken";
+
+struct KubeFixture {
+    server: ApiServer,
+    _dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl KubeFixture {
+    fn new() -> KubeFixture {
+        let server = ApiServer::start();
+        server.set_token(Some(TOKEN));
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = server.kubeconfig(dir.path(), "default", TOKEN);
+        KubeFixture {
+            server,
+            _dir: dir,
+            kubeconfig,
+        }
+    }
+
+    fn config(&self) -> StoreConfig {
+        store_config(&self.kubeconfig, json!({}))
+    }
+
+    fn open(&self) -> KubernetesStore {
+        KubernetesStore::open("iot", &self.config()).unwrap()
+    }
+}
+
+fn store_config(kubeconfig: &Path, extra: Value) -> StoreConfig {
+    let mut v = json!({ "kind": "kubernetes", "namespace": NS, "kubeconfig": kubeconfig });
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+impl contract::Fixture for KubeFixture {
+    fn store(&self) -> Box<dyn Store> {
+        // Through open_store, as the plugin opens it; every handle has its own client.
+        let pool = v4_pool();
+        open_store("iot", &self.config(), &pool).unwrap()
+    }
+}
+
+store_contract_tests!(kubernetes, Box::new(super::KubeFixture::new()));
+
+fn lease(ip_: &str, identity: &str, cid: &str) -> Lease {
+    Lease {
+        ip: ip(ip_),
+        identity: identity.into(),
+        container_id: cid.into(),
+        ifname: "net1".into(),
+        node: Some("other-node".into()),
+        created_unix: 1_700_000_000,
+    }
+}
+
+fn object(l: &Lease) -> Value {
+    serde_json::to_value(objects::address_object("iot", "iot", NS, l)).unwrap()
+}
+
+fn name(ip_: &str) -> String {
+    objects::address_name("iot", ip(ip_))
+}
+
+#[test]
+fn each_address_is_one_lease_object_and_the_identity_is_remembered() {
+    let f = KubeFixture::new();
+    let s = f.open();
+    let got = s
+        .allocate(&v4_pool(), &req("home-assistant/home-assistant-0", "c1"))
+        .unwrap();
+    assert_eq!(ips(&got), vec![ip("192.168.20.100")]);
+    let objs = f.server.leases(NS);
+    let addr = objs
+        .iter()
+        .find(|o| o["metadata"]["name"] == "iot.192-168-20-100")
+        .expect("address object");
+    assert_eq!(
+        addr["spec"]["holderIdentity"],
+        "home-assistant/home-assistant-0"
+    );
+    assert_eq!(addr["metadata"]["labels"]["iotlan/kind"], "address");
+    assert_eq!(
+        addr["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "iotlan"
+    );
+    assert_eq!(addr["metadata"]["annotations"]["iotlan/container-id"], "c1");
+    assert_eq!(addr["metadata"]["annotations"]["iotlan/ifname"], "net1");
+    let id = objs
+        .iter()
+        .find(|o| o["metadata"]["labels"]["iotlan/kind"] == "identity")
+        .expect("identity object");
+    assert_eq!(
+        id["metadata"]["annotations"]["iotlan/ips"],
+        "192.168.20.100"
+    );
+    assert_eq!(objs.len(), 2, "{objs:#?}");
+    // DEL removes the address object and keeps the identity's record.
+    s.release(&Attachment::new("c1", "net1")).unwrap();
+    let objs = f.server.leases(NS);
+    assert_eq!(objs.len(), 1);
+    assert_eq!(objs[0]["metadata"]["labels"]["iotlan/kind"], "identity");
+}
+
+#[test]
+fn no_lock_and_no_shared_object_is_written() {
+    let f = KubeFixture::new();
+    let s = f.open();
+    let pool = v4_pool();
+    s.allocate(&pool, &req("ns/a", "a")).unwrap();
+    let before = f.server.requests().len();
+    let got = s.allocate(&pool, &req("ns/b", "b")).unwrap();
+    // An ADD writes only its own address object and its identity's record.
+    let allowed: HashSet<String> = [
+        name(&got[0].ip.to_string()),
+        objects::identity_name("iot", "ns/b"),
+    ]
+    .into_iter()
+    .collect();
+    let prefix = format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases");
+    for (method, path) in &f.server.requests()[before..] {
+        if method == "GET" {
+            continue;
+        }
+        let target = path
+            .strip_prefix(&prefix)
+            .unwrap_or(path)
+            .trim_start_matches('/');
+        let target = if target.is_empty() && method == "POST" {
+            "(create)"
+        } else {
+            target
+        };
+        assert!(
+            method == "POST" || allowed.contains(target),
+            "{method} {path} writes an object that is not this ADD's"
+        );
+    }
+    let writes = f.server.requests()[before..]
+        .iter()
+        .filter(|(m, _)| m != "GET")
+        .count();
+    assert_eq!(
+        writes, 2,
+        "one create of the address, one of the identity record"
+    );
+}
+
+#[test]
+fn a_lost_create_race_moves_on_to_the_next_candidate() {
+    let f = KubeFixture::new();
+    let pool = v4_pool();
+    let slot = pool
+        .candidates(iotlan_ipam::Family::V4, "ns/racer")
+        .next()
+        .unwrap();
+    // Another node creates the slot's object between our read (free) and our create.
+    let other = lease(&slot.to_string(), "ns/winner", "w1");
+    f.server
+        .interfere("POST", NS, &name(&slot.to_string()), object(&other));
+    let s = f.open();
+    let got = s.allocate(&pool, &req("ns/racer", "r1")).unwrap();
+    assert_ne!(
+        got[0].ip, slot,
+        "took an address another node had just created"
+    );
+    let all = s.leases().unwrap();
+    assert_eq!(
+        all.iter()
+            .find(|l| l.ip == slot)
+            .map(|l| l.identity.as_str()),
+        Some("ns/winner")
+    );
+    assert_eq!(all.len(), 2);
+    contract::assert_consistent(&pool, &s);
+}
+
+#[test]
+fn a_lost_race_for_a_requested_ip_names_the_holder() {
+    let f = KubeFixture::new();
+    let pool = v4_pool();
+    let want = "192.168.20.207";
+    f.server.interfere(
+        "POST",
+        NS,
+        &name(want),
+        object(&lease(want, "media/jellyfin-0", "jf")),
+    );
+    let s = f.open();
+    let e = s
+        .allocate(&pool, &req_ip("ns/b", "b", &[want]))
+        .unwrap_err();
+    match &e {
+        Error::Conflict {
+            ip: got,
+            holder_identity,
+            holder_container,
+            ..
+        } => {
+            assert_eq!(*got, ip(want));
+            assert_eq!(
+                (holder_identity.as_str(), holder_container.as_str()),
+                ("media/jellyfin-0", "jf")
+            );
+        }
+        other => panic!("expected a conflict naming the holder, got {other}"),
+    }
+    assert!(e.to_string().contains("media/jellyfin-0"), "{e}");
+    assert!(!e.is_retryable());
+}
+
+#[test]
+fn many_nodes_racing_for_one_address_one_wins_the_others_see_the_holder() {
+    let f = KubeFixture::new();
+    let pool = v4_pool();
+    let want = "192.168.20.203";
+    let results: Vec<Result<Vec<Lease>, Error>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let s = f.open();
+                let pool = &pool;
+                scope.spawn(move || {
+                    s.allocate(
+                        pool,
+                        &req_ip(&format!("ns/n{i}"), &format!("n{i}"), &[want]),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners: Vec<&Vec<Lease>> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let winner = &winners[0][0];
+    for r in &results {
+        if let Err(e) = r {
+            match e {
+                Error::Conflict {
+                    holder_identity,
+                    holder_container,
+                    ..
+                } => {
+                    assert_eq!(holder_identity, &winner.identity);
+                    assert_eq!(holder_container, &winner.container_id);
+                }
+                other => panic!("expected a conflict, got {other}"),
+            }
+        }
+    }
+    assert_eq!(f.open().leases().unwrap().len(), 1);
+}
+
+#[test]
+fn racing_nodes_on_a_small_pool_never_share_an_address() {
+    let f = KubeFixture::new();
+    let pool = v4_pool(); // 10 searchable addresses
+    let results: Vec<Result<Vec<Lease>, Error>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let s = f.open();
+                let pool = &pool;
+                scope.spawn(move || s.allocate(pool, &req(&format!("ns/p{i}"), &format!("p{i}"))))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut seen = HashSet::new();
+    let mut exhausted = 0;
+    for r in &results {
+        match r {
+            Ok(l) => assert!(seen.insert(l[0].ip), "{} handed out twice", l[0].ip),
+            Err(Error::Exhausted { .. }) => exhausted += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((seen.len(), exhausted), (10, 6));
+    contract::assert_consistent(&pool, &f.open());
+}
+
+#[test]
+fn release_never_deletes_an_object_that_changed_hands() {
+    let f = KubeFixture::new();
+    let pool = v4_pool();
+    let s = f.open();
+    let got = s.allocate(&pool, &req("ns/web-0", "old")).unwrap();
+    let addr = got[0].ip.to_string();
+    // Between our list and our delete, a new sandbox of the pod takes the address over.
+    let newer = Lease {
+        container_id: "new".into(),
+        ..got[0].clone()
+    };
+    f.server
+        .interfere("DELETE", NS, &name(&addr), object(&newer));
+    assert!(s
+        .release(&Attachment::new("old", "net1"))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.find(&Attachment::new("new", "net1")).unwrap(),
+        vec![newer]
+    );
+    // The delete carried the precondition: the double refused it with 409, nothing was removed.
+    assert_eq!(s.leases().unwrap().len(), 1);
+}
+
+#[test]
+fn release_of_an_object_deleted_meanwhile_is_idempotent() {
+    let f = KubeFixture::new();
+    let s = f.open();
+    let got = s.allocate(&v4_pool(), &req("ns/a", "a")).unwrap();
+    f.server
+        .interfere("DELETE", NS, &name(&got[0].ip.to_string()), Value::Null);
+    assert!(s.release(&Attachment::new("a", "net1")).unwrap().is_empty());
+    assert!(s.leases().unwrap().is_empty());
+}
+
+#[test]
+fn a_takeover_loses_to_a_concurrent_change_and_reports_it() {
+    let f = KubeFixture::new();
+    let pool = v4_pool();
+    let s = f.open();
+    s.allocate(&pool, &req("home-assistant/home-assistant-0", "old"))
+        .unwrap();
+    // The pod is recreated, but just before our replace someone else's sandbox of it took over.
+    let other = lease("192.168.20.100", "home-assistant/home-assistant-0", "other");
+    f.server
+        .interfere("PUT", NS, &name("192.168.20.100"), object(&other));
+    let got = s
+        .allocate(&pool, &req("home-assistant/home-assistant-0", "new"))
+        .unwrap();
+    // It retries against the current holder (a stale sandbox of the same pod) and takes over.
+    assert_eq!(ips(&got), vec![ip("192.168.20.100")]);
+    assert_eq!(s.find(&Attachment::new("new", "net1")).unwrap().len(), 1);
+    assert!(s
+        .find(&Attachment::new("other", "net1"))
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.leases().unwrap().len(), 1);
+}
+
+#[test]
+fn an_unreachable_api_server_is_retryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kc");
+    // A port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    apiserver::write_kubeconfig(&kc, &format!("http://127.0.0.1:{port}"), NS, TOKEN);
+    let s = KubernetesStore::open("iot", &store_config(&kc, json!({ "timeoutMs": 2000 }))).unwrap();
+    let e = s.allocate(&v4_pool(), &req("ns/a", "a")).unwrap_err();
+    assert!(
+        matches!(e, Error::Unavailable { .. }) && e.is_retryable(),
+        "{e}"
+    );
+    assert!(e.to_string().contains("unreachable"), "{e}");
+    let e = s.release(&Attachment::new("a", "net1")).unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+
+    // A server that accepts and never answers: bounded by timeoutMs, then retryable.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    apiserver::write_kubeconfig(
+        &kc,
+        &format!("http://{}", silent.local_addr().unwrap()),
+        NS,
+        TOKEN,
+    );
+    let s = KubernetesStore::open("iot", &store_config(&kc, json!({ "timeoutMs": 300 }))).unwrap();
+    let e = s.leases().unwrap_err();
+    assert!(
+        e.is_retryable() && e.to_string().contains("unreachable"),
+        "{e}"
+    );
+    drop(silent);
+}
+
+#[test]
+fn a_refused_token_is_retryable_and_says_why() {
+    let f = KubeFixture::new();
+    f.server.set_token(Some("rotated"));
+    let s = f.open();
+    let e = s.allocate(&v4_pool(), &req("ns/a", "a")).unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert!(
+        e.to_string().contains("401") && e.to_string().contains("token"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_kubeconfig_and_bad_keys() {
+    let e = KubernetesStore::open(
+        "iot",
+        &store_config(Path::new("/nonexistent/iotlan.kubeconfig"), json!({})),
+    )
+    .unwrap_err();
+    assert!(
+        e.is_retryable() && e.to_string().contains("/nonexistent/iotlan.kubeconfig"),
+        "{e}"
+    );
+    let f = KubeFixture::new();
+    for (extra, field) in [
+        (json!({ "namespaces": "x" }), "store.namespaces"),
+        (json!({ "namespace": "Not_A_Namespace" }), "store.namespace"),
+        (json!({ "timeoutMs": 0 }), "store.timeoutMs"),
+        (json!({ "kubeconfig": "relative/path" }), "store.kubeconfig"),
+    ] {
+        let e = KubernetesStore::open("iot", &store_config(&f.kubeconfig, extra)).unwrap_err();
+        match &e {
+            Error::InvalidConfig { field: got, .. } => assert_eq!(got, field, "{e}"),
+            other => panic!("expected InvalidConfig for {field}, got {other}"),
+        }
+    }
+}
+
+#[test]
+fn networks_are_kept_apart() {
+    let f = KubeFixture::new();
+    let a = KubernetesStore::open("iot", &f.config()).unwrap();
+    let b = KubernetesStore::open("cameras", &f.config()).unwrap();
+    let pool_b = contract::pool(
+        "cameras",
+        json!({ "subnet": "192.168.20.0/24", "pool": ["192.168.20.200-192.168.20.209"] }),
+    );
+    let la = a.allocate(&v4_pool(), &req("ns/x", "x")).unwrap();
+    let lb = b.allocate(&pool_b, &req("ns/x", "x")).unwrap();
+    // Same identity, same container, same address range: two networks, two leases.
+    assert_eq!(la[0].ip, lb[0].ip);
+    assert_eq!(a.leases().unwrap(), la);
+    assert_eq!(b.leases().unwrap(), lb);
+    assert_eq!(b.release(&Attachment::new("x", "net1")).unwrap(), lb);
+    assert_eq!(a.leases().unwrap(), la);
+}
+
+fn reconciler(f: &KubeFixture, grace_secs: u64) -> Reconciler {
+    Reconciler::new(&f.kubeconfig, Some(NS), Duration::from_secs(grace_secs)).unwrap()
+}
+
+#[test]
+fn reconcile_frees_leases_of_deleted_pods_after_the_grace_period() {
+    let f = KubeFixture::new();
+    let pool = v4_pool();
+    let s = f.open();
+    f.server.add_pod("ns", "alive");
+    f.server.add_pod("ns", "gone");
+    let alive = s.allocate(&pool, &req("ns/alive", "a")).unwrap();
+    let gone = s.allocate(&pool, &req("ns/gone", "g")).unwrap();
+    let young = s.allocate(&pool, &req("ns/starting", "y")).unwrap(); // pod not listed yet
+    let podless = s.allocate(&pool, &req("0123abcd", "0123abcd")).unwrap(); // ctr/podman: no pod
+    f.server.delete_pod("ns", "gone");
+    for l in [&alive, &gone, &podless] {
+        f.server.backdate(NS, &name(&l[0].ip.to_string()), 3600);
+    }
+    let report = reconciler(&f, 300).run_once().unwrap();
+    assert_eq!(report.freed, vec![("iot".to_string(), gone[0].clone())]);
+    assert_eq!(
+        (report.checked, report.young, report.podless),
+        (4, 1, 1),
+        "{report}"
+    );
+    let left: Vec<IpAddr> = s.leases().unwrap().iter().map(|l| l.ip).collect();
+    assert_eq!(left.len(), 3);
+    for l in [&alive, &young, &podless] {
+        assert!(left.contains(&l[0].ip));
+    }
+    // A second reconciler (another node) finds nothing more to free.
+    assert!(reconciler(&f, 300).run_once().unwrap().freed.is_empty());
+    // Once past the grace period, the pod that never appeared loses its lease too.
+    f.server.backdate(NS, &name(&young[0].ip.to_string()), 3600);
+    let report = reconciler(&f, 300).run_once().unwrap();
+    assert_eq!(report.freed.len(), 1);
+    assert_eq!(report.freed[0].1.identity, "ns/starting");
+}
+
+#[test]
+fn reconcile_never_frees_a_lease_that_changed_under_it() {
+    let f = KubeFixture::new();
+    let s = f.open();
+    let got = s.allocate(&v4_pool(), &req("ns/web-0", "old")).unwrap();
+    let addr = got[0].ip.to_string();
+    f.server.backdate(NS, &name(&addr), 3600);
+    // Between the reconciler's list and its delete, the recreated pod takes the address over.
+    let newer = Lease {
+        container_id: "new".into(),
+        ..got[0].clone()
+    };
+    f.server
+        .interfere("DELETE", NS, &name(&addr), object(&newer));
+    let report = reconciler(&f, 60).run_once().unwrap();
+    assert!(report.freed.is_empty(), "{report}");
+    assert_eq!(
+        s.find(&Attachment::new("new", "net1")).unwrap(),
+        vec![newer]
+    );
+}
+
+#[test]
+fn reconcile_fails_loudly_when_pods_cannot_be_listed() {
+    let f = KubeFixture::new();
+    let s = f.open();
+    let got = s.allocate(&v4_pool(), &req("ns/a", "a")).unwrap();
+    f.server.backdate(NS, &name(&got[0].ip.to_string()), 3600);
+    // No RBAC for pods: an empty pod list must never be assumed.
+    f.server.forbid("/pods");
+    let e = reconciler(&f, 0).run_once().unwrap_err();
+    assert!(e.is_retryable() && e.to_string().contains("403"), "{e}");
+    assert_eq!(s.leases().unwrap(), got);
+}
+
+#[test]
+fn a_forbidden_store_says_to_check_rbac() {
+    let f = KubeFixture::new();
+    f.server.forbid("/leases");
+    let e = f
+        .open()
+        .allocate(&v4_pool(), &req("ns/a", "a"))
+        .unwrap_err();
+    assert!(e.is_retryable() && e.to_string().contains("RBAC"), "{e}");
+}

@@ -1,7 +1,7 @@
 //! Multi-process tests of the file store: every ADD is its own process, as under a container runtime.
 //! This binary re-executes itself as the driver (support/driver.rs) for each operation.
 //!
-//! - `concurrent_adds`: 250 processes released at one instant allocate from one store (300 addresses):
+//! - `concurrent_adds`: 250 processes, released at one instant (their stdin closed), allocate from one store (300 addresses):
 //!   0 duplicates, every process gets its address, the store holds exactly those leases.
 //! - `sigkill_loop`: 250 ADDs, each SIGKILLed at a random moment of its run (4 in flight at a time), then
 //!   one GC with the completed ones as valid: 0 leaked, 0 duplicates, every completed ADD holds the
@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use iotlan_ipam::Lease;
 
@@ -124,9 +124,7 @@ fn check_store(s: &Setup) -> BTreeMap<(String, String), String> {
 fn concurrent_adds() {
     const N: usize = 250;
     let s = setup(300);
-    let start_at =
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap() + Duration::from_millis(1500);
-    let children: Vec<(String, Child)> = (0..N)
+    let mut children: Vec<(String, Child)> = (0..N)
         .map(|i| {
             let cid = format!("storm{i:03}");
             // One pod with a reservation among the crowd.
@@ -136,17 +134,17 @@ fn concurrent_adds() {
                 format!("mp/pod-{i}")
             };
             let child = driver(&s, &["add", &identity, &cid, "net1"])
-                .env("IOTLAN_DRIVER_START_AT", start_at.as_nanos().to_string())
+                .env("IOTLAN_DRIVER_WAIT_STDIN", "1")
+                .stdin(Stdio::piped())
                 .spawn()
                 .unwrap();
             (cid, child)
         })
         .collect();
-    let spawned = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    assert!(
-        spawned < start_at,
-        "spawning took longer than the start delay"
-    );
+    // Release them all at once.
+    for (_, child) in &mut children {
+        drop(child.stdin.take());
+    }
     let mut reported = BTreeMap::new();
     for (cid, child) in children {
         let out = child.wait_with_output().unwrap();

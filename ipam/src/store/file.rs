@@ -11,7 +11,7 @@
 //! ```
 //!
 //! An address is held exactly when `ips/<ip>` exists, so one address can never have two holders. ADD
-//! finds a free address with one `stat` per candidate from the identity's hash slot, never a scan of all
+//! finds a free address with one `stat` per candidate of the identity's hash walk, never a scan of all
 //! leases, so its cost does not grow with the pool.
 //!
 //! Every file is written atomically: a temporary file in `tmp/`, `fsync`, `rename` into place, then an

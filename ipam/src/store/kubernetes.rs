@@ -39,7 +39,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::allocator::{self, Claims};
+use crate::allocator::{self, Claimed, Claims};
 use crate::config::StoreConfig;
 use crate::error::Error;
 use crate::lease::{AllocRequest, Attachment, Lease};
@@ -559,13 +559,38 @@ impl Claims for Txn<'_> {
         })
     }
 
-    fn abandon(&mut self, claimed: &[Lease]) -> Result<(), Error> {
+    fn abandon(&mut self, claimed: &[Claimed]) -> Result<(), Error> {
+        let s = self.store;
         let mut first_err = None;
-        for l in claimed {
-            if let Some(s) = self.seen.get(&l.ip).filter(|s| s.lease == *l).cloned() {
-                if let Err(e) = self.store.delete_exact(&s) {
-                    first_err.get_or_insert(e);
+        for c in claimed {
+            // Only what is still exactly our claim is undone (conditional on its resourceVersion).
+            let Some(ours) = self
+                .seen
+                .get(&c.lease.ip)
+                .filter(|x| x.lease == c.lease)
+                .cloned()
+            else {
+                continue;
+            };
+            let result = match &c.replaced {
+                None => s.delete_exact(&ours).map(|_| ()),
+                Some(old) => {
+                    let name = s.name_of(old.ip);
+                    let mut obj = objects::address_object(&s.network, &s.netkey, &s.namespace, old);
+                    obj.metadata.uid = Some(ours.uid.clone());
+                    obj.metadata.resource_version = Some(ours.resource_version.clone());
+                    match s.conn.run(
+                        &format!("replace lease {name}"),
+                        s.api.replace(&name, &PostParams::default(), &obj),
+                    ) {
+                        Ok(_) => Ok(()),
+                        Err(e) if e.is(409) || e.is(404) => Ok(()),
+                        Err(e) => Err(e.into()),
+                    }
                 }
+            };
+            if let Err(e) = result {
+                first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(()), Err)

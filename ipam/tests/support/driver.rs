@@ -10,11 +10,9 @@
 //!
 //! `<config.json>` holds the CNI config's `ipam` object. Prints the resulting leases as JSON on stdout.
 //! Exit codes: 0 done, 11 retryable (busy), 1 any other error (message on stderr), 2 usage.
-//! With `IOTLAN_DRIVER_START_AT=<unix time in ns>` it sleeps until then before opening the store, so a
-//! test can line up many processes on one instant.
+//! With `IOTLAN_DRIVER_WAIT_STDIN` set it first waits for the end of its stdin, so a test can start
+//! many processes and release them at one instant by closing their stdin pipes.
 #![allow(dead_code)]
-
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use iotlan_ipam::{open_store, AllocRequest, Attachment, Error, Lease, Pool, PoolConfig};
 
@@ -22,15 +20,9 @@ pub const ARG: &str = "driver";
 
 /// Runs the driver with the arguments after `driver`; returns the exit code.
 pub fn run(args: &[String]) -> i32 {
-    if let Ok(at) = std::env::var("IOTLAN_DRIVER_START_AT") {
-        if let Ok(at) = at.parse::<u128>() {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            if at > now {
-                std::thread::sleep(Duration::from_nanos((at - now) as u64));
-            }
-        }
+    if std::env::var_os("IOTLAN_DRIVER_WAIT_STDIN").is_some() {
+        // Blocks until the parent closes our stdin.
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
     }
     match execute(args) {
         Ok(Some(leases)) => {

@@ -1,0 +1,779 @@
+//! A small, honest test double of the Kubernetes API server, for the `kubernetes` store.
+//!
+//! It speaks HTTP/1.1 (keep-alive, Content-Length bodies) on 127.0.0.1 and serves exactly the
+//! calls the store and the reconcile loop make, with the API server's semantics for them:
+//!
+//! - `coordination.k8s.io/v1` Leases, namespaced: create (POST), get, list with a label
+//!   selector (`k=v`, `k==v`, `k!=v`, `k`, `!k`), replace (PUT) and delete;
+//! - create of an existing name: 409 `AlreadyExists`; get/replace/delete of a missing one: 404
+//!   `NotFound`; a name that is not a DNS subdomain or a bad label: 422 `Invalid`;
+//! - every write bumps one global `resourceVersion`; create sets `uid` and
+//!   `creationTimestamp`, which replace keeps;
+//! - replace with a stale `metadata.resourceVersion` or another `metadata.uid`: 409 `Conflict`
+//!   (an empty resourceVersion is an unconditional update, as Leases allow);
+//! - delete with `preconditions` (uid, resourceVersion) that do not match: 409 `Conflict`;
+//! - `GET /api/v1/pods` and `/api/v1/namespaces/{ns}/pods` list the pods a test put in;
+//! - with a token set, a request without `Authorization: Bearer <token>` gets 401.
+//!
+//! Each request runs under one mutex, so every single-object operation is atomic, as etcd's
+//! transactions make them on a real server. Anything else gets a 404 or 400 Status, so a
+//! client call the double does not know fails loudly instead of passing by accident.
+//!
+//! Not modelled: watches, patches, field selectors, set-based selectors, pagination, admission,
+//! managedFields, generation, TLS (the double speaks plain HTTP; the store's TLS path is the
+//! kube crate's), and the apiserver's watch cache (a real list may be served slightly stale
+//! from it; ours is always current).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+type Key = (String, String); // (namespace, name)
+
+#[derive(Default)]
+struct State {
+    resource_version: u64,
+    uid_seq: u64,
+    leases: BTreeMap<Key, Value>,
+    pods: BTreeMap<Key, Value>,
+    token: Option<String>,
+    /// (method, path) of every request, in order.
+    log: Vec<(String, String)>,
+    /// Races to stage: before the next `METHOD` on a Lease name, another client writes this
+    /// object there (or deletes it, for `Value::Null`).
+    interfere: BTreeMap<(String, Key), Value>,
+    /// Path parts answered with 403.
+    forbidden: Vec<String>,
+}
+
+/// A running double. Stops when dropped.
+pub struct ApiServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ApiServer {
+    pub fn start() -> ApiServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let accept = {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let (state, stop) = (state.clone(), stop.clone());
+                    std::thread::spawn(move || serve(conn, &state, &stop));
+                }
+            })
+        };
+        ApiServer {
+            addr,
+            state,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requires `Authorization: Bearer <token>` from now on (`None`: no authentication).
+    pub fn set_token(&self, token: Option<&str>) {
+        lock(&self.state).token = token.map(str::to_string);
+    }
+
+    /// Writes a kubeconfig for this server into `dir` and returns its path.
+    pub fn kubeconfig(&self, dir: &Path, namespace: &str, token: &str) -> PathBuf {
+        let path = dir.join(format!("kubeconfig-{}", self.addr.port()));
+        write_kubeconfig(&path, &self.url(), namespace, token);
+        path
+    }
+
+    /// Answers 403 Forbidden to every request whose path contains `part` (missing RBAC).
+    pub fn forbid(&self, part: &str) {
+        lock(&self.state).forbidden.push(part.to_string());
+    }
+
+    pub fn add_pod(&self, namespace: &str, name: &str) {
+        let mut s = lock(&self.state);
+        let uid = s.next_uid();
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "namespace": namespace, "uid": uid,
+                          "creationTimestamp": rfc3339(now_unix()) },
+            "spec": { "containers": [{ "name": "c", "image": "scratch" }] }
+        });
+        s.next_rv();
+        s.pods
+            .insert((namespace.to_string(), name.to_string()), pod);
+    }
+
+    pub fn delete_pod(&self, namespace: &str, name: &str) {
+        lock(&self.state)
+            .pods
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// The Lease objects of `namespace`, as stored.
+    pub fn leases(&self, namespace: &str) -> Vec<Value> {
+        lock(&self.state)
+            .leases
+            .iter()
+            .filter(|((ns, _), _)| ns == namespace)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Moves a Lease's creationTimestamp `secs` into the past (for grace-period tests).
+    pub fn backdate(&self, namespace: &str, name: &str, secs: u64) {
+        let mut s = lock(&self.state);
+        if let Some(obj) = s.leases.get_mut(&(namespace.to_string(), name.to_string())) {
+            obj["metadata"]["creationTimestamp"] = json!(rfc3339(now_unix().saturating_sub(secs)));
+        }
+    }
+
+    /// Stages a race: just before the next `method` request on Lease `namespace/name` is
+    /// handled, another client puts `obj` there (a create, or a replace that bumps the
+    /// resourceVersion and keeps the uid), or deletes the object when `obj` is null.
+    pub fn interfere(&self, method: &str, namespace: &str, name: &str, obj: Value) {
+        lock(&self.state).interfere.insert(
+            (
+                method.to_string(),
+                (namespace.to_string(), name.to_string()),
+            ),
+            obj,
+        );
+    }
+
+    /// Puts a Lease object as another client would (a create, or a replace keeping the uid).
+    pub fn put_lease(&self, namespace: &str, obj: Value) {
+        put_as_other(&mut lock(&self.state), namespace, obj);
+    }
+
+    /// Every (method, path) served so far.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        lock(&self.state).log.clone()
+    }
+}
+
+/// Writes a token-authenticated kubeconfig for `server` to `path`.
+pub fn write_kubeconfig(path: &Path, server: &str, namespace: &str, token: &str) {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: \"{server}\"\n\
+         users:\n- name: u\n  user:\n    token: \"{token}\"\ncontexts:\n- name: c\n  context:\n    \
+         cluster: double\n    user: u\n    namespace: \"{namespace}\"\ncurrent-context: c\n"
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wake the accept loop
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl State {
+    fn next_rv(&mut self) -> String {
+        self.resource_version += 1;
+        self.resource_version.to_string()
+    }
+
+    fn next_uid(&mut self) -> String {
+        self.uid_seq += 1;
+        let salt = (u64::from(std::process::id()) << 20) ^ (now_nanos() as u64 & 0xfffff);
+        format!("{:08x}-0000-4000-8000-{:012x}", salt as u32, self.uid_seq)
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (proleptic Gregorian, days-from-civil inverse).
+pub fn rfc3339(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let rem = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: BTreeMap<String, String>,
+    auth: Option<String>,
+    body: Vec<u8>,
+}
+
+/// Reads one request; `None` at end of stream or on a malformed request.
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let mut len = 0usize;
+    let mut auth = None;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        match k.trim().to_ascii_lowercase().as_str() {
+            "content-length" => len = v.trim().parse().ok()?,
+            "authorization" => auth = Some(v.trim().to_string()),
+            "transfer-encoding" => return None, // chunked bodies: not spoken here
+            _ => {}
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    let (path, q) = target.split_once('?').unwrap_or((&target, ""));
+    let query = q
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    Some(Request {
+        method,
+        path: path.to_string(),
+        query,
+        auth,
+        body,
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
+    let Ok(mut w) = conn.try_clone() else { return };
+    let mut r = BufReader::new(conn);
+    while let Some(req) = read_request(&mut r) {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let (code, body) = handle(state, &req);
+        let text = body.to_string();
+        let reason = match code {
+            200 => "OK",
+            201 => "Created",
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            409 => "Conflict",
+            422 => "Unprocessable Entity",
+            _ => "Error",
+        };
+        let head = format!(
+            "HTTP/1.1 {code} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            text.len()
+        );
+        if w.write_all(head.as_bytes())
+            .and_then(|()| w.write_all(text.as_bytes()))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn status(code: u16, reason: &str, message: String, name: Option<&str>) -> (u16, Value) {
+    let mut v = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code
+    });
+    if let Some(n) = name {
+        v["details"] = json!({ "name": n, "group": "coordination.k8s.io", "kind": "leases" });
+    }
+    (code, v)
+}
+
+fn not_found(name: &str) -> (u16, Value) {
+    status(
+        404,
+        "NotFound",
+        format!("leases.coordination.k8s.io \"{name}\" not found"),
+        Some(name),
+    )
+}
+
+fn conflict(name: &str, why: String) -> (u16, Value) {
+    status(
+        409,
+        "Conflict",
+        format!("Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": {why}"),
+        Some(name),
+    )
+}
+
+fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
+    let mut s = lock(state);
+    s.log.push((req.method.clone(), req.path.clone()));
+    if let Some(token) = &s.token {
+        if req.auth.as_deref() != Some(&format!("Bearer {token}")) {
+            return status(401, "Unauthorized", "Unauthorized".into(), None);
+        }
+    }
+    if s.forbidden.iter().any(|p| req.path.contains(p.as_str())) {
+        return status(
+            403,
+            "Forbidden",
+            format!("forbidden: cannot {} {}", req.method, req.path),
+            None,
+        );
+    }
+    let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    if let ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name] = segs.as_slice()
+    {
+        let key = (req.method.clone(), (ns.to_string(), name.to_string()));
+        if let Some(obj) = s.interfere.remove(&key) {
+            if obj.is_null() {
+                s.next_rv();
+                s.leases.remove(&key.1);
+            } else {
+                put_as_other(&mut s, ns, obj);
+            }
+        }
+    }
+    match (req.method.as_str(), segs.as_slice()) {
+        ("GET", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"]) => {
+            list_leases(&s, ns, req)
+        }
+        ("POST", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"]) => {
+            create(&mut s, ns, req)
+        }
+        ("GET", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
+            match s.leases.get(&(ns.to_string(), name.to_string())) {
+                Some(obj) => (200, obj.clone()),
+                None => not_found(name),
+            }
+        }
+        ("PUT", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
+            replace(&mut s, ns, name, req)
+        }
+        ("DELETE", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
+            delete(&mut s, ns, name, req)
+        }
+        ("GET", ["api", "v1", "pods"]) => list_pods(&s, None),
+        ("GET", ["api", "v1", "namespaces", ns, "pods"]) => list_pods(&s, Some(ns)),
+        _ => status(
+            404,
+            "NotFound",
+            format!(
+                "the server could not find the requested resource ({} {})",
+                req.method, req.path
+            ),
+            None,
+        ),
+    }
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// A label key (optional DNS-subdomain prefix, `/`, name of at most 63) and value (at most 63,
+/// alphanumeric at both ends, `-_.` inside).
+fn valid_label(k: &str, v: &str) -> bool {
+    let name_ok = |n: &str| {
+        n.len() <= 63
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && n.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+            && n.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+    };
+    let key_ok = match k.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && !name.is_empty() && name_ok(name),
+        None => !k.is_empty() && name_ok(k),
+    };
+    key_ok && name_ok(v)
+}
+
+fn validate(obj: &Value) -> Result<(), String> {
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    if !is_dns_subdomain(name) {
+        return Err(format!("metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'"));
+    }
+    if let Some(labels) = obj["metadata"]["labels"].as_object() {
+        for (k, v) in labels {
+            let v = v
+                .as_str()
+                .ok_or(format!("metadata.labels[{k}]: must be a string"))?;
+            if !valid_label(k, v) {
+                return Err(format!("metadata.labels: Invalid value: {k}={v}"));
+            }
+        }
+    }
+    if let Some(ann) = obj["metadata"]["annotations"].as_object() {
+        if ann.values().any(|v| !v.is_string()) {
+            return Err("metadata.annotations: values must be strings".into());
+        }
+    }
+    Ok(())
+}
+
+fn put_as_other(s: &mut State, ns: &str, mut obj: Value) {
+    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let key = (ns.to_string(), name);
+    let (uid, created) = match s.leases.get(&key) {
+        Some(cur) => (
+            cur["metadata"]["uid"].clone(),
+            cur["metadata"]["creationTimestamp"].clone(),
+        ),
+        None => (json!(s.next_uid()), json!(rfc3339(now_unix()))),
+    };
+    let rv = s.next_rv();
+    obj["apiVersion"] = json!("coordination.k8s.io/v1");
+    obj["kind"] = json!("Lease");
+    let meta = obj["metadata"].as_object_mut().expect("metadata");
+    meta.insert("namespace".into(), json!(ns));
+    meta.insert("uid".into(), uid);
+    meta.insert("resourceVersion".into(), json!(rv));
+    meta.insert("creationTimestamp".into(), created);
+    s.leases.insert(key, obj);
+}
+
+fn parse_body(req: &Request) -> Result<Value, (u16, Value)> {
+    serde_json::from_slice(&req.body)
+        .map_err(|e| status(400, "BadRequest", format!("invalid JSON body: {e}"), None))
+}
+
+fn create(s: &mut State, ns: &str, req: &Request) -> (u16, Value) {
+    let mut obj = match parse_body(req) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    if obj["kind"] != "Lease" || obj["apiVersion"] != "coordination.k8s.io/v1" {
+        return status(
+            400,
+            "BadRequest",
+            format!(
+                "expected a coordination.k8s.io/v1 Lease, got {} {}",
+                obj["apiVersion"], obj["kind"]
+            ),
+            None,
+        );
+    }
+    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+    if let Err(e) = validate(&obj) {
+        return status(
+            422,
+            "Invalid",
+            format!("Lease.coordination.k8s.io \"{name}\" is invalid: {e}"),
+            Some(&name),
+        );
+    }
+    match obj["metadata"]["namespace"].as_str() {
+        Some(n) if n != ns => return status(
+            400,
+            "BadRequest",
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+            None,
+        ),
+        _ => {}
+    }
+    if obj["metadata"]["resourceVersion"]
+        .as_str()
+        .is_some_and(|rv| !rv.is_empty())
+    {
+        return status(
+            400,
+            "BadRequest",
+            "resourceVersion should not be set on objects to be created".into(),
+            None,
+        );
+    }
+    let key = (ns.to_string(), name.clone());
+    if s.leases.contains_key(&key) {
+        return status(
+            409,
+            "AlreadyExists",
+            format!("leases.coordination.k8s.io \"{name}\" already exists"),
+            Some(&name),
+        );
+    }
+    let uid = s.next_uid();
+    let rv = s.next_rv();
+    let meta = obj["metadata"].as_object_mut().unwrap();
+    meta.insert("namespace".into(), json!(ns));
+    meta.insert("uid".into(), json!(uid));
+    meta.insert("resourceVersion".into(), json!(rv));
+    meta.insert("creationTimestamp".into(), json!(rfc3339(now_unix())));
+    s.leases.insert(key, obj.clone());
+    (201, obj)
+}
+
+fn replace(s: &mut State, ns: &str, name: &str, req: &Request) -> (u16, Value) {
+    let mut obj = match parse_body(req) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    if obj["metadata"]["name"].as_str() != Some(name) {
+        return status(
+            400,
+            "BadRequest",
+            "the name of the object does not match the name on the URL".into(),
+            None,
+        );
+    }
+    if let Err(e) = validate(&obj) {
+        return status(
+            422,
+            "Invalid",
+            format!("Lease.coordination.k8s.io \"{name}\" is invalid: {e}"),
+            Some(name),
+        );
+    }
+    let key = (ns.to_string(), name.to_string());
+    let Some(current) = s.leases.get(&key) else {
+        return not_found(name);
+    };
+    let cur_rv = current["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let cur_uid = current["metadata"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let created = current["metadata"]["creationTimestamp"].clone();
+    match obj["metadata"]["uid"].as_str() {
+        Some(u) if !u.is_empty() && u != cur_uid => {
+            return conflict(
+                name,
+                format!(
+                    "Precondition failed: UID in precondition: {u}, UID in object meta: {cur_uid}"
+                ),
+            )
+        }
+        _ => {}
+    }
+    match obj["metadata"]["resourceVersion"].as_str() {
+        Some(rv) if !rv.is_empty() && rv != cur_rv => {
+            return conflict(name, "the object has been modified; please apply your changes to the latest version and try again".into())
+        }
+        _ => {}
+    }
+    let rv = s.next_rv();
+    let meta = obj["metadata"].as_object_mut().unwrap();
+    meta.insert("namespace".into(), json!(ns));
+    meta.insert("uid".into(), json!(cur_uid));
+    meta.insert("resourceVersion".into(), json!(rv));
+    meta.insert("creationTimestamp".into(), created);
+    s.leases.insert(key, obj.clone());
+    (200, obj)
+}
+
+fn delete(s: &mut State, ns: &str, name: &str, req: &Request) -> (u16, Value) {
+    let opts: Value = if req.body.is_empty() {
+        json!({})
+    } else {
+        match parse_body(req) {
+            Ok(v) => v,
+            Err(e) => return e,
+        }
+    };
+    let key = (ns.to_string(), name.to_string());
+    let Some(current) = s.leases.get(&key) else {
+        return not_found(name);
+    };
+    let pre = &opts["preconditions"];
+    let cur_uid = current["metadata"]["uid"].as_str().unwrap_or("");
+    let cur_rv = current["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("");
+    if let Some(u) = pre["uid"].as_str() {
+        if u != cur_uid {
+            return conflict(
+                name,
+                format!(
+                    "Precondition failed: UID in precondition: {u}, UID in object meta: {cur_uid}"
+                ),
+            );
+        }
+    }
+    if let Some(rv) = pre["resourceVersion"].as_str() {
+        if rv != cur_rv {
+            return conflict(name, format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {cur_rv}"));
+        }
+    }
+    s.next_rv();
+    let obj = s.leases.remove(&key).unwrap_or_default();
+    (200, obj)
+}
+
+/// Parses an equality-based selector into (key, op, value) terms; set-based ones are refused.
+fn parse_selector(sel: &str) -> Result<Vec<(String, &'static str, String)>, String> {
+    let mut terms = Vec::new();
+    for t in sel.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if t.contains(" in ") || t.contains(" notin ") || t.contains('(') {
+            return Err(format!(
+                "set-based selector {t:?} is not supported by the test double"
+            ));
+        }
+        let term = if let Some((k, v)) = t.split_once("!=") {
+            (k.trim().to_string(), "!=", v.trim().to_string())
+        } else if let Some((k, v)) = t.split_once("==") {
+            (k.trim().to_string(), "=", v.trim().to_string())
+        } else if let Some((k, v)) = t.split_once('=') {
+            (k.trim().to_string(), "=", v.trim().to_string())
+        } else if let Some(k) = t.strip_prefix('!') {
+            (k.trim().to_string(), "!", String::new())
+        } else {
+            (t.to_string(), "exists", String::new())
+        };
+        terms.push(term);
+    }
+    Ok(terms)
+}
+
+fn matches(obj: &Value, terms: &[(String, &'static str, String)]) -> bool {
+    let empty = Map::new();
+    let labels = obj["metadata"]["labels"].as_object().unwrap_or(&empty);
+    terms.iter().all(|(k, op, v)| {
+        let have = labels.get(k).and_then(Value::as_str);
+        match *op {
+            "=" => have == Some(v.as_str()),
+            "!=" => have != Some(v.as_str()),
+            "!" => have.is_none(),
+            _ => have.is_some(),
+        }
+    })
+}
+
+fn list_leases(s: &State, ns: &str, req: &Request) -> (u16, Value) {
+    let terms = match parse_selector(req.query.get("labelSelector").map_or("", String::as_str)) {
+        Ok(t) => t,
+        Err(e) => return status(400, "BadRequest", e, None),
+    };
+    // Items of a real list carry neither kind nor apiVersion.
+    let items: Vec<Value> = s
+        .leases
+        .iter()
+        .filter(|((n, _), obj)| n == ns && matches(obj, &terms))
+        .map(|(_, obj)| {
+            let mut o = obj.clone();
+            if let Some(m) = o.as_object_mut() {
+                m.remove("kind");
+                m.remove("apiVersion");
+            }
+            o
+        })
+        .collect();
+    (
+        200,
+        json!({
+            "kind": "LeaseList", "apiVersion": "coordination.k8s.io/v1",
+            "metadata": { "resourceVersion": s.resource_version.to_string() }, "items": items
+        }),
+    )
+}
+
+fn list_pods(s: &State, ns: Option<&str>) -> (u16, Value) {
+    let items: Vec<Value> = s
+        .pods
+        .iter()
+        .filter(|((n, _), _)| ns.is_none_or(|want| n == want))
+        .map(|(_, p)| {
+            let mut o = p.clone();
+            if let Some(m) = o.as_object_mut() {
+                m.remove("kind");
+                m.remove("apiVersion");
+            }
+            o
+        })
+        .collect();
+    (
+        200,
+        json!({
+            "kind": "PodList", "apiVersion": "v1",
+            "metadata": { "resourceVersion": s.resource_version.to_string() }, "items": items
+        }),
+    )
+}
