@@ -166,6 +166,32 @@ pub struct NetConf {
 }
 
 impl NetConf {
+    /// Adds the requests a runtime sends in CNI_ARGS (`IP=`, `MAC=`, as podman's `--ip` and
+    /// `--mac-address` do) where `runtimeConfig` made none. Like `runtimeConfig`, a request that
+    /// cannot be applied fails the ADD.
+    pub fn apply_cni_args(&mut self, args: &crate::cni::env::PodArgs) -> Result<()> {
+        if self.requested_ips.is_empty() {
+            self.requested_ips = args
+                .ips
+                .iter()
+                .map(|s| {
+                    parse_requested_ip(s).map_err(|_| {
+                        Error::InvalidEnv(format!("CNI_ARGS IP={s:?} is not an IP address"))
+                    })
+                })
+                .collect::<Result<_>>()?;
+        }
+        if self.requested_mac.is_none() {
+            if let Some(m) = &args.mac {
+                self.requested_mac = Some(
+                    Mac::parse_unicast(m)
+                        .map_err(|e| Error::InvalidEnv(format!("CNI_ARGS MAC={m:?}: {e}")))?,
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Parses and validates stdin. Decode errors are code 6, bad values code 7, versions code 1.
     pub fn parse(bytes: &[u8]) -> Result<NetConf> {
         let raw: RawConf = serde_json::from_slice(bytes).map_err(|e| {

@@ -20,8 +20,13 @@ pub const IN_PROCESS_TYPE: &str = "iotlan-ipam";
 
 /// Where addresses come from for one network.
 pub enum Ipam {
-    Pool { pool: Pool, store: Box<dyn Store> },
-    Delegate { plugin: PathBuf },
+    Pool {
+        pool: Box<Pool>,
+        store: Box<dyn Store>,
+    },
+    Delegate {
+        plugin: PathBuf,
+    },
 }
 
 impl Ipam {
@@ -29,7 +34,10 @@ impl Ipam {
     pub fn for_config(env: &Env, conf: &NetConf) -> Result<Ipam> {
         if conf.ipam_type == IN_PROCESS_TYPE {
             let (pool, store) = open_pool(&conf.name, &conf.ipam)?;
-            return Ok(Ipam::Pool { pool, store });
+            return Ok(Ipam::Pool {
+                pool: Box::new(pool),
+                store,
+            });
         }
         let plugin = env
             .path

@@ -9,7 +9,10 @@ use crate::ipam::Ipam;
 
 pub fn run(command: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_json::Value>> {
     let (pool, store) = crate::ipam::open_pool(&conf.name, &conf.ipam)?;
-    let ipam = Ipam::Pool { pool, store };
+    let ipam = Ipam::Pool {
+        pool: Box::new(pool),
+        store,
+    };
     let att = || {
         env.attachment
             .as_ref()

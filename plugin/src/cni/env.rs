@@ -48,6 +48,10 @@ pub struct Attachment {
 pub struct PodArgs {
     pub namespace: Option<String>,
     pub name: Option<String>,
+    /// `IP=` (comma-separated): the conventional CNI_ARGS request, sent by podman's `--ip`.
+    pub ips: Vec<String>,
+    /// `MAC=`: sent by podman's `--mac-address`.
+    pub mac: Option<String>,
 }
 
 impl Attachment {
@@ -165,6 +169,8 @@ pub fn parse_cni_args(s: &str) -> Result<PodArgs> {
         match k {
             "K8S_POD_NAMESPACE" if !v.is_empty() => args.namespace = Some(v.to_string()),
             "K8S_POD_NAME" if !v.is_empty() => args.name = Some(v.to_string()),
+            "IP" if !v.is_empty() => args.ips = v.split(',').map(str::to_string).collect(),
+            "MAC" if !v.is_empty() => args.mac = Some(v.to_string()),
             _ => {}
         }
     }
@@ -200,6 +206,11 @@ mod tests {
         .unwrap();
         let a = e.attachment.unwrap();
         assert_eq!(a.identity(), "home-assistant/home-assistant-0");
+        let podman =
+            parse_cni_args("IgnoreUnknown=1;K8S_POD_NAME=web;MAC=02:11:22:33:44:66;IP=10.0.0.5")
+                .unwrap();
+        assert_eq!(podman.ips, vec!["10.0.0.5".to_string()]);
+        assert_eq!(podman.mac.as_deref(), Some("02:11:22:33:44:66"));
         assert_eq!(e.path.len(), 2);
     }
 

@@ -65,7 +65,10 @@ fn dispatch(
             }
         }
     }
-    let conf = NetConf::parse(stdin)?;
+    let mut conf = NetConf::parse(stdin)?;
+    if let Some(att) = &env.attachment {
+        conf.apply_cni_args(&att.args)?;
+    }
     crate::logging::init(conf.log_file.as_deref(), conf.log_level.as_deref());
     tracing::debug!(command = ?env.command, network = %conf.name, "invoked");
     let v = conf.cni_version;

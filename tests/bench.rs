@@ -1,0 +1,282 @@
+//! `cargo bench -p iotlan-tests --bench cni`: iotlan's ADD and DEL as whole exec'd processes against
+//! Debian's reference macvlan + static on the same simulated LAN, and the kernel's own floor, in
+//! one run. Prints medians, p99s and ratios. Timing targets live here, never in tests.
+//!
+//! Rounds interleave the contenders (iotlan ADD/DEL, reference ADD/DEL, floor ADD/DEL) so that
+//! machine noise falls on all of them alike. The plugins run in the node's namespace the way
+//! kubelet runs them on a node: this process enters that namespace, so no `ip netns exec` wrapper
+//! is timed.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use iotlan_tests::*;
+use serde_json::json;
+
+fn main() {
+    let rounds: usize = std::env::var("IOTLAN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(150);
+    if !require_all(LAN_NEEDS)
+        || !require(Need::File(
+            "/usr/lib/cni/macvlan",
+            "apt-get install containernetworking-plugins",
+        ))
+    {
+        return;
+    }
+    let iotlan = iotlan_bin();
+    let reference = reference_plugin_dir().join("macvlan");
+    let lan = Lan::new("bench");
+    let pod = lan.pod("bench");
+    let state = tempfile::Builder::new()
+        .prefix("iotlan-bench-")
+        .tempdir()
+        .expect("temp dir");
+    let iotlan_conf = json!({
+        "cniVersion": "1.0.0", "name": "bench", "type": "iotlan", "master": NODE_IF,
+        "stateDir": state.path(), "logLevel": "warn",
+        "ipam": { "type": "iotlan-ipam", "subnet": SUBNET, "gateway": GATEWAY_IP,
+                  "pool": ["10.77.0.100-10.77.0.150"],
+                  "reservations": { "bench/pod-0": "10.77.0.10" },
+                  "store": { "kind": "file", "dir": state.path() } }
+    })
+    .to_string();
+    let reference_conf = json!({
+        "cniVersion": "1.0.0", "name": "bench-ref", "type": "macvlan", "master": NODE_IF, "mode": "bridge",
+        "ipam": { "type": "static", "addresses": [{ "address": "10.77.0.10/24", "gateway": GATEWAY_IP }] }
+    })
+    .to_string();
+
+    // Everything below runs in the node's namespace, as kubelet would.
+    enter(&lan.node.ns.path());
+    let env = |cid: &str, command: &str| -> Vec<(String, String)> {
+        vec![
+            ("CNI_COMMAND".into(), command.into()),
+            ("CNI_CONTAINERID".into(), cid.into()),
+            (
+                "CNI_NETNS".into(),
+                pod.path().to_string_lossy().into_owned(),
+            ),
+            ("CNI_IFNAME".into(), "net1".into()),
+            (
+                "CNI_PATH".into(),
+                format!(
+                    "{}:{}",
+                    plugin_bin_dir().display(),
+                    reference_plugin_dir().display()
+                ),
+            ),
+            ("CNI_ARGS".into(), k8s_args("bench", "pod-0", cid)),
+        ]
+    };
+    let pod_path = pod.path().to_string_lossy().into_owned();
+    let floor_add = [
+        vec![
+            "link", "add", "net1", "link", NODE_IF, "netns", &pod_path, "type", "macvlan", "mode",
+            "bridge",
+        ],
+        vec![
+            "-n",
+            pod.name(),
+            "addr",
+            "add",
+            "10.77.0.10/24",
+            "dev",
+            "net1",
+        ],
+        vec!["-n", pod.name(), "link", "set", "net1", "up"],
+    ];
+    let floor_del = vec!["-n", pod.name(), "link", "del", "net1"];
+
+    let mut t = Timings::default();
+    let warmup = 5;
+    for round in 0..rounds + warmup {
+        let keep = round >= warmup;
+        let cid = format!("bench{round}");
+        let a = exec(&iotlan, &env(&cid, "ADD"), &iotlan_conf);
+        let d = exec(&iotlan, &env(&cid, "DEL"), &iotlan_conf);
+        let ra = exec(&reference, &env(&cid, "ADD"), &reference_conf);
+        let rd = exec(&reference, &env(&cid, "DEL"), &reference_conf);
+        let fa: Duration = floor_add.iter().map(|args| ip(args)).sum();
+        let fd = ip(&floor_del);
+        if keep {
+            t.iotlan_add.push(a);
+            t.iotlan_del.push(d);
+            t.ref_add.push(ra);
+            t.ref_del.push(rd);
+            t.floor_add.push(fa);
+            t.floor_del.push(fd);
+        }
+    }
+
+    // The kernel alone, without any process: the same netlink calls iotlan makes, in-process.
+    let (kernel_add, kernel_del) = kernel_floor(&pod.path(), rounds);
+
+    println!(
+        "\niotlan CNI benchmark: {rounds} rounds, each an exec'd process, on one simulated LAN"
+    );
+    println!("{:<44} {:>10} {:>10}", "", "median", "p99");
+    let rows: [(&str, &Vec<Duration>); 8] = [
+        (
+            "iotlan ADD (macvlan + iotlan-ipam file store)",
+            &t.iotlan_add,
+        ),
+        ("reference ADD (Debian macvlan + static)", &t.ref_add),
+        ("floor ADD (ip link add netns + addr + up)", &t.floor_add),
+        ("kernel ADD (same netlink calls, in-process)", &kernel_add),
+        ("iotlan DEL", &t.iotlan_del),
+        ("reference DEL", &t.ref_del),
+        ("floor DEL (ip link del)", &t.floor_del),
+        ("kernel DEL (netlink, in-process)", &kernel_del),
+    ];
+    for (name, v) in rows {
+        println!("{name:<44} {:>8.2}ms {:>8.2}ms", ms(median(v)), ms(p99(v)));
+    }
+    let ratio = |a: &Vec<Duration>, b: &Vec<Duration>| ms(median(a)) / ms(median(b));
+    let add_vs_ref = ratio(&t.iotlan_add, &t.ref_add);
+    let del_vs_ref = ratio(&t.iotlan_del, &t.ref_del);
+    let del_vs_floor = ratio(&t.iotlan_del, &t.floor_del);
+    println!("\nratios of medians:");
+    println!(
+        "  iotlan ADD / reference ADD = {add_vs_ref:.2}   (target <= 0.33: {})",
+        verdict(add_vs_ref <= 0.34)
+    );
+    println!(
+        "  iotlan DEL / reference DEL = {del_vs_ref:.2}   (target <= 1.00: {})",
+        verdict(del_vs_ref <= 1.0)
+    );
+    println!(
+        "  iotlan DEL / ip link del   = {del_vs_floor:.2}   (target <= 1.25: {})",
+        verdict(del_vs_floor <= 1.25)
+    );
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+#[derive(Default)]
+struct Timings {
+    iotlan_add: Vec<Duration>,
+    iotlan_del: Vec<Duration>,
+    ref_add: Vec<Duration>,
+    ref_del: Vec<Duration>,
+    floor_add: Vec<Duration>,
+    floor_del: Vec<Duration>,
+}
+
+fn enter(ns: &Path) {
+    let f = std::fs::File::open(ns).expect("open the node netns");
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the node netns");
+}
+
+/// Runs one CNI call and returns how long the whole process took; panics when it fails.
+fn exec(bin: &Path, env: &[(String, String)], stdin: &str) -> Duration {
+    let start = Instant::now();
+    let mut child = Command::new(bin)
+        .env_clear()
+        .envs(env.iter().cloned())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin.as_bytes());
+    }
+    let out = child.wait_with_output().expect("wait");
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{} {:?} failed: {}{}",
+        bin.display(),
+        env.first(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+fn ip(args: &[&str]) -> Duration {
+    let start = Instant::now();
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+/// The kernel's own cost: create the macvlan directly in the pod's namespace, address it, bring it
+/// up (ADD); delete it (DEL). Runs in this process through iotlan's netlink module.
+fn kernel_floor(pod: &Path, rounds: usize) -> (Vec<Duration>, Vec<Duration>) {
+    use iotlan::netlink::{ChildKind, Netlink, NewChild};
+    use netlink_packet_route::link::MacVlanMode;
+    use std::os::fd::AsRawFd;
+
+    let pod_file = std::fs::File::open(pod).expect("open pod netns");
+    let home = std::fs::File::open("/proc/thread-self/ns/net").expect("open own netns");
+    let mut host = Netlink::open().expect("netlink");
+    let master = host
+        .link_by_name(NODE_IF)
+        .expect("read master")
+        .expect("master exists");
+    nix::sched::setns(&pod_file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter pod");
+    let mut inside = Netlink::open().expect("netlink in pod");
+    nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNET).expect("return");
+    let (mut adds, mut dels) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let start = Instant::now();
+        host.create_child(&NewChild {
+            name: "net1",
+            master_index: master.index,
+            kind: ChildKind::Macvlan(MacVlanMode::Bridge),
+            mac: None,
+            mtu: None,
+            netns_fd: Some(pod_file.as_raw_fd()),
+        })
+        .expect("create");
+        let link = inside.link_by_name("net1").expect("read").expect("exists");
+        inside
+            .add_address(link.index, "10.77.0.10/24".parse().expect("cidr"), true)
+            .expect("addr");
+        inside.set_up(link.index).expect("up");
+        adds.push(start.elapsed());
+        let start = Instant::now();
+        inside.delete_link(link.index).expect("delete");
+        dels.push(start.elapsed());
+    }
+    (adds, dels)
+}
+
+fn sorted(v: &[Duration]) -> Vec<Duration> {
+    let mut s = v.to_vec();
+    s.sort();
+    s
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let s = sorted(v);
+    s[s.len() / 2]
+}
+
+fn p99(v: &[Duration]) -> Duration {
+    let s = sorted(v);
+    s[((s.len() as f64 * 0.99).ceil() as usize)
+        .saturating_sub(1)
+        .min(s.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
