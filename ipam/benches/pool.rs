@@ -68,17 +68,20 @@ fn stats(mut v: Vec<Duration>) -> Stats {
     }
 }
 
-/// Times `samples` allocate+release pairs (the allocation only).
-fn measure(pool: &Pool, store: &dyn Store, samples: usize) -> Stats {
-    let mut times = Vec::with_capacity(samples);
+/// Times `samples` allocate+release pairs (the allocation only) in each store, interleaved so that
+/// both see the same machine and disk conditions.
+fn measure(stores: &[(&Pool, &dyn Store)], samples: usize) -> Vec<Stats> {
+    let mut times = vec![Vec::with_capacity(samples); stores.len()];
     for i in 0..samples {
-        let r = req(format!("bench/probe-{i}"), format!("probe{i}"));
-        let t = Instant::now();
-        store.allocate(pool, &r).unwrap();
-        times.push(t.elapsed());
-        store.release(&r.attachment).unwrap();
+        for (k, (pool, store)) in stores.iter().enumerate() {
+            let r = req(format!("bench/probe-{i}"), format!("probe{i}"));
+            let t = Instant::now();
+            store.allocate(pool, &r).unwrap();
+            times[k].push(t.elapsed());
+            store.release(&r.attachment).unwrap();
+        }
     }
-    stats(times)
+    times.into_iter().map(stats).collect()
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -113,69 +116,83 @@ fn scale() {
         .prefix("iotlan-ipam-bench-")
         .tempdir()
         .unwrap();
-    println!("ADD in a pool 90% full, {SAMPLES} samples each (allocate one new identity, timed; release it)");
-    let mut medians = Vec::new();
-    for (name, subnet, gateway, range, size) in [
+    println!(
+        "ADD in a pool 90% full, {SAMPLES} samples each (allocate one new identity, timed; release it)"
+    );
+    let pools = [
         (
             "/24",
             "10.1.0.0/24",
             "10.1.0.1",
             "10.1.0.2-10.1.0.254",
-            253u32,
+            253usize,
         ),
         (
             "/16",
             "10.2.0.0/16",
             "10.2.0.1",
             "10.2.0.2-10.2.255.254",
-            65533u32,
+            65533usize,
         ),
-    ] {
+    ];
+    let mut built = Vec::new();
+    for (name, subnet, gateway, range, size) in pools {
         let network = format!("net{}", &name[1..]);
         let cfg = config(fill_base.path(), subnet, gateway, range);
         let pool = Pool::new(&network, &cfg).unwrap();
         let store = open_store(&network, &cfg.store, &pool).unwrap();
-        let fill = (size as usize) * 9 / 10;
+        let fill = size * 9 / 10;
         let t = Instant::now();
         for i in 0..fill {
             store
                 .allocate(&pool, &req(format!("bench/fill-{i}"), format!("fill{i}")))
                 .unwrap();
         }
-        let fill_time = t.elapsed();
-        let on_tmpfs = measure(&pool, &*store, SAMPLES);
-
+        println!(
+            "  {name}: {fill} of {size} held (filled in {:.1?} on {})",
+            t.elapsed(),
+            if fast.is_some() { "tmpfs" } else { "disk" }
+        );
         copy_dir(
             &fill_base.path().join(&network),
             &disk_base.path().join(&network),
         );
         let cfg_disk = config(disk_base.path(), subnet, gateway, range);
-        let store_disk = open_store(&network, &cfg_disk.store, &pool).unwrap();
-        assert_eq!(store_disk.leases().unwrap().len(), fill);
-        let on_disk = measure(&pool, &*store_disk, SAMPLES);
-        println!(
-            "  {name}: {fill} of {size} held (filled in {fill_time:.1?} on {})",
-            if fast.is_some() { "tmpfs" } else { "disk" }
-        );
-        println!(
-            "      tmpfs: median {:>9.1?}  mean {:>9.1?}  p99 {:>9.1?}",
-            on_tmpfs.median, on_tmpfs.mean, on_tmpfs.p99
-        );
-        println!(
-            "      disk:  median {:>9.1?}  mean {:>9.1?}  p99 {:>9.1?}",
-            on_disk.median, on_disk.mean, on_disk.p99
-        );
-        medians.push((on_tmpfs, on_disk));
+        let disk = open_store(&network, &cfg_disk.store, &pool).unwrap();
+        assert_eq!(disk.leases().unwrap().len(), fill);
+        built.push((name, pool, store, disk));
+    }
+    // Let the copies reach the disk before fsync latencies are measured.
+    nix::unistd::sync();
+    let on_tmpfs = measure(
+        &built
+            .iter()
+            .map(|(_, p, s, _)| (p, &**s))
+            .collect::<Vec<_>>(),
+        SAMPLES,
+    );
+    let on_disk = measure(
+        &built
+            .iter()
+            .map(|(_, p, _, d)| (p, &**d))
+            .collect::<Vec<_>>(),
+        SAMPLES,
+    );
+    for (k, (name, ..)) in built.iter().enumerate() {
+        for (label, st) in [("tmpfs", &on_tmpfs[k]), ("disk ", &on_disk[k])] {
+            println!(
+                "  {name} {label}: median {:>9.1?}  mean {:>9.1?}  p99 {:>9.1?}",
+                st.median, st.mean, st.p99
+            );
+        }
     }
     let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64();
-    let (t24, d24) = &medians[0];
-    let (t16, d16) = &medians[1];
     println!(
         "  /16 vs /24: tmpfs median x{:.2}, mean x{:.2}; disk median x{:.2}, mean x{:.2} (target: within x2)",
-        ratio(t24.median, t16.median),
-        ratio(t24.mean, t16.mean),
-        ratio(d24.median, d16.median),
-        ratio(d24.mean, d16.mean)
+        ratio(on_tmpfs[0].median, on_tmpfs[1].median),
+        ratio(on_tmpfs[0].mean, on_tmpfs[1].mean),
+        ratio(on_disk[0].median, on_disk[1].median),
+        ratio(on_disk[0].mean, on_disk[1].mean)
     );
 }
 

@@ -17,7 +17,7 @@ pub enum Error {
     InvalidConfig { field: String, reason: String },
 
     /// No free address is left in the pool for this family.
-    #[error("pool {pool} is exhausted: all {size} {family} addresses are in use")]
+    #[error("pool {pool} is exhausted: no free {family} address left among its {size}")]
     Exhausted {
         /// The network name and the subnet, e.g. `iot (192.168.20.0/24)`.
         pool: String,

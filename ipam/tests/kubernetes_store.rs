@@ -452,8 +452,12 @@ fn networks_are_kept_apart() {
         "cameras",
         json!({ "subnet": "192.168.20.0/24", "pool": ["192.168.20.200-192.168.20.209"] }),
     );
-    let la = a.allocate(&v4_pool(), &req("ns/x", "x")).unwrap();
-    let lb = b.allocate(&pool_b, &req("ns/x", "x")).unwrap();
+    let la = a
+        .allocate(&v4_pool(), &req_ip("ns/x", "x", &["192.168.20.207"]))
+        .unwrap();
+    let lb = b
+        .allocate(&pool_b, &req_ip("ns/x", "x", &["192.168.20.207"]))
+        .unwrap();
     // Same identity, same container, same address range: two networks, two leases.
     assert_eq!(la[0].ip, lb[0].ip);
     assert_eq!(a.leases().unwrap(), la);

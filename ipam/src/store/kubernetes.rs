@@ -29,7 +29,7 @@
 //! server that cannot be reached, times out, or answers 5xx/429/401/403 gives
 //! [`Error::Unavailable`] (retryable, CNI code 11).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -403,10 +403,17 @@ impl KubernetesStore {
     }
 }
 
+/// How many candidates the search probes one GET at a time before it lists the network's
+/// address objects once instead (a nearly full pool would otherwise cost a GET per held address).
+const PROBES_BEFORE_LIST: usize = 8;
+
 /// One allocation against the API server: what it read and created, for conditional writes.
 struct Txn<'a> {
     store: &'a KubernetesStore,
     seen: HashMap<IpAddr, Seen>,
+    probes: usize,
+    /// Addresses held when the search listed them. Only a hint: the create decides.
+    held: Option<HashSet<IpAddr>>,
 }
 
 impl Txn<'_> {
@@ -513,6 +520,20 @@ impl Claims for Txn<'_> {
         }
     }
 
+    fn is_free(&mut self, ip: IpAddr) -> Result<bool, Error> {
+        if self.held.is_none() && self.probes >= PROBES_BEFORE_LIST {
+            let all = self.store.list(&[])?;
+            self.held = Some(all.iter().map(|s| s.lease.ip).collect());
+        }
+        match &self.held {
+            Some(held) => Ok(!held.contains(&ip)),
+            None => {
+                self.probes += 1;
+                Ok(self.holder(ip)?.is_none())
+            }
+        }
+    }
+
     fn claim(&mut self, lease: &Lease, replacing: Option<&Lease>) -> Result<Option<Lease>, Error> {
         match replacing {
             None => self.create(lease),
@@ -602,6 +623,8 @@ impl Store for KubernetesStore {
         let mut txn = Txn {
             store: self,
             seen: HashMap::new(),
+            probes: 0,
+            held: None,
         };
         allocator::allocate(pool, req, self.node.as_deref(), &mut txn)
     }
@@ -750,14 +773,14 @@ impl Reconciler {
             if live.contains(&lease.identity) {
                 continue;
             }
-            // The server's creation time, else our own record of it.
+            // The server's creation time, else the allocating node's record of it. (Either is
+            // another clock than ours: the grace period also covers clock skew.)
             let created = obj
                 .metadata
                 .creation_timestamp
                 .as_ref()
                 .and_then(|t| u64::try_from(t.0.as_second()).ok())
-                .unwrap_or(lease.created_unix)
-                .max(lease.created_unix);
+                .unwrap_or(lease.created_unix);
             if now.saturating_sub(created) < self.grace.as_secs() {
                 report.young += 1;
                 continue;

@@ -321,6 +321,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
+    let _ = conn.set_nodelay(true);
     let Ok(mut w) = conn.try_clone() else { return };
     let mut r = BufReader::new(conn);
     while let Some(req) = read_request(&mut r) {
@@ -345,10 +346,8 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             "HTTP/1.1 {code} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             text.len()
         );
-        if w.write_all(head.as_bytes())
-            .and_then(|()| w.write_all(text.as_bytes()))
-            .is_err()
-        {
+        // One write per response: a split head and body would meet Nagle and delayed ACKs.
+        if w.write_all((head + &text).as_bytes()).is_err() {
             return;
         }
     }
@@ -400,9 +399,27 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
         );
     }
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
-    if let ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name] = segs.as_slice()
-    {
-        let key = (req.method.clone(), (ns.to_string(), name.to_string()));
+    // The Lease a request addresses: by URL, or for a create by the name in its body.
+    let target = match segs.as_slice() {
+        ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name] => {
+            Some((ns.to_string(), name.to_string()))
+        }
+        ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"]
+            if req.method == "POST" =>
+        {
+            serde_json::from_slice::<Value>(&req.body)
+                .ok()
+                .and_then(|b| {
+                    b["metadata"]["name"]
+                        .as_str()
+                        .map(|n| (ns.to_string(), n.to_string()))
+                })
+        }
+        _ => None,
+    };
+    if let Some((ns, name)) = target {
+        let ns = ns.as_str();
+        let key = (req.method.clone(), (ns.to_string(), name));
         if let Some(obj) = s.interfere.remove(&key) {
             if obj.is_null() {
                 s.next_rv();
