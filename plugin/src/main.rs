@@ -10,6 +10,14 @@ configuration on stdin.
 
 Commands:
   iotlan validate [FILE|-]   check a CNI config (a NAD's config) with iotlan's own parser and pool rules
+  iotlan status [--config FILE]... [--state-dir DIR] [--json]
+                             networks on this node (or in the cluster store of the configs given): held and
+                             free addresses, and the driver chosen per master
+  iotlan leases [--config FILE]... [--state-dir DIR] [--json]
+                             every lease: address, pod, container, interface, node, age
+  iotlan doctor [--master IF] [--gateway IP] [--seconds N] [--json]
+                             which driver works on this LAN, and does discovery multicast reach a pod?
+                             (a temporary namespace and link; cleans up; bounded in time)
   iotlan version             print the plugin version and the CNI versions it speaks
   iotlan help                this text
 ";
@@ -33,6 +41,9 @@ fn main() {
             0
         }
         Some("validate") => iotlan::cli::validate(args.get(1).map(String::as_str)),
+        Some("status") => iotlan::cli::status::run(iotlan::cli::status::View::Status, &args[1..]),
+        Some("leases") => iotlan::cli::status::run(iotlan::cli::status::View::Leases, &args[1..]),
+        Some("doctor") => iotlan::cli::doctor::run(&args[1..]),
         Some(other) => {
             eprintln!("iotlan: unknown command {other:?}\n\n{USAGE}");
             2

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use ipnetwork::IpNetwork;
+
 use crate::config::NetConf;
 use crate::error::{Error, Result};
 use crate::netlink::{Link, Netlink};
@@ -9,8 +11,13 @@ use crate::netlink::{Link, Netlink};
 /// The configured master, or the interface with an address in the pool's subnet, or the
 /// default-route interface.
 pub fn resolve(nl: &mut Netlink, conf: &NetConf) -> Result<Link> {
+    resolve_with(nl, conf.master.as_deref(), &conf.ipam_subnets())
+}
+
+/// [`resolve`] from a master name and the subnets to look for.
+pub fn resolve_with(nl: &mut Netlink, master: Option<&str>, subnets: &[IpNetwork]) -> Result<Link> {
     let ctx = |e| Error::netlink("cannot list the node's interfaces", e);
-    if let Some(name) = &conf.master {
+    if let Some(name) = master {
         return match nl.link_by_name(name).map_err(ctx)? {
             Some(link) => Ok(link),
             None => Err(Error::Master(format!(
@@ -20,7 +27,6 @@ pub fn resolve(nl: &mut Netlink, conf: &NetConf) -> Result<Link> {
             ))),
         };
     }
-    let subnets = conf.ipam_subnets();
     if !subnets.is_empty() {
         let addrs = nl.addresses().map_err(ctx)?;
         if let Some(a) = addrs
@@ -54,6 +60,17 @@ pub fn resolve(nl: &mut Netlink, conf: &NetConf) -> Result<Link> {
         if subnets.is_empty() { "the ipam subnet".to_string() } else { subnets.join(", ") },
         names(nl)
     )))
+}
+
+/// The IPv4 default route's gateway and interface, if there is one.
+pub fn default_gateway(nl: &mut Netlink) -> Result<Option<(std::net::IpAddr, u32)>> {
+    let routes = nl
+        .routes(false)
+        .map_err(|e| Error::netlink("cannot read the node's routes", e))?;
+    Ok(routes
+        .iter()
+        .find(|r| r.dst.prefix() == 0)
+        .and_then(|r| Some((r.gateway?, r.oif?))))
 }
 
 /// True for Wi-Fi interfaces, where access points drop frames from MACs other than the station's.
