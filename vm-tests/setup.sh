@@ -27,12 +27,18 @@ if [[ -e $cache/kernel/vmlinuz ]]; then
     exit 0
 fi
 # The package the cloud-kernel metapackage points at, e.g. linux-image-6.1.0-56-cloud-amd64.
-pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
-[[ -n $pkg ]] || { echo "setup.sh: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
+download_kernel() {
+    local pkg
+    pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')
+    [[ -n $pkg ]] && (cd "$tmp" && apt-get -o APT::Sandbox::User=root -qq download "$pkg" >/dev/null)
+}
 mkdir -p "$cache"
 tmp=$(mktemp -d "$cache/download.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-(cd "$tmp" && apt-get -o APT::Sandbox::User=root -qq download "$pkg" >/dev/null)
+if ! download_kernel; then
+    apt-get -o DPkg::Lock::Timeout=600 -qq update >/dev/null
+    download_kernel || { echo "setup.sh: cannot download Debian's cloud kernel (linux-image-cloud-amd64)" >&2; exit 1; }
+fi
 dpkg-deb -x "$tmp"/*.deb "$tmp/root"
 version=$(ls "$tmp/root/lib/modules")
 busybox depmod -b "$tmp/root" "$version"
@@ -42,4 +48,4 @@ mkdir -p "$dest/lib/modules"
 mv "$tmp/root/boot/vmlinuz-$version" "$dest/vmlinuz"
 mv "$tmp/root/lib/modules/$version" "$dest/lib/modules/"
 ln -sfn "kernel-$version" "$cache/kernel"
-echo "setup.sh: cached $pkg in $dest"
+echo "setup.sh: cached Debian's kernel $version in $dest"
