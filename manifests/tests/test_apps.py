@@ -30,8 +30,24 @@ AUTHELIA_MIDDLEWARE = "home-assistant-authelia@kubernetescrd"
 MIDDLEWARE_ANNOTATION = "traefik.ingress.kubernetes.io/router.middlewares"
 
 # A version tag: digits with dots, optionally v-prefixed and suffixed (-thick, -alpine); or a digest.
-PINNED = re.compile(r"^[a-z0-9.-]+(:\d+)?/[\w./-]+(:v?\d+(\.\d+)+(-[\w.]+)?)?(@sha256:[0-9a-f]{64})?$")
+PINNED = re.compile(r"^([a-z0-9.-]+(:\d+)?/)?[\w./-]+(:v?\d+(\.\d+)+(-[\w.]+)?)?(@sha256:[0-9a-f]{64})?$")
 FLOATING = {"latest", "stable", "edge", "main", "master", "dev", "nightly", "snapshot"}
+
+
+def is_pinned(image):
+    last = image.split("/")[-1]
+    if not PINNED.match(image) or not (":" in last or "@sha256:" in image):
+        return False
+    tag = last.partition(":")[2].split("@")[0]
+    return tag.split("-")[0] not in FLOATING and not any(f in tag for f in ("latest", "snapshot"))
+
+
+def test_pinned_image_rule():
+    for good in ["ghcr.io/k8snetworkplumbingwg/multus-cni:v4.3.0-thick", "docker.io/library/postgres:17.6",
+                 "iotlan:0.1.0", "localhost:5000/iotlan:0.1.0", "a/b@sha256:" + "0" * 64]:
+        assert is_pinned(good), good
+    for bad in ["busybox", "busybox:latest", "ghcr.io/a/b:stable", "a/b:snapshot-thick", "a/b:2", "a/b:main"]:
+        assert not is_pinned(bad), bad
 
 
 def app_name(obj):
@@ -45,11 +61,8 @@ def app_name(obj):
 def test_every_image_is_pinned(target):
     for obj, _, spec in workloads(render(target)):
         for c, _ in containers(spec):
-            image = c["image"]
-            assert PINNED.match(image) and (":" in image.split("/")[-1] or "@sha256:" in image), \
-                f"{name_of(obj)}: {image} is not pinned to a version (registry/repo:version)"
-            tag = image.split("/")[-1].partition(":")[2].split("@")[0]
-            assert tag.split("-")[0] not in FLOATING and not any(f in tag for f in ("latest", "snapshot")), image
+            assert is_pinned(c["image"]), \
+                f"{name_of(obj)}: {c['image']} is not pinned to a version ([registry/]repo:version or a digest)"
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
