@@ -2,6 +2,8 @@
 
 use iotlan::cni::{self, Plugin};
 
+mod install;
+
 const USAGE: &str = "\
 iotlan: a CNI plugin for the home/IoT LAN (macvlan with ipvlan L2 fallback, static IoT address pool)
 
@@ -41,6 +43,7 @@ fn main() {
             0
         }
         Some("validate") => iotlan::cli::validate(args.get(1).map(String::as_str)),
+        Some("install") => install::main(&args[1..]),
         Some("status") => iotlan::cli::status::run(iotlan::cli::status::View::Status, &args[1..]),
         Some("leases") => iotlan::cli::status::run(iotlan::cli::status::View::Leases, &args[1..]),
         Some("doctor") => iotlan::cli::doctor::run(&args[1..]),

@@ -20,7 +20,11 @@ pub struct FileError {
 }
 
 fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileError + 'a {
-    move |source| FileError { op, path: path.to_owned(), source }
+    move |source| FileError {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Prefix of our temp files, so a crash's leftovers can be recognised and removed.
@@ -29,8 +33,14 @@ pub const TEMP_PREFIX: &str = ".iotlan-tmp.";
 /// Writes `contents` to `dest` atomically with permission bits `mode`.
 pub fn write_atomic(dest: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(
         "{TEMP_PREFIX}{name}.{}.{}",
         std::process::id(),
@@ -45,11 +55,14 @@ pub fn write_atomic(dest: &Path, contents: &[u8], mode: u32) -> Result<(), FileE
             .map_err(err("create", &tmp))?;
         f.write_all(contents).map_err(err("write", &tmp))?;
         // The umask may have cleared bits of `mode` at creation; set them exactly.
-        f.set_permissions(fs::Permissions::from_mode(mode)).map_err(err("chmod", &tmp))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(err("chmod", &tmp))?;
         f.sync_all().map_err(err("fsync", &tmp))?;
         drop(f);
         fs::rename(&tmp, dest).map_err(err("rename into place", dest))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(err("fsync", dir))
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err("fsync", dir))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -70,9 +83,14 @@ pub fn install_binary(src: &Path, dest: &Path) -> Result<bool, FileError> {
 
 /// True when `path` is a regular file holding exactly `want` with permission bits `mode`.
 pub fn same_contents(path: &Path, want: &[u8], mode: u32) -> bool {
-    let Ok(mut f) = File::open(path) else { return false };
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
     let Ok(meta) = f.metadata() else { return false };
-    if !meta.is_file() || meta.len() != want.len() as u64 || meta.permissions().mode() & 0o7777 != mode {
+    if !meta.is_file()
+        || meta.len() != want.len() as u64
+        || meta.permissions().mode() & 0o7777 != mode
+    {
         return false;
     }
     let mut have = Vec::with_capacity(want.len());
@@ -82,7 +100,9 @@ pub fn same_contents(path: &Path, want: &[u8], mode: u32) -> bool {
 /// Removes temp files left in `dir` by an installer that was killed mid-write. Only files
 /// older than a minute: another installer (a DaemonSet surge pod) may be writing right now.
 pub fn remove_stale_temps(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let stale = e
             .metadata()

@@ -39,26 +39,48 @@ pub fn server_from_env() -> Result<String, KubeconfigError> {
     if host.is_empty() || port.is_empty() {
         return Err(KubeconfigError::NoServer);
     }
-    Ok(if host.contains(':') { format!("https://[{host}]:{port}") } else { format!("https://{host}:{port}") })
+    Ok(if host.contains(':') {
+        format!("https://[{host}]:{port}")
+    } else {
+        format!("https://{host}:{port}")
+    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, KubeconfigError> {
-    let data = std::fs::read(path).map_err(|source| KubeconfigError::Read { path: path.to_owned(), source })?;
+    let data = std::fs::read(path).map_err(|source| KubeconfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     if data.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(KubeconfigError::Empty { path: path.to_owned() });
+        return Err(KubeconfigError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(data)
 }
 
 /// Reads the token and CA from `sa_dir`. `namespace` overrides the ServiceAccount's own.
-pub fn load(sa_dir: &Path, server: &str, namespace: Option<&str>) -> Result<Credentials, KubeconfigError> {
-    let token = String::from_utf8_lossy(&read(&sa_dir.join("token"))?).trim().to_owned();
+pub fn load(
+    sa_dir: &Path,
+    server: &str,
+    namespace: Option<&str>,
+) -> Result<Credentials, KubeconfigError> {
+    let token = String::from_utf8_lossy(&read(&sa_dir.join("token"))?)
+        .trim()
+        .to_owned();
     let ca_pem = read(&sa_dir.join("ca.crt"))?;
     let namespace = match namespace {
         Some(ns) => ns.to_owned(),
-        None => String::from_utf8_lossy(&read(&sa_dir.join("namespace"))?).trim().to_owned(),
+        None => String::from_utf8_lossy(&read(&sa_dir.join("namespace"))?)
+            .trim()
+            .to_owned(),
     };
-    Ok(Credentials { server: server.to_owned(), ca_pem, token, namespace })
+    Ok(Credentials {
+        server: server.to_owned(),
+        ca_pem,
+        token,
+        namespace,
+    })
 }
 
 /// Renders the kubeconfig (YAML; each scalar is a JSON string, which YAML reads verbatim).
@@ -87,7 +109,11 @@ fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
             if i <= chunk.len() {
@@ -106,7 +132,15 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(i.as_bytes()), o);
         }
         assert_eq!(base64(&[0xff, 0xfe, 0xfd]), "//79");

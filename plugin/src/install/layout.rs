@@ -55,7 +55,9 @@ pub enum LayoutError {
          --bin-dir and --conf-dir"
     )]
     NotFound { root: PathBuf },
-    #[error("k3s config dir {conf} found under {root}, but neither {K3S_BIN} nor {K3S_LEGACY_BIN}")]
+    #[error(
+        "k3s config dir {conf} found under {root}, but neither {K3S_BIN} nor {K3S_LEGACY_BIN}"
+    )]
     K3sWithoutBinDir { root: PathBuf, conf: &'static str },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
@@ -102,14 +104,29 @@ pub fn detect(root: &Path, ov: &Overrides) -> Result<Layout, LayoutError> {
         match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(LayoutError::NotADirectory { path: p.clone() }),
-            Err(source) => return Err(LayoutError::Io { path: p.clone(), source }),
+            Err(source) => {
+                return Err(LayoutError::Io {
+                    path: p.clone(),
+                    source,
+                })
+            }
         }
     }
-    Ok(Layout { flavor, host_bin_dir, host_conf_dir, bin_dir, conf_dir })
+    Ok(Layout {
+        flavor,
+        host_bin_dir,
+        host_conf_dir,
+        bin_dir,
+        conf_dir,
+    })
 }
 
 fn detect_flavor(root: &Path) -> Result<Flavor, LayoutError> {
-    let is_dir = |p: &str| resolve_in_root(root, Path::new(p)).map(|p| p.is_dir()).unwrap_or(false);
+    let is_dir = |p: &str| {
+        resolve_in_root(root, Path::new(p))
+            .map(|p| p.is_dir())
+            .unwrap_or(false)
+    };
     if is_dir(K3S_CONF) {
         if is_dir(K3S_BIN) {
             return Ok(Flavor::K3s);
@@ -117,12 +134,17 @@ fn detect_flavor(root: &Path) -> Result<Flavor, LayoutError> {
         if is_dir(K3S_LEGACY_BIN) {
             return Ok(Flavor::K3sLegacy);
         }
-        return Err(LayoutError::K3sWithoutBinDir { root: root.to_owned(), conf: K3S_CONF });
+        return Err(LayoutError::K3sWithoutBinDir {
+            root: root.to_owned(),
+            conf: K3S_CONF,
+        });
     }
     if is_dir(KUBEADM_BIN) && is_dir(KUBEADM_CONF) {
         return Ok(Flavor::Kubeadm);
     }
-    Err(LayoutError::NotFound { root: root.to_owned() })
+    Err(LayoutError::NotFound {
+        root: root.to_owned(),
+    })
 }
 
 /// Maps the absolute host path `host` to a path under `root`, following symbolic links the
@@ -131,11 +153,18 @@ fn detect_flavor(root: &Path) -> Result<Flavor, LayoutError> {
 pub fn resolve_in_root(root: &Path, host: &Path) -> Result<PathBuf, LayoutError> {
     let mut out = root.to_path_buf();
     let mut depth = 0usize; // components of `out` below root
-    let mut pending: Vec<PathBuf> = host.components().rev().map(|c| PathBuf::from(c.as_os_str())).collect();
+    let mut pending: Vec<PathBuf> = host
+        .components()
+        .rev()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
     let mut hops = 0;
     while let Some(comp) = pending.pop() {
         match Path::new(&comp).components().next() {
-            None | Some(Component::RootDir) | Some(Component::CurDir) | Some(Component::Prefix(_)) => {}
+            None
+            | Some(Component::RootDir)
+            | Some(Component::CurDir)
+            | Some(Component::Prefix(_)) => {}
             Some(Component::ParentDir) => {
                 if depth > 0 {
                     out.pop();
@@ -148,15 +177,25 @@ pub fn resolve_in_root(root: &Path, host: &Path) -> Result<PathBuf, LayoutError>
                     Ok(m) if m.file_type().is_symlink() => {
                         hops += 1;
                         if hops > 40 {
-                            return Err(LayoutError::SymlinkLoop { path: host.to_owned() });
+                            return Err(LayoutError::SymlinkLoop {
+                                path: host.to_owned(),
+                            });
                         }
-                        let target = std::fs::read_link(&next)
-                            .map_err(|source| LayoutError::Io { path: next.clone(), source })?;
+                        let target =
+                            std::fs::read_link(&next).map_err(|source| LayoutError::Io {
+                                path: next.clone(),
+                                source,
+                            })?;
                         if target.is_absolute() {
                             out = root.to_path_buf();
                             depth = 0;
                         }
-                        pending.extend(target.components().rev().map(|c| PathBuf::from(c.as_os_str())));
+                        pending.extend(
+                            target
+                                .components()
+                                .rev()
+                                .map(|c| PathBuf::from(c.as_os_str())),
+                        );
                     }
                     // Missing components and plain files: keep walking lexically, so callers
                     // get a path they can report or create.
@@ -182,7 +221,11 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = t.path();
         fs::create_dir_all(root.join("var/lib/rancher/k3s/data/abc123/bin")).unwrap();
-        symlink("/var/lib/rancher/k3s/data/abc123", root.join("var/lib/rancher/k3s/data/current")).unwrap();
+        symlink(
+            "/var/lib/rancher/k3s/data/abc123",
+            root.join("var/lib/rancher/k3s/data/current"),
+        )
+        .unwrap();
         let got = resolve_in_root(root, Path::new(K3S_LEGACY_BIN)).unwrap();
         assert_eq!(got, root.join("var/lib/rancher/k3s/data/abc123/bin"));
     }
@@ -193,8 +236,14 @@ mod tests {
         let root = t.path();
         fs::create_dir_all(root.join("a/b")).unwrap();
         symlink("../../../../a", root.join("a/b/up")).unwrap();
-        assert_eq!(resolve_in_root(root, Path::new("/a/b/up/b")).unwrap(), root.join("a/b"));
+        assert_eq!(
+            resolve_in_root(root, Path::new("/a/b/up/b")).unwrap(),
+            root.join("a/b")
+        );
         symlink("loop", root.join("loop")).unwrap();
-        assert!(matches!(resolve_in_root(root, Path::new("/loop")), Err(LayoutError::SymlinkLoop { .. })));
+        assert!(matches!(
+            resolve_in_root(root, Path::new("/loop")),
+            Err(LayoutError::SymlinkLoop { .. })
+        ));
     }
 }

@@ -18,7 +18,6 @@ mod kubeconfig;
 mod layout;
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -133,7 +132,11 @@ fn parse_args(args: &[String]) -> Result<Options, InstallError> {
                     "kubeadm" => Some(Flavor::Kubeadm),
                     "k3s" => Some(Flavor::K3s),
                     "k3s-legacy" => Some(Flavor::K3sLegacy),
-                    other => return Err(InstallError::Usage(format!("--flavor: unknown flavor {other:?}"))),
+                    other => {
+                        return Err(InstallError::Usage(format!(
+                            "--flavor: unknown flavor {other:?}"
+                        )))
+                    }
                 }
             }
             "--bin-dir" => o.layout.bin_dir = Some(value()?.into()),
@@ -157,56 +160,64 @@ fn parse_args(args: &[String]) -> Result<Options, InstallError> {
     }
     if let Some(k) = &o.kubeconfig {
         if !k.is_absolute() {
-            return Err(InstallError::Usage(format!("--kubeconfig must be an absolute host path: {}", k.display())));
+            return Err(InstallError::Usage(format!(
+                "--kubeconfig must be an absolute host path: {}",
+                k.display()
+            )));
         }
     }
     Ok(o)
 }
 
-/// Entry point of `iotlan install`; `args` are the arguments after `install`.
-pub fn main(args: &[String]) -> ExitCode {
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).try_init();
+/// Entry point of `iotlan install`; `args` are the arguments after `install`. Returns the exit
+/// status: 0 done (or stopped by SIGTERM), 1 failed, 2 usage.
+pub fn main(args: &[String]) -> i32 {
     let opts = match parse_args(args) {
         Ok(o) => o,
         Err(InstallError::Usage(msg)) => {
             if msg.is_empty() {
                 print!("{USAGE}");
-                return ExitCode::SUCCESS;
+                return 0;
             }
             eprintln!("iotlan install: {msg}\n\n{USAGE}");
-            return ExitCode::from(2);
+            return 2;
         }
         Err(e) => {
             eprintln!("iotlan install: {e}");
-            return ExitCode::from(2);
+            return 2;
         }
     };
     if opts.check_health {
         return check_health(&opts.health_file, opts.max_age);
     }
+    iotlan::logging::init(None, None);
     match run(&opts) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
-            tracing::error!("iotlan install: {e}");
-            eprintln!("iotlan install: {e}");
-            ExitCode::FAILURE
+            tracing::error!("{e}");
+            1
         }
     }
 }
 
-fn check_health(path: &Path, max_age: Duration) -> ExitCode {
+fn check_health(path: &Path, max_age: Duration) -> i32 {
     let age = std::fs::metadata(path)
         .and_then(|m| m.modified())
         .map(|t| SystemTime::now().duration_since(t).unwrap_or_default());
     match age {
-        Ok(age) if age <= max_age => ExitCode::SUCCESS,
+        Ok(age) if age <= max_age => 0,
         Ok(age) => {
-            eprintln!("{}: last touched {}s ago (limit {}s)", path.display(), age.as_secs(), max_age.as_secs());
-            ExitCode::FAILURE
+            eprintln!(
+                "{}: last touched {}s ago (limit {}s)",
+                path.display(),
+                age.as_secs(),
+                max_age.as_secs()
+            );
+            1
         }
         Err(e) => {
             eprintln!("{}: {e}", path.display());
-            ExitCode::FAILURE
+            1
         }
     }
 }
@@ -241,10 +252,12 @@ impl Agent {
         let kubeconfig = if opts.no_kubeconfig {
             None
         } else {
-            let host = opts
-                .kubeconfig
-                .clone()
-                .unwrap_or_else(|| layout.host_conf_dir.join("iotlan.d").join("iotlan.kubeconfig"));
+            let host = opts.kubeconfig.clone().unwrap_or_else(|| {
+                layout
+                    .host_conf_dir
+                    .join("iotlan.d")
+                    .join("iotlan.kubeconfig")
+            });
             let local = layout::resolve_in_root(&opts.host_root, &host)?;
             Some((host, local))
         };
@@ -253,7 +266,13 @@ impl Agent {
             (Some(_), Some(s)) => Some(s.clone()),
             (Some(_), None) => Some(kubeconfig::server_from_env()?),
         };
-        Ok(Agent { opts: opts.clone(), layout, source_dir, kubeconfig, server })
+        Ok(Agent {
+            opts: opts.clone(),
+            layout,
+            source_dir,
+            kubeconfig,
+            server,
+        })
     }
 
     /// One pass: binaries, kubeconfig, health file. Idempotent and cheap when nothing changed.
@@ -266,7 +285,8 @@ impl Agent {
             }
         }
         if let (Some((host, local)), Some(server)) = (&self.kubeconfig, &self.server) {
-            let creds = kubeconfig::load(&self.opts.sa_dir, server, self.opts.namespace.as_deref())?;
+            let creds =
+                kubeconfig::load(&self.opts.sa_dir, server, self.opts.namespace.as_deref())?;
             let text = kubeconfig::render(&creds);
             if !files::same_contents(local, text.as_bytes(), 0o600) {
                 if let Some(dir) = local.parent() {
@@ -284,7 +304,11 @@ impl Agent {
 
 fn touch(path: &Path) -> Result<(), files::FileError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| files::FileError { op: "create dir", path: dir.into(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| files::FileError {
+            op: "create dir",
+            path: dir.into(),
+            source,
+        })?;
     }
     std::fs::OpenOptions::new()
         .create(true)
@@ -292,7 +316,11 @@ fn touch(path: &Path) -> Result<(), files::FileError> {
         .write(true)
         .open(path)
         .and_then(|f| f.set_modified(SystemTime::now()))
-        .map_err(|source| files::FileError { op: "touch", path: path.into(), source })
+        .map_err(|source| files::FileError {
+            op: "touch",
+            path: path.into(),
+            source,
+        })
 }
 
 /// Blocks SIGTERM and SIGINT in this thread (and every thread started after), and returns a
@@ -365,7 +393,11 @@ mod reconcile {
                 return None;
             }
             let (_, kubeconfig) = agent.kubeconfig.as_ref()?;
-            match iotlan_ipam::store::kubernetes::Reconciler::new(kubeconfig, opts.namespace.as_deref(), opts.reconcile_grace) {
+            match iotlan_ipam::store::kubernetes::Reconciler::new(
+                kubeconfig,
+                opts.namespace.as_deref(),
+                opts.reconcile_grace,
+            ) {
                 Ok(inner) => Some(Reconciler { inner }),
                 Err(e) => {
                     tracing::error!("reconcile loop disabled: {e}");
