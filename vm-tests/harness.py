@@ -103,8 +103,14 @@ class Switch:
 
     def __init__(self, workdir, name="lan"):
         self.sock = os.path.join(workdir, f"{name}.vde")
+        # vde_switch refuses to move a learned MAC to another port for 3 s ("min persistence"). A home
+        # switch relearns at once, and a pod that moves between nodes must be reachable as soon as its
+        # gratuitous ARP has passed, so model that switch.
+        rc = os.path.join(workdir, f"{name}.vde.rc")
+        with open(rc, "w") as f:
+            f.write("hash/setminper 0\n")
         # vde_switch exits on EOF on stdin, so keep a pipe open for its lifetime.
-        self.proc = subprocess.Popen(["vde_switch", "-s", self.sock], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen(["vde_switch", "-f", rc, "-s", self.sock], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not os.path.exists(os.path.join(self.sock, "ctl")):
