@@ -1,0 +1,623 @@
+//! `iotlan install` against fake host roots (temp dirs laid out as kubeadm, k3s and pre-2024.10
+//! k3s hosts), run as the DaemonSet runs it: the real `iotlan` binary, a projected
+//! ServiceAccount dir written the way kubelet writes it (a `..data` symlink swapped atomically),
+//! and, for the reconcile loop, the API server test double of the kubernetes store.
+//!
+//! Run: `cargo test -p iotlan --test install`. Needs nothing but a Unix host (no root).
+
+#[cfg(feature = "kubernetes")]
+#[path = "../../ipam/tests/support/apiserver.rs"]
+mod apiserver;
+
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+const IOTLAN: &str = env!("CARGO_BIN_EXE_iotlan");
+
+/// A self-signed CA certificate (never used for TLS here; the kubeconfig must carry a valid one).
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBijCCAS+gAwIBAgIUWeMPDMwBqsEAppgU/RiYU7rrShYwCgYIKoZIzj0EAwIw
+GTEXMBUGA1UEAwwOaW90bGFuLXRlc3QtY2EwIBcNMjYxMTIxMjMzMTE0WhgPMjEy
+NjEwMjgyMzMxMTRaMBkxFzAVBgNVBAMMDmlvdGxhbi10ZXN0LWNhMFkwEwYHKoZI
+zj0CAQYIKoZIzj0DAQcDQgAEJek12qo9iqaOr7WLNLBBj5r/PwS9r2ryLTsVpE/c
+PIW3sVCnBKXS3LMoGdm7bF+ifH0DPe8NnNK4B7giLvLGDaNTMFEwHQYDVR0OBBYE
+FJdUIfEd+Ib1hiQo8I6mXsLwI4T5MB8GA1UdIwQYMBaAFJdUIfEd+Ib1hiQo8I6m
+XsLwI4T5MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSQAwRgIhAKlpxYG7
+apx5LqccTEnfIwxRoPi8hG4arFOrg0E/iGwYAiEA8AG8IXQl9miJXdC4yyM6KYXB
+wy9uuTCWyikwm2fLDZQ=
+-----END CERTIFICATE-----
+";
+
+#[derive(Clone, Copy, Debug)]
+enum Flavor {
+    Kubeadm,
+    K3s,
+    K3sLegacy,
+}
+
+/// A fake node: host root, the DaemonSet container's ServiceAccount dir, the image's binaries.
+struct Host {
+    dir: tempfile::TempDir,
+    generation: std::cell::Cell<u32>,
+}
+
+impl Host {
+    fn new(flavor: Flavor) -> Host {
+        let h = Host {
+            dir: tempfile::tempdir().unwrap(),
+            generation: std::cell::Cell::new(0),
+        };
+        let root = h.root();
+        match flavor {
+            Flavor::Kubeadm => {
+                mkdir(&root.join("opt/cni/bin"));
+                mkdir(&root.join("etc/cni/net.d"));
+            }
+            Flavor::K3s => {
+                mkdir(&root.join("var/lib/rancher/k3s/data/cni"));
+                mkdir(&root.join("var/lib/rancher/k3s/agent/etc/cni/net.d"));
+                // k3s's own plugins are there already.
+                fs::write(root.join("var/lib/rancher/k3s/data/cni/bridge"), "k3s").unwrap();
+            }
+            Flavor::K3sLegacy => {
+                mkdir(&root.join("var/lib/rancher/k3s/data/0a1b2c/bin"));
+                // An absolute link in host terms: only right when resolved inside the host root.
+                symlink(
+                    "/var/lib/rancher/k3s/data/0a1b2c",
+                    root.join("var/lib/rancher/k3s/data/current"),
+                )
+                .unwrap();
+                mkdir(&root.join("var/lib/rancher/k3s/agent/etc/cni/net.d"));
+            }
+        }
+        mkdir(&h.src());
+        h.set_source(b"#!/bin/sh\necho iotlan v1\n", b"#!/bin/sh\necho ipam v1\n");
+        mkdir(&h.sa());
+        h.write_serviceaccount("token-1", CA_PEM);
+        h
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("host")
+    }
+    fn src(&self) -> PathBuf {
+        self.dir.path().join("image")
+    }
+    fn sa(&self) -> PathBuf {
+        self.dir.path().join("serviceaccount")
+    }
+    fn health(&self) -> PathBuf {
+        self.dir.path().join("run/healthy")
+    }
+
+    fn set_source(&self, iotlan: &[u8], ipam: &[u8]) {
+        // Replaced atomically, so the installer never reads a half-written source.
+        for (name, data) in [("iotlan", iotlan), ("iotlan-ipam", ipam)] {
+            let tmp = self.src().join(format!(".{name}.tmp"));
+            fs::write(&tmp, data).unwrap();
+            fs::rename(&tmp, self.src().join(name)).unwrap();
+        }
+    }
+
+    /// Writes token, CA and namespace the way kubelet's atomic writer does: a new timestamped
+    /// dir, then the `..data` symlink swapped with a rename; the files are links via `..data`.
+    fn write_serviceaccount(&self, token: &str, ca: &str) {
+        let g = self.generation.get() + 1;
+        self.generation.set(g);
+        let sa = self.sa();
+        let gen_dir = sa.join(format!("..2026_11_21_00_00_0{g}"));
+        mkdir(&gen_dir);
+        fs::write(gen_dir.join("token"), token).unwrap();
+        fs::write(gen_dir.join("ca.crt"), ca).unwrap();
+        fs::write(gen_dir.join("namespace"), "iotlan-system").unwrap();
+        let tmp = sa.join("..data_tmp");
+        let _ = fs::remove_file(&tmp);
+        symlink(gen_dir.file_name().unwrap(), &tmp).unwrap();
+        fs::rename(&tmp, sa.join("..data")).unwrap();
+        for f in ["token", "ca.crt", "namespace"] {
+            if fs::symlink_metadata(sa.join(f)).is_err() {
+                symlink(format!("..data/{f}"), sa.join(f)).unwrap();
+            }
+        }
+    }
+
+    fn command(&self, extra: &[&str]) -> Command {
+        let mut c = Command::new(IOTLAN);
+        c.arg("install")
+            .arg("--host-root")
+            .arg(self.root())
+            .arg("--source-dir")
+            .arg(self.src())
+            .arg("--serviceaccount-dir")
+            .arg(self.sa())
+            .arg("--health-file")
+            .arg(self.health())
+            .args(extra)
+            .env("KUBERNETES_SERVICE_HOST", "10.43.0.1")
+            .env("KUBERNETES_SERVICE_PORT", "443")
+            .env("IOTLAN_LOG", "debug");
+        c
+    }
+
+    fn once(&self, extra: &[&str]) -> Output {
+        let mut args = vec!["--once"];
+        args.extend_from_slice(extra);
+        self.command(&args).output().unwrap()
+    }
+
+    /// Starts the installer as a daemon; it is killed when the guard drops.
+    fn daemon(&self, extra: &[&str]) -> Daemon {
+        let mut args = vec!["--interval", "1"];
+        args.extend_from_slice(extra);
+        let child = self
+            .command(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Daemon(Some(child))
+    }
+}
+
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn pid(&self) -> i32 {
+        self.0.as_ref().map_or(0, |c| c.id() as i32)
+    }
+    /// Sends SIGTERM and waits (up to 20 s, a hang guard) for the exit; returns its output.
+    fn terminate(mut self) -> Output {
+        let child = self.0.take().unwrap();
+        signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+        let pid = child.id() as i32;
+        let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !waiter.is_finished() {
+            if Instant::now() > deadline {
+                signal(pid, nix::sys::signal::Signal::SIGKILL);
+                panic!("iotlan install did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        waiter.join().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+fn mkdir(p: &Path) {
+    fs::create_dir_all(p).unwrap();
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Polls `cond` every 50 ms for up to `secs` (a hang guard, not a timing assertion).
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn no_temp_files(dir: &Path) {
+    for e in fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with(".iotlan-tmp."),
+            "temp file left: {}",
+            dir.join(name).display()
+        );
+    }
+}
+
+/// Checks what `--once` left on a host whose CNI dirs are `bin` and `conf` (host paths).
+fn assert_installed(h: &Host, bin: &str, conf: &str) {
+    let root = h.root();
+    let bin = root.join(bin.trim_start_matches('/'));
+    for (name, want) in [("iotlan", "iotlan v1"), ("iotlan-ipam", "ipam v1")] {
+        let p = bin.join(name);
+        assert!(
+            fs::read_to_string(&p).unwrap().contains(want),
+            "{}",
+            p.display()
+        );
+        assert_eq!(mode(&p), 0o755, "{}", p.display());
+    }
+    no_temp_files(&bin);
+    let d = root.join(conf.trim_start_matches('/')).join("iotlan.d");
+    assert_eq!(mode(&d), 0o700);
+    let kc = d.join("iotlan.kubeconfig");
+    assert_eq!(mode(&kc), 0o600);
+    let text = fs::read_to_string(&kc).unwrap();
+    assert!(text.contains("server: \"https://10.43.0.1:443\""), "{text}");
+    assert!(text.contains("token: \"token-1\""), "{text}");
+    assert!(text.contains("namespace: \"iotlan-system\""), "{text}");
+    // The CA, base64-encoded, decodes back to the ServiceAccount's ca.crt.
+    let b64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap()
+        .trim_matches('"');
+    assert_eq!(base64_decode(b64), CA_PEM.as_bytes());
+    assert!(h.health().exists());
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("bad base64 {c}"),
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= u32::from(val(c)) << (18 - 6 * i);
+        }
+        for i in 0..chunk.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn kubeadm_host() {
+    let h = Host::new(Flavor::Kubeadm);
+    let o = h.once(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("kubeadm"), "{}", stderr(&o));
+    assert_installed(&h, "/opt/cni/bin", "/etc/cni/net.d");
+}
+
+#[test]
+fn k3s_host() {
+    let h = Host::new(Flavor::K3s);
+    let o = h.once(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_installed(
+        &h,
+        "/var/lib/rancher/k3s/data/cni",
+        "/var/lib/rancher/k3s/agent/etc/cni/net.d",
+    );
+    // k3s's own plugins are left alone.
+    assert_eq!(
+        fs::read_to_string(h.root().join("var/lib/rancher/k3s/data/cni/bridge")).unwrap(),
+        "k3s"
+    );
+}
+
+#[test]
+fn k3s_host_before_october_2024() {
+    let h = Host::new(Flavor::K3sLegacy);
+    let o = h.once(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pre-2024.10"), "{}", stderr(&o));
+    // Through the `current` link, resolved inside the host root.
+    assert_installed(
+        &h,
+        "/var/lib/rancher/k3s/data/0a1b2c/bin",
+        "/var/lib/rancher/k3s/agent/etc/cni/net.d",
+    );
+}
+
+#[test]
+fn overrides_and_an_unknown_host() {
+    let h = Host::new(Flavor::Kubeadm);
+    mkdir(&h.root().join("usr/libexec/cni"));
+    mkdir(&h.root().join("srv/cni-conf"));
+    let o = h.once(&[
+        "--bin-dir",
+        "/usr/libexec/cni",
+        "--conf-dir",
+        "/srv/cni-conf",
+        "--kubeconfig",
+        "/srv/cni-conf/custom/kc",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(h.root().join("usr/libexec/cni/iotlan").exists());
+    assert_eq!(mode(&h.root().join("srv/cni-conf/custom/kc")), 0o600);
+    assert!(!h.root().join("opt/cni/bin/iotlan").exists());
+
+    let empty = Host::new(Flavor::Kubeadm);
+    fs::remove_dir_all(empty.root()).unwrap();
+    mkdir(&empty.root());
+    let o = empty.once(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("/opt/cni/bin") && e.contains("/var/lib/rancher/k3s"),
+        "{e}"
+    );
+
+    let o = h.once(&["--flavor", "windows"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn health_probe() {
+    let h = Host::new(Flavor::Kubeadm);
+    let check = |max_age: &str| {
+        Command::new(IOTLAN)
+            .args([
+                "install",
+                "--check-health",
+                "--max-age",
+                max_age,
+                "--health-file",
+            ])
+            .arg(h.health())
+            .output()
+            .unwrap()
+    };
+    assert!(!check("60").status.success(), "no health file yet");
+    assert!(h.once(&[]).status.success());
+    assert!(check("60").status.success());
+    // A loop that stopped making progress two minutes ago fails the probe.
+    let f = fs::File::options().write(true).open(h.health()).unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(120))
+        .unwrap();
+    let o = check("60");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("120s ago") || stderr(&o).contains("121s ago"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn binaries_land_atomically_while_being_read() {
+    let h = Host::new(Flavor::Kubeadm);
+    // Versions large enough that a non-atomic copy would be seen half-written.
+    const SIZE: usize = 16 << 20;
+    let version = |c: u8| vec![c; SIZE];
+    let versions: Vec<Vec<u8>> = b"abcdef".iter().map(|&c| version(c)).collect();
+    h.set_source(&version(b'a'), b"ipam");
+    assert!(h.once(&[]).status.success());
+    let dest = h.root().join("opt/cni/bin/iotlan");
+    let daemon = h.daemon(&["--reconcile-interval", "0"]);
+    let stop = AtomicBool::new(false);
+    // Stops the reader however the scope ends, also when an assertion below panics.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let (reads, seen) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut reads = 0u32;
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(Ordering::SeqCst) {
+                let data = fs::read(&dest).unwrap();
+                assert_eq!(data.len(), SIZE, "read a partial binary");
+                // One memcmp against the whole version its first byte names.
+                let whole = versions
+                    .iter()
+                    .find(|v| v[0] == data[0])
+                    .expect("a known version");
+                assert!(data == *whole, "read a mix of two versions");
+                seen.insert(data[0]);
+                reads += 1;
+            }
+            (reads, seen)
+        });
+        {
+            let _stop = StopOnDrop(&stop);
+            for c in [b'b', b'c', b'd', b'e', b'f'] {
+                h.set_source(&version(c), b"ipam");
+                wait_for(20, "the daemon to install the new version", || {
+                    reader.is_finished() || fs::read(&dest).is_ok_and(|d| d.first() == Some(&c))
+                });
+            }
+        }
+        reader.join().unwrap()
+    });
+    assert!(reads > 10, "only {reads} reads");
+    assert!(seen.len() >= 2, "the reader saw only {seen:?}");
+    no_temp_files(dest.parent().unwrap());
+    assert!(daemon.terminate().status.success());
+}
+
+#[test]
+fn a_running_old_binary_keeps_running() {
+    let h = Host::new(Flavor::Kubeadm);
+    let bin = h.root().join("opt/cni/bin");
+    // The old `iotlan` is a real executable (a copy of sleep), running while we install.
+    fs::copy("/bin/sleep", bin.join("iotlan")).unwrap();
+    let mut running = Command::new(bin.join("iotlan")).arg("2").spawn().unwrap();
+    // The old `iotlan-ipam` is a script a shell reads as it goes: rewriting it in place would
+    // make the shell run the new bytes from its old offset.
+    let script = "#!/bin/sh\nsleep 1\necho old-finished\n";
+    fs::write(bin.join("iotlan-ipam"), script).unwrap();
+    fs::set_permissions(bin.join("iotlan-ipam"), fs::Permissions::from_mode(0o755)).unwrap();
+    let reading = Command::new(bin.join("iotlan-ipam"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let new_script = format!("#!/bin/sh\n{}\necho new\n", "#".repeat(4096));
+    h.set_source(b"#!/bin/sh\necho iotlan v2\n", new_script.as_bytes());
+    let o = h.once(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        running.wait().unwrap().success(),
+        "the running old iotlan was broken"
+    );
+    let out = reading.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "old-finished\n");
+    assert!(fs::read_to_string(bin.join("iotlan"))
+        .unwrap()
+        .contains("v2"));
+    // A new exec runs the new binary.
+    let o = Command::new(bin.join("iotlan-ipam")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "new\n");
+}
+
+#[test]
+fn the_kubeconfig_follows_the_token() {
+    let h = Host::new(Flavor::K3s);
+    let kc = h
+        .root()
+        .join("var/lib/rancher/k3s/agent/etc/cni/net.d/iotlan.d/iotlan.kubeconfig");
+    let daemon = h.daemon(&["--reconcile-interval", "0"]);
+    wait_for(20, "the first kubeconfig", || kc.exists());
+    let ino = fs::metadata(&kc).unwrap().ino();
+    assert!(fs::read_to_string(&kc).unwrap().contains("\"token-1\""));
+
+    // kubelet rotates the projected token.
+    h.write_serviceaccount("token-2", CA_PEM);
+    wait_for(20, "the rotated token in the kubeconfig", || {
+        fs::read_to_string(&kc)
+            .unwrap_or_default()
+            .contains("\"token-2\"")
+    });
+    assert_ne!(
+        fs::metadata(&kc).unwrap().ino(),
+        ino,
+        "rewritten in place, not replaced"
+    );
+    assert_eq!(mode(&kc), 0o600);
+    no_temp_files(kc.parent().unwrap());
+
+    // Someone deletes it, or loosens its mode: put back.
+    fs::remove_file(&kc).unwrap();
+    wait_for(20, "the kubeconfig to be restored", || kc.exists());
+    fs::set_permissions(&kc, fs::Permissions::from_mode(0o644)).unwrap();
+    wait_for(20, "the kubeconfig mode to be restored", || {
+        mode(&kc) == 0o600
+    });
+
+    let o = daemon.terminate();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = stderr(&o);
+    assert!(log.contains("terminating"), "{log}");
+    // Installed files stay: pods on the node keep using them.
+    assert!(kc.exists());
+    assert!(h
+        .root()
+        .join("var/lib/rancher/k3s/data/cni/iotlan")
+        .exists());
+}
+
+#[test]
+fn sigterm_stops_a_daemon_that_is_waiting() {
+    let h = Host::new(Flavor::Kubeadm);
+    let daemon = h.daemon(&["--interval", "3600", "--reconcile-interval", "0"]);
+    wait_for(20, "the first pass", || h.health().exists());
+    assert!(daemon.pid() > 0);
+    let o = daemon.terminate();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[cfg(feature = "kubernetes")]
+#[test]
+fn the_reconcile_loop_frees_leases_of_deleted_pods() {
+    use iotlan_ipam::store::kubernetes::KubernetesStore;
+    use iotlan_ipam::{AllocRequest, Attachment, Pool, PoolConfig, Store, StoreConfig};
+
+    let server = apiserver::ApiServer::start();
+    server.set_token(Some("token-1"));
+    let h = Host::new(Flavor::Kubeadm);
+    let kc = h.root().join("etc/cni/net.d/iotlan.d/iotlan.kubeconfig");
+    let api = server.url();
+    let daemon = h.daemon(&[
+        "--api-server",
+        &api,
+        "--reconcile-interval",
+        "1",
+        "--reconcile-grace",
+        "600",
+    ]);
+    wait_for(20, "the kubeconfig", || kc.exists());
+
+    // The plugin's store, through the kubeconfig the installer wrote (the double checks the token).
+    let cfg: PoolConfig = serde_json::from_value(serde_json::json!({
+        "subnet": "192.168.20.0/24", "pool": ["192.168.20.200-192.168.20.239"],
+    }))
+    .unwrap();
+    let pool = Pool::new("iot", &cfg).unwrap();
+    let store_cfg: StoreConfig = serde_json::from_value(serde_json::json!({
+        "kind": "kubernetes", "kubeconfig": kc,
+    }))
+    .unwrap();
+    let store = KubernetesStore::open("iot", &store_cfg).unwrap();
+    let add = |pod: &str, cid: &str| {
+        store
+            .allocate(
+                &pool,
+                &AllocRequest {
+                    identity: format!("home/{pod}"),
+                    attachment: Attachment::new(cid, "net1"),
+                    requested: vec![],
+                },
+            )
+            .unwrap()
+    };
+    server.add_pod("home", "esphome-0");
+    let alive = add("esphome-0", "c1");
+    let gone = add("jellyfin-0", "c2");
+    let starting = add("music-0", "c3");
+    for l in [&alive, &gone] {
+        let name = iotlan_ipam::store::kubernetes::objects::address_name("iot", l[0].ip);
+        server.backdate("iotlan-system", &name, 3600);
+    }
+
+    wait_for(
+        30,
+        "the reconcile loop to free the lease of the deleted pod",
+        || store.leases().unwrap().len() == 2,
+    );
+    let left: Vec<_> = store.leases().unwrap().into_iter().map(|l| l.ip).collect();
+    assert!(
+        left.contains(&alive[0].ip) && left.contains(&starting[0].ip),
+        "{left:?}"
+    );
+    assert!(!left.contains(&gone[0].ip));
+
+    // The token rotates on the API server and in the ServiceAccount: the loop keeps working.
+    server.set_token(Some("token-2"));
+    h.write_serviceaccount("token-2", CA_PEM);
+    wait_for(20, "the rotated kubeconfig", || {
+        fs::read_to_string(&kc)
+            .unwrap_or_default()
+            .contains("\"token-2\"")
+    });
+    let store = KubernetesStore::open("iot", &store_cfg).unwrap();
+    server.delete_pod("home", "esphome-0");
+    wait_for(30, "the reconcile loop, with the new token", || {
+        store.leases().unwrap().len() == 1
+    });
+    let o = daemon.terminate();
+    let log = stderr(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("freed"), "{log}");
+}
