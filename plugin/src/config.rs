@@ -337,11 +337,7 @@ impl NetConf {
 
 /// CNI network names end up in file names: same rule as container IDs.
 pub fn validate_network_name(name: &str) -> Result<()> {
-    crate::cni::env::validate_container_id(name).map_err(|_| {
-        Error::InvalidConfig(format!(
-            "network name {name:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"
-        ))
-    })
+    iotlan_ipam::names::validate_network(name).map_err(|e| Error::InvalidConfig(e.to_string()))
 }
 
 /// `runtimeConfig.ips` entries are CIDRs by convention ("192.168.20.100/24"); a bare IP is accepted.

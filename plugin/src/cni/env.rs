@@ -130,31 +130,14 @@ fn read_attachment(command: Command, get: &impl Fn(&str) -> Option<String>) -> R
 
 /// `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, as the spec requires: it ends up in file names.
 pub fn validate_container_id(id: &str) -> Result<()> {
-    let mut chars = id.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
-        return Err(Error::InvalidEnv(format!(
-            "CNI_CONTAINERID {id:?} is invalid: it must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"
-        )));
-    }
-    Ok(())
+    iotlan_ipam::names::validate_container_id(id)
+        .map_err(|e| Error::InvalidEnv(format!("CNI_CONTAINERID: {e}")))
 }
 
 /// A Linux interface name: 1 to 15 bytes, no '/', ':' or whitespace, not "." or "..".
 pub fn validate_ifname(name: &str) -> Result<()> {
-    let bad = name.is_empty()
-        || name.len() > 15
-        || name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace());
-    if bad {
-        return Err(Error::InvalidEnv(format!(
-            "CNI_IFNAME {name:?} is not a valid interface name: 1-15 bytes, no '/', ':' or whitespace"
-        )));
-    }
-    Ok(())
+    iotlan_ipam::names::validate_ifname(name)
+        .map_err(|e| Error::InvalidEnv(format!("CNI_IFNAME: {e}")))
 }
 
 /// `K=V;K=V` pairs. Keys iotlan does not use are ignored (Multus always sends `IgnoreUnknown=true`).

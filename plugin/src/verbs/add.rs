@@ -53,7 +53,15 @@ pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<CniResult> {
 
     let ipam = Ipam::for_config(env, conf)?;
     let mut result = ipam.add(conf, att, Some(0))?;
-    match attach(conf, att, &home, &pod_ns, &mut nl, &master, &result) {
+    let ctx = Ctx {
+        conf,
+        att,
+        home: &home,
+        pod_ns: &pod_ns,
+        master: &master,
+        addrs: &result,
+    };
+    match attach(&ctx, &mut nl) {
         Ok((link, driver)) => {
             let mac = link.mac.map(Mac).map(|m| m.to_string()).unwrap_or_default();
             tracing::info!(
@@ -78,17 +86,23 @@ pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<CniResult> {
     }
 }
 
+/// What one ADD works with once its addresses are held.
+struct Ctx<'a> {
+    conf: &'a NetConf,
+    att: &'a Attachment,
+    home: &'a Netns,
+    pod_ns: &'a Netns,
+    master: &'a Link,
+    addrs: &'a CniResult,
+}
+
 /// Creates and configures the link with the first driver that works, remembering it in auto mode.
-fn attach(
-    conf: &NetConf,
-    att: &Attachment,
-    home: &Netns,
-    pod_ns: &Netns,
-    nl: &mut Netlink,
-    master: &Link,
-    addrs: &CniResult,
-) -> Result<(Link, Driver)> {
+fn attach(ctx: &Ctx, nl: &mut Netlink) -> Result<(Link, Driver)> {
+    let Ctx { conf, master, .. } = *ctx;
     let remembered = memory::load(&conf.state_dir, &master.name).map(|r| r.driver);
+    if let (Some(d), DriverChoice::Auto) = (remembered, conf.driver) {
+        tracing::debug!(driver = %d, master = %master.name, "trying the driver remembered for this master first");
+    }
     let wireless = master::is_wireless(&master.name);
     let order = driver::order(conf.driver, remembered, wireless);
     if wireless && conf.driver == DriverChoice::Auto {
@@ -98,7 +112,7 @@ fn attach(
     let mut gateway_silent_somewhere = false;
     for (i, drv) in order.iter().copied().enumerate() {
         let last = i + 1 == order.len();
-        match try_driver(drv, conf, att, home, pod_ns, nl, master, addrs) {
+        match try_driver(drv, ctx, nl) {
             Ok(link) => {
                 if conf.driver == DriverChoice::Auto {
                     let reason = if failures.is_empty() {
@@ -144,17 +158,15 @@ enum Attempt {
     Fatal(Error),
 }
 
-#[allow(clippy::too_many_arguments)]
-fn try_driver(
-    drv: Driver,
-    conf: &NetConf,
-    att: &Attachment,
-    home: &Netns,
-    pod_ns: &Netns,
-    nl: &mut Netlink,
-    master: &Link,
-    addrs: &CniResult,
-) -> Result<Link, Attempt> {
+fn try_driver(drv: Driver, ctx: &Ctx, nl: &mut Netlink) -> Result<Link, Attempt> {
+    let Ctx {
+        conf,
+        att,
+        home,
+        pod_ns,
+        master,
+        addrs,
+    } = *ctx;
     let temp = temp_name(&att.container_id, &att.ifname);
     let pod_fd = pod_ns.fd().as_raw_fd();
     let created = match drv {
