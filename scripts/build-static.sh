@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Static (musl) release builds of `iotlan` and `iotlan-ipam` for amd64 and arm64 (Raspberry Pi),
+# copied to dist/linux-amd64/ and dist/linux-arm64/ for the image (Containerfile).
+#
+#   scripts/build-static.sh               install what is missing, build both, copy to dist/
+#   scripts/build-static.sh --setup-only  only install: rustup targets, gcc-aarch64-linux-gnu
+#                                         (ring's C for arm64), qemu-user-static (check-static.sh)
+#
+# Idempotent and quiet. Links aarch64 with rust-lld (.cargo/config.toml). Honors CARGO_TARGET_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
+
+setup() {
+    local installed t
+    installed=$(rustup target list --installed)
+    for t in "${TARGETS[@]}"; do
+        grep -qx "$t" <<<"$installed" || rustup target add "$t" >/dev/null
+    done
+    local pkgs=(gcc-aarch64-linux-gnu qemu-user-static file) missing=() p
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+            { apt-get update -qq >/dev/null &&
+              apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+    fi
+}
+
+setup
+[ "${1:-}" = "--setup-only" ] && exit 0
+
+target_dir=${CARGO_TARGET_DIR:-target}
+args=()
+for t in "${TARGETS[@]}"; do args+=(--target "$t"); done
+start=$(date +%s)
+cargo build --release --locked -p iotlan --bins "${args[@]}"
+echo "build-static: built in $(( $(date +%s) - start ))s"
+for t in "${TARGETS[@]}"; do
+    case $t in x86_64-*) arch=amd64 ;; aarch64-*) arch=arm64 ;; esac
+    mkdir -p "dist/linux-$arch"
+    for b in iotlan iotlan-ipam; do
+        install -m 0755 "$target_dir/$t/release/$b" "dist/linux-$arch/$b"
+    done
+    echo "build-static: dist/linux-$arch: $(du -b "dist/linux-$arch/iotlan" | cut -f1) bytes (iotlan), $(du -b "dist/linux-$arch/iotlan-ipam" | cut -f1) bytes (iotlan-ipam)"
+done
