@@ -10,6 +10,8 @@
 mod contract;
 #[path = "support/apiserver.rs"]
 mod apiserver;
+#[path = "support/tls.rs"]
+mod tls;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, TcpListener};
@@ -550,4 +552,38 @@ fn a_forbidden_store_says_to_check_rbac() {
         .allocate(&v4_pool(), &req("ns/a", "a"))
         .unwrap_err();
     assert!(e.is_retryable() && e.to_string().contains("RBAC"), "{e}");
+}
+
+#[test]
+fn over_tls_trusting_only_the_kubeconfig_ca() {
+    if !tls::openssl_available() {
+        return;
+    }
+    let f = KubeFixture::new();
+    let dir = tempfile::tempdir().unwrap();
+    let front = tls::TlsFront::start(f.server.handle(), dir.path());
+    let kc = dir.path().join("kc");
+    tls::write_tls_kubeconfig(&kc, &front.url(), &front.ca_pem, NS, TOKEN);
+    let s = KubernetesStore::open("iot", &store_config(&kc, json!({}))).unwrap();
+    let got = s.allocate(&v4_pool(), &req("ns/tls", "t")).unwrap();
+    assert_eq!(s.leases().unwrap(), got);
+    assert_eq!(s.release(&Attachment::new("t", "net1")).unwrap(), got);
+
+    // A CA that did not sign the server's certificate: the connection is refused, retryably.
+    let other = tempfile::tempdir().unwrap();
+    tls::make_certs(other.path());
+    let wrong_ca = std::fs::read_to_string(other.path().join("ca.pem")).unwrap();
+    tls::write_tls_kubeconfig(&kc, &front.url(), &wrong_ca, NS, TOKEN);
+    let s = KubernetesStore::open("iot", &store_config(&kc, json!({}))).unwrap();
+    let e = s.leases().unwrap_err();
+    assert!(
+        e.is_retryable() && e.to_string().contains("unreachable"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("certificate"), "{e}");
+    assert!(f
+        .server
+        .leases(NS)
+        .iter()
+        .all(|o| o["metadata"]["labels"]["iotlan/kind"] != "address"));
 }

@@ -202,7 +202,7 @@ impl Conn {
             }),
             Ok(Err(e)) => Err(ApiError::Transport {
                 what: what.to_string(),
-                message: e.to_string(),
+                message: with_causes(&e),
             }),
             Err(_) => Err(ApiError::Transport {
                 what: what.to_string(),
@@ -210,6 +210,21 @@ impl Conn {
             }),
         }
     }
+}
+
+/// `e` and its causes, `: `-separated (a TLS failure is only named deep in the chain).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let c_text = c.to_string();
+        if !s.contains(&c_text) {
+            s.push_str(": ");
+            s.push_str(&c_text);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// A failed API request, before it becomes an [`Error`].
@@ -695,29 +710,25 @@ impl std::fmt::Display for ReconcileReport {
 /// conditional, so several reconcilers never free more than once, and never free a lease that
 /// changed hands.
 pub struct Reconciler {
-    conn: Conn,
-    leases: Api<KLease>,
-    pods: Api<Pod>,
+    kubeconfig: PathBuf,
+    namespace: Option<String>,
     grace: Duration,
 }
 
 impl Reconciler {
     /// `namespace` of the Lease objects defaults to the kubeconfig context's namespace. A lease
     /// younger than `grace` is never freed, whatever the pod list says: its pod may still be
-    /// starting, or the list may predate it.
+    /// starting, or the list may predate it. The kubeconfig is read again on every pass, so a
+    /// rotated token is picked up; `new` checks that it can be read now.
     pub fn new(
         kubeconfig: &Path,
         namespace: Option<&str>,
         grace: Duration,
     ) -> Result<Reconciler, Error> {
-        let conn = Conn::open(kubeconfig, Duration::from_millis(DEFAULT_TIMEOUT_MS))?;
-        let ns = namespace.map_or_else(|| conn.default_namespace.clone(), str::to_string);
-        let leases = Api::namespaced(conn.client.clone(), &ns);
-        let pods = Api::all(conn.client.clone());
+        Conn::open(kubeconfig, Duration::from_millis(DEFAULT_TIMEOUT_MS))?;
         Ok(Reconciler {
-            conn,
-            leases,
-            pods,
+            kubeconfig: kubeconfig.to_path_buf(),
+            namespace: namespace.map(str::to_string),
             grace,
         })
     }
@@ -726,6 +737,13 @@ impl Reconciler {
     /// sandbox (and so its lease) is created, so a lease in the first list whose pod is missing
     /// from the later one really lost its pod.
     pub fn run_once(&mut self) -> Result<ReconcileReport, Error> {
+        let conn = Conn::open(&self.kubeconfig, Duration::from_millis(DEFAULT_TIMEOUT_MS))?;
+        let ns = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| conn.default_namespace.clone());
+        let leases_api: Api<KLease> = Api::namespaced(conn.client.clone(), &ns);
+        let pods_api: Api<Pod> = Api::all(conn.client.clone());
         let sel = format!(
             "{}={},{}={}",
             objects::MANAGED_BY,
@@ -733,13 +751,11 @@ impl Reconciler {
             objects::LABEL_KIND,
             objects::KIND_ADDRESS
         );
-        let leases = self.conn.run(
+        let leases = conn.run(
             "list leases",
-            self.leases.list(&ListParams::default().labels(&sel)),
+            leases_api.list(&ListParams::default().labels(&sel)),
         )?;
-        let pods = self
-            .conn
-            .run("list pods", self.pods.list(&ListParams::default()))?;
+        let pods = conn.run("list pods", pods_api.list(&ListParams::default()))?;
         let live: std::collections::HashSet<String> = pods
             .items
             .iter()
@@ -793,9 +809,9 @@ impl Reconciler {
                 }),
                 ..DeleteParams::default()
             };
-            match self.conn.run(
+            match conn.run(
                 &format!("delete lease {name}"),
-                self.leases.delete(&name, &dp),
+                leases_api.delete(&name, &dp),
             ) {
                 Ok(_) => {
                     tracing::info!(network = %network, ip = %lease.ip, identity = %lease.identity,

@@ -170,9 +170,31 @@ impl ApiServer {
         put_as_other(&mut lock(&self.state), namespace, obj);
     }
 
+    /// A handle that serves more connections on this server's state, over any stream (a TLS front
+    /// uses it from its own threads).
+    pub fn handle(&self) -> Handle {
+        Handle {
+            state: self.state.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+
     /// Every (method, path) served so far.
     pub fn requests(&self) -> Vec<(String, String)> {
         lock(&self.state).log.clone()
+    }
+}
+
+/// Serves connections on an [`ApiServer`]'s state.
+#[derive(Clone)]
+pub struct Handle {
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Handle {
+    pub fn serve_connection<S: Read + Write>(&self, conn: S) {
+        serve_stream(conn, &self.state, &self.stop);
     }
 }
 
@@ -251,7 +273,7 @@ struct Request {
 }
 
 /// Reads one request; `None` at end of stream or on a malformed request.
-fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
+fn read_request<S: Read>(r: &mut BufReader<S>) -> Option<Request> {
     let mut line = String::new();
     if r.read_line(&mut line).ok()? == 0 {
         return None;
@@ -322,7 +344,11 @@ fn percent_decode(s: &str) -> String {
 
 fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
     let _ = conn.set_nodelay(true);
-    let Ok(mut w) = conn.try_clone() else { return };
+    serve_stream(conn, state, stop);
+}
+
+/// Serves HTTP/1.1 requests from one connection (plain TCP, or a TLS stream wrapped around one).
+fn serve_stream<S: Read + Write>(conn: S, state: &Mutex<State>, stop: &AtomicBool) {
     let mut r = BufReader::new(conn);
     while let Some(req) = read_request(&mut r) {
         if stop.load(Ordering::SeqCst) {
@@ -347,7 +373,11 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             text.len()
         );
         // One write per response: a split head and body would meet Nagle and delayed ACKs.
-        if w.write_all((head + &text).as_bytes()).is_err() {
+        let w = r.get_mut();
+        if w.write_all((head + &text).as_bytes())
+            .and_then(|()| w.flush())
+            .is_err()
+        {
             return;
         }
     }
