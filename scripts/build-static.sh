@@ -37,7 +37,8 @@ target_dir=${CARGO_TARGET_DIR:-target}
 args=()
 for t in "${TARGETS[@]}"; do args+=(--target "$t"); done
 start=$(date +%s)
-cargo build --release --locked -p iotlan --bins "${args[@]}"
+# Stripped: the node agent copies these to every node, and nobody debugs a CNI plugin with its symbols.
+CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked -p iotlan --bins "${args[@]}"
 echo "build-static: built in $(( $(date +%s) - start ))s"
 for t in "${TARGETS[@]}"; do
     case $t in x86_64-*) arch=amd64 ;; aarch64-*) arch=arm64 ;; esac

@@ -2,6 +2,9 @@
 # Builds the static binaries (scripts/build-static.sh) and checks them: statically linked, for the right
 # machine, and they run: `iotlan --help`, `iotlan install --help`, and the CNI VERSION verb of `iotlan` and
 # `iotlan-ipam` with empty stdin. amd64 runs natively; arm64 runs under qemu-aarch64-static (qemu-user-static).
+# Then, per arch, the node agent installs into a fake kubeadm host root, and `iotlan-ipam` ADD with the
+# kubernetes store completes a TLS handshake (ring) with `openssl s_server` through the kubeconfig the agent
+# wrote: the server's HTTP answer is no API object, so ADD fails with code 11 after TLS, never on TLS itself.
 #   scripts/check-static.sh [--no-build]
 # Prints one line per check and ends with "N passed, N failed"; exits non-zero on any failure.
 set -euo pipefail
@@ -45,6 +48,54 @@ for arch in amd64 arm64; do
         fi
     done
 done
+work=$(mktemp -d /tmp/iotlan-static.XXXXXX)
+server_pid=""
+cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+(
+    cd "$work"
+    ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.pem -days 2 -subj /CN=iotlan-check-ca
+    openssl req "${ec[@]}" -keyout srv.key -out srv.csr -subj /CN=127.0.0.1
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >ext.cnf
+    openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext.cnf
+) >/dev/null 2>&1
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+openssl s_server -quiet -www -accept "127.0.0.1:$port" -cert "$work/srv.pem" -key "$work/srv.key" >/dev/null 2>&1 &
+server_pid=$!
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+
+for arch in amd64 arm64; do
+    dir=dist/linux-$arch
+    case $arch in amd64) run=() ;; arm64) run=(qemu-aarch64-static) ;; esac
+    [ "$arch" = arm64 ] && ! command -v qemu-aarch64-static >/dev/null && continue
+    root=$work/$arch/host sa=$work/$arch/sa
+    mkdir -p "$root/opt/cni/bin" "$root/etc/cni/net.d" "$sa"
+    echo token-1 >"$sa/token"; cp "$work/ca.pem" "$sa/ca.crt"; echo iotlan-system >"$sa/namespace"
+    out=$("${run[@]}" "$dir/iotlan" install --once --host-root "$root" --source-dir "$dir" \
+        --serviceaccount-dir "$sa" --health-file "$work/$arch/healthy" \
+        --api-server "https://127.0.0.1:$port" 2>&1) && rc=0 || rc=$?
+    kc=$root/etc/cni/net.d/iotlan.d/iotlan.kubeconfig
+    if [ "$rc" = 0 ] && cmp -s "$dir/iotlan" "$root/opt/cni/bin/iotlan" &&
+        cmp -s "$dir/iotlan-ipam" "$root/opt/cni/bin/iotlan-ipam" && [ "$(stat -c %a "$kc")" = 600 ]; then
+        ok "$arch iotlan install --once: binaries and kubeconfig (0600) on a kubeadm host root"
+    else
+        bad "$arch iotlan install --once (exit $rc): $out"
+        continue
+    fi
+    conf='{"cniVersion":"1.1.0","name":"iot","type":"iotlan-ipam","ipam":{"type":"iotlan-ipam",
+      "subnet":"192.168.20.0/24","pool":["192.168.20.210-192.168.20.239"],
+      "store":{"kind":"kubernetes","namespace":"iotlan-system","kubeconfig":"'"$kc"'","timeoutMs":20000}}}'
+    out=$(env -i PATH=/usr/bin:/bin CNI_COMMAND=ADD CNI_CONTAINERID=c1 CNI_NETNS=/x CNI_IFNAME=net1 \
+        CNI_PATH=/opt/cni/bin CNI_ARGS="K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p" \
+        "${run[@]}" "$dir/iotlan-ipam" <<<"$conf" 2>/dev/null) && rc=0 || rc=$?
+    if python3 -c 'import json,sys; e=json.loads(sys.argv[1]); assert e["code"] == 11 and "deserializ" in e["msg"] + e.get("details", ""), e' "$out" 2>/dev/null; then
+        ok "$arch iotlan-ipam ADD: TLS to the kubeconfig's server verified with its CA (ring), then code 11"
+    else
+        bad "$arch iotlan-ipam ADD over TLS (exit $rc): $out"
+    fi
+done
+
 echo "static: $passed passed, $failed failed"
 echo "$passed passed, $failed failed"
 ((failed == 0))

@@ -200,6 +200,10 @@ impl Conn {
                 reason: status.reason.clone(),
                 message: status.message.clone(),
             }),
+            Ok(Err(e @ kube::Error::SerdeError(_))) => Err(ApiError::BadAnswer {
+                what: what.to_string(),
+                message: with_causes(&e),
+            }),
             Ok(Err(e)) => Err(ApiError::Transport {
                 what: what.to_string(),
                 message: with_causes(&e),
@@ -240,6 +244,11 @@ enum ApiError {
         what: String,
         message: String,
     },
+    /// A 2xx answer that is not the API object asked for (not an API server, or a proxy page).
+    BadAnswer {
+        what: String,
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -264,6 +273,9 @@ impl ApiError {
             }
             ApiError::Transport { what, message } => {
                 format!("API server unreachable: {what}: {message}")
+            }
+            ApiError::BadAnswer { what, message } => {
+                format!("API server gave an unexpected answer: {what}: {message}")
             }
         };
         Error::Unavailable { reason }
