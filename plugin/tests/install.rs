@@ -385,11 +385,7 @@ fn health_probe() {
         .unwrap();
     let o = check("60");
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("120s ago") || stderr(&o).contains("121s ago"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("s ago (limit 60s)"), "{}", stderr(&o));
 }
 
 #[test]
