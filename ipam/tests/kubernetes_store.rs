@@ -587,3 +587,24 @@ fn over_tls_trusting_only_the_kubeconfig_ca() {
         .iter()
         .all(|o| o["metadata"]["labels"]["iotlan/kind"] != "address"));
 }
+
+#[test]
+fn gc_of_one_node_never_frees_another_nodes_leases() {
+    let f = KubeFixture::new();
+    let pool = v4_pool();
+    let a = f.open().with_node(Some("node-a".into()));
+    let b = f.open().with_node(Some("node-b".into()));
+    let a1 = a.allocate(&pool, &req("ns/a1", "a1")).unwrap();
+    let a2 = a.allocate(&pool, &req("ns/a2", "a2")).unwrap();
+    let b1 = b.allocate(&pool, &req("ns/b1", "b1")).unwrap();
+    assert_eq!(a1[0].node.as_deref(), Some("node-a"));
+    // Node a's runtime knows only a1: a2 goes, b1 (node b's pod) stays.
+    let freed = a.gc(&[Attachment::new("a1", "net1")]).unwrap();
+    assert_eq!(freed, a2);
+    let mut left = a.leases().unwrap();
+    left.sort_by_key(|l| l.container_id.clone());
+    assert_eq!(left, [a1, b1.clone()].concat());
+    // Node b's GC with nothing valid frees only its own.
+    assert_eq!(b.gc(&[]).unwrap(), b1);
+    assert_eq!(a.leases().unwrap().len(), 1);
+}

@@ -9,6 +9,10 @@
 //! removes an object that changed hands in the meantime (a new sandbox of the same pod taking
 //! the address over replaces the object under a resourceVersion precondition).
 //!
+//! Leases record the node (host name) that allocated them. CNI GC comes from one node's runtime and
+//! frees only that node's leases; the DaemonSet's reconcile loop ([`Reconciler`]) frees leases of
+//! pods that no longer exist, whatever their node.
+//!
 //! Why Leases and not a CRD: the type is built in (nothing to install cluster-wide before the
 //! first pod can start, no CRD version upgrades), RBAC can be limited to `leases` in one
 //! namespace, `spec.holderIdentity` shows the pod in `kubectl get leases`, and no controller
@@ -333,6 +337,13 @@ impl KubernetesStore {
             conn,
             api,
         })
+    }
+
+    /// The node recorded in new leases and whose leases GC may free: the host name by default,
+    /// which is the kubelet's node name unless it was overridden.
+    pub fn with_node(mut self, node: Option<String>) -> KubernetesStore {
+        self.node = node;
+        self
     }
 
     fn name_of(&self, ip: IpAddr) -> String {
@@ -667,10 +678,14 @@ impl Store for KubernetesStore {
         Ok(self.held_by(att)?.into_iter().map(|s| s.lease).collect())
     }
 
+    /// CNI GC comes from one node's runtime, which knows only its own containers: it frees this
+    /// node's leases that are not in `valid`, never another node's (those are that node's GC's, and
+    /// the reconcile loop's, to free).
     fn gc(&self, valid: &[Attachment]) -> Result<Vec<Lease>, Error> {
         let stale: Vec<Seen> = self
             .list(&[])?
             .into_iter()
+            .filter(|s| s.lease.node.is_some() && s.lease.node == self.node)
             .filter(|s| !valid.iter().any(|a| s.lease.is_held_by(a)))
             .collect();
         self.free_all(stale)
