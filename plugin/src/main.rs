@@ -20,6 +20,9 @@ Commands:
   iotlan doctor [--master IF] [--gateway IP] [--seconds N] [--json]
                              which driver works on this LAN, and does discovery multicast reach a pod?
                              (a temporary namespace and link; cleans up; bounded in time)
+  iotlan install [--help]    the node agent the DaemonSet runs: installs the binaries into the host's CNI dir
+                             (kubeadm or k3s, detected), keeps the plugin's kubeconfig current, frees the
+                             leases of deleted pods
   iotlan version             print the plugin version and the CNI versions it speaks
   iotlan help                this text
 ";
