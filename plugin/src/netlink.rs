@@ -261,6 +261,16 @@ impl Netlink {
         .map(drop)
     }
 
+    pub fn delete_address(&mut self, index: u32, address: IpNetwork) -> io::Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = family(address.ip());
+        msg.header.prefix_len = address.prefix();
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(address.ip()));
+        self.exchange(RouteNetlinkMessage::DelAddress(msg), 0)
+            .map(drop)
+    }
+
     pub fn addresses(&mut self) -> io::Result<Vec<Addr>> {
         let replies = self.exchange(
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),

@@ -36,6 +36,13 @@ impl Netns {
         self.file.as_fd()
     }
 
+    /// Moves the calling thread into the namespace for the rest of its life (for a worker thread
+    /// that ends there; the main thread uses [`Netns::run`]).
+    pub fn enter_for_this_thread(&self) -> Result<()> {
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::io("cannot enter the pod's network namespace", e.into()))
+    }
+
     /// Runs `f` with this thread inside the namespace, then returns to `home`, even when `f` fails.
     pub fn run<T>(&self, home: &Netns, f: impl FnOnce() -> T) -> Result<T> {
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)

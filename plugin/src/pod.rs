@@ -117,28 +117,72 @@ fn gateway_for(ips: &[IpConfig], dst: IpNetwork) -> Option<IpAddr> {
         .find_map(|ip| ip.gateway)
 }
 
-/// Deletes `name` from the pod if it is a link iotlan makes (macvlan or ipvlan). Returns whether a
-/// link was deleted; a missing link is not an error.
-pub fn remove(nl: &mut Netlink, name: &str) -> Result<bool> {
+/// The link `name` in the pod if it is one iotlan makes (macvlan or ipvlan); None when it is missing
+/// or is something else (left alone, with a warning).
+pub fn find_ours(nl: &mut Netlink, name: &str) -> Result<Option<Link>> {
     let Some(link) = nl
         .link_by_name(name)
         .map_err(|e| Error::netlink("cannot list the pod's links", e))?
     else {
-        return Ok(false);
+        return Ok(None);
     };
     match link.kind.as_deref() {
-        Some("macvlan") | Some("ipvlan") => {}
+        Some("macvlan") | Some("ipvlan") => Ok(Some(link)),
         other => {
             tracing::warn!(ifname = name, kind = ?other, "not deleting an interface iotlan did not create");
-            return Ok(false);
+            Ok(None)
         }
     }
+}
+
+/// Takes the link's addresses off it, so they leave the wire at once (deleting the link itself
+/// waits for an RCU grace period).
+pub fn withdraw_addresses(nl: &mut Netlink, link: &Link) -> Result<()> {
+    let addrs = nl
+        .addresses()
+        .map_err(|e| Error::netlink("cannot list the pod's addresses", e))?;
+    for a in addrs
+        .iter()
+        .filter(|a| a.index == link.index && !is_link_local(a.address.ip()))
+    {
+        match nl.delete_address(link.index, a.address) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
+            Err(e) => {
+                return Err(Error::netlink(
+                    format!("cannot remove {} from {}", a.address, link.name),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// Deletes the link; a link that is already gone is not an error.
+pub fn delete(nl: &mut Netlink, link: &Link) -> Result<()> {
     match nl.delete_link(link.index) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
         Err(e) => Err(Error::netlink(
-            format!("cannot delete {name} from the pod"),
+            format!("cannot delete {} from the pod", link.name),
             e,
         )),
+    }
+}
+
+/// Deletes `name` from the pod if it is a link iotlan makes (macvlan or ipvlan). Returns whether a
+/// link was deleted; a missing link is not an error.
+pub fn remove(nl: &mut Netlink, name: &str) -> Result<bool> {
+    match find_ours(nl, name)? {
+        Some(link) => delete(nl, &link).map(|_| true),
+        None => Ok(false),
     }
 }
