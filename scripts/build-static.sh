@@ -18,16 +18,7 @@ setup() {
     for t in "${TARGETS[@]}"; do
         grep -qx "$t" <<<"$installed" || rustup target add "$t" >/dev/null
     done
-    local pkgs=(gcc-aarch64-linux-gnu qemu-user-static file) missing=() p
-    for p in "${pkgs[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    done
-    if ((${#missing[@]})); then
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-            { apt-get update -qq >/dev/null &&
-              apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
-    fi
+    scripts/apt-install gcc-aarch64-linux-gnu qemu-user-static file
 }
 
 setup

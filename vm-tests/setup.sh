@@ -10,18 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${VMT_CACHE_DIR:-$(dirname "$here")/.cache/vm}
 packages=(qemu-system-x86 vde2 busybox-static iproute2 nftables socat cpio python3 containernetworking-plugins)
 
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    export DEBIAN_FRONTEND=noninteractive
-    apt=(apt-get -o DPkg::Lock::Timeout=600 -y -qq --no-install-recommends)
-    if ! "${apt[@]}" install "${missing[@]}" >/dev/null; then
-        apt-get -o DPkg::Lock::Timeout=600 -qq update >/dev/null
-        "${apt[@]}" install "${missing[@]}" >/dev/null
-    fi
-fi
+"$here/../scripts/apt-install" "${packages[@]}"
 
 if [[ -e $cache/kernel/vmlinuz ]]; then
     exit 0

@@ -19,14 +19,7 @@ bash "$here/../support/setup.sh"
 
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(podman runc conmon containerd busybox-static golang-go dpkg-dev golang-github-appc-cni-dev xz-utils)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
-        { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
-fi
+"$repo/scripts/apt-install" "${pkgs[@]}"
 
 # --- cnitool from the source package -------------------------------------------------------------
 if [[ ! -x $cache/cnitool ]]; then
