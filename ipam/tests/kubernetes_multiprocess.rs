@@ -19,7 +19,7 @@ mod driver;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use apiserver::ApiServer;
 use iotlan_ipam::Lease;
@@ -27,40 +27,11 @@ use iotlan_ipam::Lease;
 const NS: &str = "iotlan-system";
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(driver::ARG) {
-        std::process::exit(driver::run(&args[2..]));
-    }
-    let filters: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
-    let tests: &[(&str, fn())] = &[
+    driver::test_main(&[
         ("concurrent_adds", concurrent_adds),
         ("one_address_many_nodes", one_address_many_nodes),
         ("gc_from_another_process", gc_from_another_process),
-    ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, test) in tests {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let start = Instant::now();
-        match std::panic::catch_unwind(test) {
-            Ok(()) => {
-                println!("test {name} ... ok ({:.1?})", start.elapsed());
-                passed += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    println!(
-        "test result: {}. {passed} passed; {failed} failed",
-        if failed == 0 { "ok" } else { "FAILED" }
-    );
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    ]);
 }
 
 struct Setup {

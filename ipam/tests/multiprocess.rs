@@ -21,33 +21,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use iotlan_ipam::Lease;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(driver::ARG) {
-        std::process::exit(driver::run(&args[2..]));
-    }
-    let filters: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
-    let tests: &[(&str, fn())] = &[
+    driver::test_main(&[
         ("concurrent_adds", concurrent_adds),
         ("sigkill_loop", sigkill_loop),
-    ];
-    let mut failed = 0;
-    for (name, test) in tests {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        println!("test {name} ...");
-        let start = Instant::now();
-        match std::panic::catch_unwind(test) {
-            Ok(()) => println!("test {name} ... ok ({:.1?})", start.elapsed()),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    ]);
 }
 
 struct Setup {

@@ -779,12 +779,23 @@ fn list_leases(s: &State, ns: &str, req: &Request) -> (u16, Value) {
         Ok(t) => t,
         Err(e) => return status(400, "BadRequest", e, None),
     };
-    // Items of a real list carry neither kind nor apiVersion.
-    let items: Vec<Value> = s
+    let items = s
         .leases
         .iter()
         .filter(|((n, _), obj)| n == ns && matches(obj, &terms))
-        .map(|(_, obj)| {
+        .map(|(_, obj)| obj);
+    list(s, "LeaseList", "coordination.k8s.io/v1", items)
+}
+
+/// A list answer: its items carry neither kind nor apiVersion, as a real list's do.
+fn list<'a>(
+    s: &State,
+    kind: &str,
+    api_version: &str,
+    objects: impl Iterator<Item = &'a Value>,
+) -> (u16, Value) {
+    let items: Vec<Value> = objects
+        .map(|obj| {
             let mut o = obj.clone();
             if let Some(m) = o.as_object_mut() {
                 m.remove("kind");
@@ -796,31 +807,17 @@ fn list_leases(s: &State, ns: &str, req: &Request) -> (u16, Value) {
     (
         200,
         json!({
-            "kind": "LeaseList", "apiVersion": "coordination.k8s.io/v1",
+            "kind": kind, "apiVersion": api_version,
             "metadata": { "resourceVersion": s.resource_version.to_string() }, "items": items
         }),
     )
 }
 
 fn list_pods(s: &State, ns: Option<&str>) -> (u16, Value) {
-    let items: Vec<Value> = s
+    let items = s
         .pods
         .iter()
         .filter(|((n, _), _)| ns.is_none_or(|want| n == want))
-        .map(|(_, p)| {
-            let mut o = p.clone();
-            if let Some(m) = o.as_object_mut() {
-                m.remove("kind");
-                m.remove("apiVersion");
-            }
-            o
-        })
-        .collect();
-    (
-        200,
-        json!({
-            "kind": "PodList", "apiVersion": "v1",
-            "metadata": { "resourceVersion": s.resource_version.to_string() }, "items": items
-        }),
-    )
+        .map(|(_, p)| p);
+    list(s, "PodList", "v1", items)
 }

@@ -18,6 +18,42 @@ use iotlan_ipam::{open_store, AllocRequest, Attachment, Error, Lease, Pool, Pool
 
 pub const ARG: &str = "driver";
 
+/// The `main` of a self-exec test binary (`harness = false`): runs as the driver when called with
+/// [`ARG`], else runs `tests` (filtered by the non-flag arguments), prints cargo's closing line and
+/// exits 1 when one failed.
+pub fn test_main(tests: &[(&str, fn())]) {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(ARG) {
+        std::process::exit(run(&args[2..]));
+    }
+    let filters: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        println!("test {name} ...");
+        let start = std::time::Instant::now();
+        match std::panic::catch_unwind(test) {
+            Ok(()) => {
+                println!("test {name} ... ok ({:.1?})", start.elapsed());
+                passed += 1;
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    println!(
+        "test result: {}. {passed} passed; {failed} failed",
+        if failed == 0 { "ok" } else { "FAILED" }
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
 /// Runs the driver with the arguments after `driver`; returns the exit code.
 pub fn run(args: &[String]) -> i32 {
     if std::env::var_os("IOTLAN_DRIVER_WAIT_STDIN").is_some() {
