@@ -110,9 +110,10 @@ struct Case {
 
 impl Case {
     fn new(tag: &str, flavor: Flavor) -> Case {
+        // Under /tmp, not $TMPDIR: podman refuses a runroot longer than 50 characters.
         let dir = tempfile::Builder::new()
             .prefix("iotlan-rt-")
-            .tempdir()
+            .tempdir_in("/tmp")
             .unwrap_or_else(|e| panic!("tempdir: {e}"));
         // IOTLAN_TEST_KEEP=1 keeps configs, store and the plugin's log for a look afterwards.
         let mut dir = dir;
@@ -751,7 +752,7 @@ impl Containerd {
         // Short path: the socket path must fit in sun_path.
         let dir = tempfile::Builder::new()
             .prefix("iotlan-ctrd-")
-            .tempdir()
+            .tempdir_in("/tmp")
             .unwrap_or_else(|e| panic!("tempdir: {e}"));
         let d = dir.path();
         let sock = d.join("c.sock");

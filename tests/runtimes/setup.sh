@@ -68,7 +68,9 @@ if [[ ! -s $cache/busybox-rootfs.tar ]]; then
 fi
 
 if [[ ! -s $cache/busybox-oci.tar ]]; then
-    store=$(mktemp -d "$cache/podman.XXXXXX")
+    # podman refuses a runroot path longer than 50 characters, and a clone can sit anywhere: the
+    # throwaway store lives under /tmp.
+    store=$(mktemp -d /tmp/iotlan-podman.XXXXXX)
     conf=$store/containers.conf
     printf '[engine]\ntmp_dir = "%s/tmp"\nevents_logger = "none"\n' "$store" >"$conf"
     podman_store=(--root "$store/root" --runroot "$store/runroot" --storage-driver vfs)
