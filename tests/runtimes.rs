@@ -180,19 +180,25 @@ impl Case {
         (200..=239).map(|i| format!("10.77.0.{i}")).collect()
     }
 
-    /// The leases in the store: ip -> lease JSON.
+    /// The leases in the store: ip -> lease JSON (each `ip:<ip>` record is a link to its JSON).
     fn leases(&self) -> BTreeMap<String, Value> {
-        let dir = self.store().join(NET).join("ips");
-        let Ok(rd) = std::fs::read_dir(&dir) else {
+        self.records("ip:")
+            .into_iter()
+            .map(|(ip, target)| (ip, serde_json::from_str(&target).unwrap_or(Value::Null)))
+            .collect()
+    }
+
+    /// The store's records whose names start with `prefix`: name without it -> link target.
+    fn records(&self, prefix: &str) -> BTreeMap<String, String> {
+        let Ok(rd) = std::fs::read_dir(self.store().join(NET)) else {
             return BTreeMap::new();
         };
         rd.filter_map(Result::ok)
-            .map(|e| {
-                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    serde_json::from_str(&text).unwrap_or(Value::Null),
-                )
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let key = name.strip_prefix(prefix)?.to_string();
+                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                Some((key, target.to_string_lossy().into_owned()))
             })
             .collect()
     }
@@ -273,10 +279,7 @@ impl Case {
                 self.leases(),
                 self.log()
             );
-            let att = self.store().join(NET).join("attachments");
-            let left: Vec<_> = std::fs::read_dir(&att)
-                .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
-                .unwrap_or_default();
+            let left = self.records("attachment:");
             assert!(left.is_empty(), "attachment records left: {left:?}");
         }
     }

@@ -1,4 +1,4 @@
-//! The file store's failure modes: corrupted and truncated files, stray temporary files, a held lock,
+//! The file store's record format and failure modes: corrupted and truncated records, stray temporary files, a held lock,
 //! a read-only file system and a full disk. The last two mount a small tmpfs, which needs root (they
 //! skip with a message otherwise, and fail when CI=true).
 
@@ -29,55 +29,122 @@ fn expect_corrupt(r: Result<impl std::fmt::Debug, Error>, file: &Path) {
     }
 }
 
+/// Replaces the record at `path` by a link to `target` (what a hand edit would leave).
+fn set_record(path: &Path, target: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let _ = fs::remove_file(path);
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), path).unwrap();
+}
+
+fn record(path: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    fs::read_link(path).unwrap().as_os_str().as_bytes().to_vec()
+}
+
 #[test]
-fn truncated_and_corrupted_files_are_named_never_reset() {
+fn records_are_links_holding_their_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let leases = store.allocate(&v4_pool(), &req("ns/a", "a")).unwrap();
+    let net = dir.path().join("iot");
+    let lease: serde_json::Value =
+        serde_json::from_slice(&record(&net.join(format!("ip:{}", leases[0].ip)))).unwrap();
+    assert_eq!(lease["ip"], leases[0].ip.to_string());
+    assert_eq!(lease["identity"], "ns/a");
+    assert_eq!(lease["containerId"], "a");
+    assert_eq!(lease["ifname"], "net1");
+    let index: serde_json::Value =
+        serde_json::from_slice(&record(&net.join("attachment:a:net1"))).unwrap();
+    assert_eq!(index["ips"][0], leases[0].ip.to_string());
+    let latest: serde_json::Value =
+        serde_json::from_slice(&record(&net.join("identity:ns:a"))).unwrap();
+    assert_eq!(latest["identity"], "ns/a");
+    assert_eq!(latest["ips"][0], leases[0].ip.to_string());
+
+    // DEL removes the lease and the index, and keeps the identity's addresses (sticky).
+    store.release(&Attachment::new("a", "net1")).unwrap();
+    let mut names: Vec<String> = fs::read_dir(&net)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["identity:ns:a", "lock", "tmp"]);
+}
+
+#[test]
+fn an_identity_too_long_for_a_file_name_is_remembered_under_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let pool = v4_pool();
+    // Kubernetes allows pod names of 253 bytes.
+    let long = format!("ns/{}", "p".repeat(253));
+    let first = store.allocate(&pool, &req(&long, "a")).unwrap();
+    store.release(&Attachment::new("a", "net1")).unwrap();
+    // Another pod takes the hash slot's neighbourhood; the long identity still gets its address back.
+    store.allocate(&pool, &req("ns/other", "o")).unwrap();
+    assert_eq!(
+        store.allocate(&pool, &req(&long, "b")).unwrap()[0].ip,
+        first[0].ip
+    );
+    let hashed: Vec<_> = fs::read_dir(dir.path().join("iot"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("identity:#"))
+        .collect();
+    assert_eq!(hashed.len(), 1, "{hashed:?}");
+}
+
+#[test]
+fn truncated_and_corrupted_records_are_named_never_reset() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let pool = v4_pool();
     let leases = store.allocate(&pool, &req("ns/a", "a")).unwrap();
     store.allocate(&pool, &req("ns/b", "b")).unwrap();
-    let lease_file = dir.path().join(format!("iot/ips/{}", leases[0].ip));
-    let full = fs::read(&lease_file).unwrap();
+    let lease_file = dir.path().join(format!("iot/ip:{}", leases[0].ip));
+    let full = record(&lease_file);
 
     // Truncated in the middle.
-    fs::write(&lease_file, &full[..full.len() / 2]).unwrap();
+    set_record(&lease_file, &full[..full.len() / 2]);
     expect_corrupt(store.leases(), &lease_file);
     expect_corrupt(store.find(&Attachment::new("a", "net1")), &lease_file);
     expect_corrupt(store.release(&Attachment::new("a", "net1")), &lease_file);
     expect_corrupt(store.gc(&[]), &lease_file);
-    // Empty, and garbage.
-    for bad in [&b""[..], b"\x00\x01garbage", b"{\"ip\": 7}"] {
-        fs::write(&lease_file, bad).unwrap();
+    // Garbage.
+    for bad in [&b"\x01garbage"[..], b"{\"ip\": 7}"] {
+        set_record(&lease_file, bad);
         expect_corrupt(store.leases(), &lease_file);
-        assert_eq!(
-            fs::read(&lease_file).unwrap(),
-            bad,
-            "the file was rewritten"
-        );
+        assert_eq!(record(&lease_file), bad, "the record was rewritten");
     }
-    // A lease file that names another address.
+    // A regular file where the link belongs (an editor's "save" does that).
+    fs::remove_file(&lease_file).unwrap();
+    fs::write(&lease_file, &full).unwrap();
+    let e = store.leases().unwrap_err();
+    assert!(e.to_string().contains("not a symbolic link"), "{e}");
+    expect_corrupt(store.leases(), &lease_file);
+    // A lease record that names another address.
     let other = String::from_utf8(full.clone())
         .unwrap()
         .replace(&leases[0].ip.to_string(), "192.168.20.99");
-    fs::write(&lease_file, other).unwrap();
+    set_record(&lease_file, other.as_bytes());
     expect_corrupt(store.leases(), &lease_file);
     // Restored, everything works again and nothing was lost.
-    fs::write(&lease_file, &full).unwrap();
+    set_record(&lease_file, &full);
     assert_eq!(store.leases().unwrap().len(), 2);
 
     // A corrupted attachment index and identity record.
-    let index = dir.path().join("iot/attachments/b:net1");
-    fs::write(&index, b"{\"ips\": [").unwrap();
+    let index = dir.path().join("iot/attachment:b:net1");
+    set_record(&index, b"{\"ips\": [");
     expect_corrupt(store.find(&Attachment::new("b", "net1")), &index);
     expect_corrupt(store.allocate(&pool, &req("ns/b", "b")), &index);
-    let identity = dir.path().join("iot/identities/ns:a");
-    fs::write(&identity, b"nonsense").unwrap();
+    let identity = dir.path().join("iot/identity:ns:a");
+    set_record(&identity, b"nonsense");
     store.release(&Attachment::new("a", "net1")).unwrap();
     expect_corrupt(store.allocate(&pool, &req("ns/a", "a2")), &identity);
-    assert_eq!(fs::read(&identity).unwrap(), b"nonsense");
+    assert_eq!(record(&identity), b"nonsense");
 
-    // A foreign file in ips/ is named too.
-    let foreign = dir.path().join("iot/ips/notes.txt");
+    // A foreign file in the network directory is named too.
+    let foreign = dir.path().join("iot/notes.txt");
     fs::write(&foreign, b"x").unwrap();
     expect_corrupt(store.leases(), &foreign);
 }
@@ -88,8 +155,8 @@ fn stray_temporary_files_are_removed_and_never_count() {
     let store = open(dir.path());
     let pool = v4_pool();
     let tmp = dir.path().join("iot/tmp");
-    // What a writer killed between create and rename leaves behind.
-    fs::write(tmp.join("12345.0"), b"{\"ip\":\"192.168.20.2").unwrap();
+    // What a writer killed between creating a replacement and renaming it leaves behind.
+    std::os::unix::fs::symlink("{\"ip\":\"192.168.20.2\"}", tmp.join("12345.0")).unwrap();
     fs::write(tmp.join("12345.1"), b"").unwrap();
     assert!(store.leases().unwrap().is_empty());
     store.allocate(&pool, &req("ns/a", "a")).unwrap();
@@ -214,7 +281,9 @@ fn read_only_file_system_fails_cleanly() {
 
 #[test]
 fn full_disk_fails_cleanly_at_every_stage() {
-    let Some(fs_) = Tmpfs::mount("size=256k") else {
+    // Records are links, which take an inode each and no data block: the disk is full when no inode
+    // is left (on ext4 also when the directory needs another block).
+    let Some(fs_) = Tmpfs::mount("size=256k,nr_inodes=200") else {
         return;
     };
     let pool = v4_pool();
@@ -222,13 +291,13 @@ fn full_disk_fails_cleanly_at_every_stage() {
     let store_dir = fs_.path().join("iot");
     store.allocate(&pool, &req("ns/first", "first")).unwrap();
 
-    // Fill the file system with one-page files.
+    // Fill the file system: empty files until no inode is left.
     let filler = fs_.path().join("filler");
     fs::create_dir(&filler).unwrap();
     let mut pages: Vec<PathBuf> = Vec::new();
     loop {
         let p = filler.join(pages.len().to_string());
-        match fs::write(&p, [0u8; 4096]) {
+        match fs::write(&p, []) {
             Ok(()) => pages.push(p),
             Err(e) if e.raw_os_error() == Some(libc_enospc()) => {
                 let _ = fs::remove_file(&p);
@@ -238,13 +307,13 @@ fn full_disk_fails_cleanly_at_every_stage() {
         }
     }
 
-    // With 0, 1, 2, ... pages free, an ADD either fails with ENOSPC leaving the old leases, or succeeds
+    // With 0, 1, 2, ... inodes free, an ADD either fails with ENOSPC leaving the old leases, or succeeds
     // completely. The partial stages (index written, lease written, identity not) are all crossed.
     let mut failures = 0;
     let mut k = 0;
     let mut succeeded = false;
     while !succeeded {
-        assert!(k < 10, "an ADD needs more than 10 free pages?");
+        assert!(k < 10, "an ADD needs more than 10 free inodes?");
         for _ in 0..k.min(1) {
             if let Some(p) = pages.pop() {
                 fs::remove_file(p).unwrap();

@@ -506,6 +506,13 @@ fn reconcile_frees_leases_of_deleted_pods_after_the_grace_period() {
     let report = reconciler(&f, 300).run_once().unwrap();
     assert_eq!(report.freed.len(), 1);
     assert_eq!(report.freed[0].1.identity, "ns/starting");
+    // Every pass listed pod metadata only, never whole Pod objects.
+    let lists = f.server.pod_lists();
+    assert_eq!(lists.len(), 3);
+    assert!(
+        lists.iter().all(|k| k == "PartialObjectMetadataList"),
+        "{lists:?}"
+    );
 }
 
 #[test]

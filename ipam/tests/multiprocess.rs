@@ -78,8 +78,20 @@ fn run_driver(s: &Setup, args: &[&str]) -> Vec<Lease> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn count(dir: &Path) -> usize {
-    fs::read_dir(dir).unwrap().count()
+/// The entries of `dir` whose names start with `prefix`.
+fn count(dir: &Path, prefix: &str) -> usize {
+    names(dir, prefix).len()
+}
+
+/// The names of the entries of `dir` that start with `prefix`, without it.
+fn names(dir: &Path, prefix: &str) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_prefix(prefix).map(str::to_string)
+        })
+        .collect()
 }
 
 /// No address twice, reservations only to their identity; returns attachment -> ip.
@@ -145,9 +157,9 @@ fn concurrent_adds() {
         held, reported,
         "the store differs from what the processes were told"
     );
-    assert_eq!(count(&s.store_dir.join("ips")), N);
-    assert_eq!(count(&s.store_dir.join("attachments")), N);
-    assert_eq!(count(&s.store_dir.join("tmp")), 0);
+    assert_eq!(count(&s.store_dir, "ip:"), N);
+    assert_eq!(count(&s.store_dir, "attachment:"), N);
+    assert_eq!(count(&s.store_dir.join("tmp"), ""), 0);
     println!("  {N} concurrent ADD processes: {N} distinct addresses, 0 duplicates");
 }
 
@@ -267,17 +279,16 @@ fn sigkill_loop() {
         .keys()
         .filter(|a| !completed.contains_key(*a))
         .count();
-    let indexes = fs::read_dir(s.store_dir.join("attachments"))
-        .unwrap()
-        .filter(|e| {
-            let name = e.as_ref().unwrap().file_name().into_string().unwrap();
+    let indexes = names(&s.store_dir, "attachment:")
+        .iter()
+        .filter(|name| {
             let (c, i) = name.split_once(':').unwrap();
             !completed.contains_key(&(c.to_string(), i.to_string()))
         })
         .count();
-    let temps = count(&s.store_dir.join("tmp"));
+    let temps = count(&s.store_dir.join("tmp"), "");
     println!(
-        "  left by the kills: {killed_holding} leases of killed ADDs, {indexes} index files of killed ADDs, {temps} temporary files"
+        "  left by the kills: {killed_holding} leases of killed ADDs, {indexes} index records of killed ADDs, {temps} temporary links"
     );
 
     // The runtime's GC: only the completed attachments are valid.
@@ -302,12 +313,12 @@ fn sigkill_loop() {
         }
     }
     assert_eq!(
-        count(&s.store_dir.join("tmp")),
+        count(&s.store_dir.join("tmp"), ""),
         0,
         "stray temporary files after GC"
     );
     assert_eq!(
-        count(&s.store_dir.join("attachments")),
+        count(&s.store_dir, "attachment:"),
         completed.len(),
         "attachment index files of invalid attachments after GC"
     );

@@ -3,33 +3,42 @@
 //! Layout of `<dir>/<network>/` (`dir` defaults to `/var/lib/cni/iotlan`):
 //!
 //! ```text
-//! lock                         flock target: exclusive for changes, shared for reads
-//! ips/<ip>                     one JSON lease per held address: THE record of who holds it
-//! attachments/<cid>:<ifname>   {"ips": [...]}: the addresses an attachment holds (index for DEL/CHECK)
-//! identities/<ns>:<name>       {"ips": [...]}: an identity's latest addresses (sticky; kept after DEL)
-//! tmp/                         temporary files of atomic writes; emptied under the lock
+//! lock                           flock target: exclusive for changes, shared for reads
+//! ip:<ip>                     -> the lease (JSON): THE record of who holds the address
+//! attachment:<cid>:<ifname>   -> {"ips": [...]}: the addresses an attachment holds (index for DEL/CHECK)
+//! identity:<ns>:<name>        -> {"identity": ..., "ips": [...]}: an identity's latest addresses
+//!                                (sticky; kept after DEL). `identity:#<hash>` when the name is too long.
+//! tmp/                           temporary links of replacements; emptied under the lock
 //! ```
 //!
-//! An address is held exactly when `ips/<ip>` exists, so one address can never have two holders. ADD
-//! finds a free address with one `stat` per candidate of the identity's hash walk, never a scan of all
-//! leases, so its cost does not grow with the pool.
+//! Every record is a symbolic link whose target is its JSON text, as in `ls -l`. `symlink(2)` creates
+//! the name and its content in one atomic step, so a record is never seen half-written and needs no
+//! temporary file and no `fsync` of its own; a record that already exists is replaced by a new link in
+//! `tmp/` renamed over it. All records of a network sit in one directory, so a change (ADD, DEL, GC)
+//! ends with a single `fsync` of that directory, which is what the ADD waits for on a busy disk.
 //!
-//! Every file is written atomically: a temporary file in `tmp/`, `fsync`, `rename` into place, then an
-//! `fsync` of the directory. ADD writes the attachment index first (it may list more addresses than the
-//! attachment holds; each `ips/<ip>` file has the last word), then the `ips/` files, then the identity.
-//! DEL removes the `ips/` files first, then the index. A `kill -9` at any instant therefore leaves either
-//! the old or the new state of each file, never a half-written file, never an address held twice, and
-//! never a held address that DEL of its attachment cannot find. Stray temporary files are removed by
-//! the next change.
+//! An address is held exactly when `ip:<ip>` exists, so one address can never have two holders. ADD
+//! finds a free address with one `lstat` per candidate of the identity's hash walk, never a scan of
+//! all leases, so its cost does not grow with the pool.
 //!
-//! A file that cannot be parsed (truncated, corrupted, edited by hand) is an [`Error::Corrupt`] naming
-//! it; nothing is ever reset silently. A full disk or a read-only file system fails the change with
-//! [`Error::Io`] naming the file, and leaves the previous state.
+//! ADD writes the attachment index first (it may list more addresses than the attachment holds; each
+//! `ip:` record has the last word), then the `ip:` records, then the identity. DEL removes the `ip:`
+//! records first, then the index. A `kill -9` at any instant therefore leaves either the old or the new
+//! state of each record, never an address held twice, and never a held address that DEL of its
+//! attachment cannot find. A power cut before the final `fsync` loses a change that was never
+//! acknowledged; journaling file systems (ext4, xfs) commit metadata in order, so what survives is a
+//! prefix of it, which the order above covers.
+//!
+//! A record that cannot be parsed (a regular file where a link belongs, bad JSON, edited by hand) is an
+//! [`Error::Corrupt`] naming it; nothing is ever reset silently. A full disk or a read-only file system
+//! fails the change with [`Error::Io`] naming the record, and leaves the previous state.
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::net::IpAddr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,7 +50,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::addr::Family;
+use crate::addr::{fnv1a64, Family};
 use crate::allocator::{self, Claimed, Claims};
 use crate::error::Error;
 use crate::lease::{AllocRequest, Attachment, Lease};
@@ -49,17 +58,26 @@ use crate::names;
 use crate::pool::Pool;
 use crate::store::Store;
 
-const IPS: &str = "ips";
-const ATTACHMENTS: &str = "attachments";
-const IDENTITIES: &str = "identities";
+const IP: &str = "ip:";
+const ATTACHMENT: &str = "attachment:";
+const IDENTITY: &str = "identity:";
 const TMP: &str = "tmp";
 const LOCK: &str = "lock";
+/// The longest file name most file systems take (NAME_MAX).
+const NAME_MAX: usize = 255;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// The content of an attachment or identity file.
+/// The content of an attachment index.
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 struct IpList {
+    ips: Vec<IpAddr>,
+}
+
+/// The content of an identity record: its latest addresses.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Latest {
+    identity: String,
     ips: Vec<IpAddr>,
 }
 
@@ -75,9 +93,9 @@ impl FileStore {
     /// Opens (creating it if needed) the store in `dir`, which is one network's directory
     /// (`<store.dir>/<network>`). Operations wait up to `lock_timeout` for the lock.
     pub fn open(dir: &Path, lock_timeout: Duration) -> Result<FileStore, Error> {
-        for sub in [IPS, ATTACHMENTS, IDENTITIES, TMP] {
-            let path = dir.join(sub);
-            fs::create_dir_all(&path).map_err(|e| Error::io("create directory", &path, e))?;
+        let tmp = dir.join(TMP);
+        if !tmp.is_dir() {
+            fs::create_dir_all(&tmp).map_err(|e| Error::io("create directory", &tmp, e))?;
         }
         let node = nix::unistd::gethostname()
             .ok()
@@ -95,18 +113,25 @@ impl FileStore {
     }
 
     fn ip_path(&self, ip: IpAddr) -> PathBuf {
-        self.dir.join(IPS).join(ip.to_string())
+        self.dir.join(format!("{IP}{ip}"))
     }
 
     fn attachment_path(&self, att: &Attachment) -> PathBuf {
+        // Validated: a container ID of at most 200 bytes and an ifname of at most 15 fit NAME_MAX.
         self.dir
-            .join(ATTACHMENTS)
-            .join(format!("{}:{}", att.container_id, att.ifname))
+            .join(format!("{ATTACHMENT}{}:{}", att.container_id, att.ifname))
     }
 
     fn identity_path(&self, identity: &str) -> PathBuf {
-        // Validated identities have at most one '/' and no ':'.
-        self.dir.join(IDENTITIES).join(identity.replace('/', ":"))
+        // Validated identities have at most one '/' and no ':'. A pod name may be 253 bytes long: a
+        // name that would not fit is replaced by its hash (the record names the identity it is for).
+        let name = format!("{IDENTITY}{}", identity.replace('/', ":"));
+        if name.len() <= NAME_MAX {
+            self.dir.join(name)
+        } else {
+            self.dir
+                .join(format!("{IDENTITY}#{:016x}", fnv1a64(identity.as_bytes())))
+        }
     }
 
     fn lock(&self, exclusive: bool) -> Result<Flock<File>, Error> {
@@ -159,7 +184,7 @@ impl FileStore {
         }
     }
 
-    /// Removes stray temporary files. Only called under the exclusive lock, when no write is under way.
+    /// Removes stray temporary links. Only called under the exclusive lock, when no write is under way.
     fn clean_tmp(&self) {
         let tmp = self.dir.join(TMP);
         let Ok(entries) = fs::read_dir(&tmp) else {
@@ -168,22 +193,33 @@ impl FileStore {
         for entry in entries.flatten() {
             let path = entry.path();
             match fs::remove_file(&path) {
-                Ok(()) => tracing::info!(path = %path.display(), "removed a stray temporary file"),
+                Ok(()) => tracing::info!(path = %path.display(), "removed a stray temporary link"),
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "could not remove a temporary file")
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove a temporary link")
                 }
             }
         }
     }
 
-    fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, Error> {
-        let text = match fs::read(path) {
+    /// Reads the record at `path`: `None` when it does not exist.
+    fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, Error> {
+        let target = match fs::read_link(path) {
             Ok(t) => t,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(Errno::EINVAL as i32) => {
+                return Err(Error::Corrupt {
+                    path: path.to_path_buf(),
+                    reason:
+                        "not a symbolic link: the file store keeps each record as a link whose \
+                             target is its JSON; fix or remove it by hand"
+                            .to_string(),
+                })
+            }
             Err(e) => return Err(Error::io("read", path, e)),
         };
-        serde_json::from_slice(&text)
+        let text = target.as_os_str().as_bytes();
+        serde_json::from_slice(text)
             .map(Some)
             .map_err(|e| Error::Corrupt {
                 path: path.to_path_buf(),
@@ -193,7 +229,7 @@ impl FileStore {
 
     fn read_lease(&self, ip: IpAddr) -> Result<Option<Lease>, Error> {
         let path = self.ip_path(ip);
-        let lease: Option<Lease> = Self::read_json(&path)?;
+        let lease: Option<Lease> = Self::read(&path)?;
         match lease {
             Some(l) if l.ip != ip => Err(Error::Corrupt {
                 path,
@@ -203,34 +239,33 @@ impl FileStore {
         }
     }
 
-    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), Error> {
-        let tmp = self.dir.join(TMP).join(format!(
-            "{}.{}",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)
-        })();
-        result.map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            Error::io("write", path, e)
-        })
-    }
-
-    fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), Error> {
-        let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| {
+    /// Writes the record at `path`: a new link, or a link in `tmp/` renamed over the old one.
+    /// Durable after the next [`FileStore::sync`].
+    fn write<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), Error> {
+        let json = serde_json::to_vec(value).map_err(|e| {
             Error::io(
                 "encode",
                 path,
                 std::io::Error::new(ErrorKind::InvalidData, e),
             )
         })?;
-        bytes.push(b'\n');
-        self.write_atomic(path, &bytes)
+        let target = OsStr::from_bytes(&json);
+        match std::os::unix::fs::symlink(target, path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("write", path, e)),
+        }
+        let tmp = self.dir.join(TMP).join(format!(
+            "{}.{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::os::unix::fs::symlink(target, &tmp)
+            .and_then(|()| fs::rename(&tmp, path))
+            .map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                Error::io("write", path, e)
+            })
     }
 
     fn remove(path: &Path) -> Result<(), Error> {
@@ -241,27 +276,37 @@ impl FileStore {
         }
     }
 
-    fn sync_dir(&self, sub: &str) -> Result<(), Error> {
-        let path = self.dir.join(sub);
-        File::open(&path)
+    /// Makes every change so far durable: one `fsync` of the network directory.
+    fn sync(&self) -> Result<(), Error> {
+        File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("sync directory", &path, e))
+            .map_err(|e| Error::io("sync directory", &self.dir, e))
+    }
+
+    /// The identity's latest addresses, as its record says.
+    fn latest(&self, identity: &str) -> Result<Option<Latest>, Error> {
+        let path = self.identity_path(identity);
+        // A hashed name can collide: a record for another identity is no record for this one.
+        Ok(Self::read::<Latest>(&path)?.filter(|l| l.identity == identity))
     }
 
     /// Records `ips` as the identity's latest addresses (for stickiness), if they changed.
-    fn remember(&self, identity: &str, ips: Vec<IpAddr>) -> Result<(), Error> {
-        let path = self.identity_path(identity);
-        let latest = IpList { ips };
-        if Self::read_json::<IpList>(&path)?.as_ref() != Some(&latest) {
-            self.write_json(&path, &latest)?;
-            self.sync_dir(IDENTITIES)?;
+    /// Returns whether anything was written.
+    fn remember(&self, identity: &str, ips: Vec<IpAddr>) -> Result<bool, Error> {
+        let latest = Latest {
+            identity: identity.to_string(),
+            ips,
+        };
+        if self.latest(identity)?.as_ref() == Some(&latest) {
+            return Ok(false);
         }
-        Ok(())
+        self.write(&self.identity_path(identity), &latest)?;
+        Ok(true)
     }
 
-    /// The leases `att` holds: the addresses its index lists whose `ips/` file names it.
+    /// The leases `att` holds: the addresses its index lists whose `ip:` record names it.
     fn attachment_leases(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
-        let Some(index) = Self::read_json::<IpList>(&self.attachment_path(att))? else {
+        let Some(index) = Self::read::<IpList>(&self.attachment_path(att))? else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
@@ -276,21 +321,47 @@ impl FileStore {
         Ok(out)
     }
 
-    /// Every lease file, in address order.
-    fn all_leases(&self) -> Result<Vec<Lease>, Error> {
-        let dir = self.dir.join(IPS);
-        let entries = fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
-        let mut out = Vec::new();
+    /// The records of the directory by kind; anything else (but the lock and `tmp/`) is corrupt.
+    fn records(&self) -> Result<Records, Error> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
+        let mut records = Records::default();
         for entry in entries {
-            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            let entry = entry.map_err(|e| Error::io("list", &self.dir, e))?;
             let name = entry.file_name();
-            let ip = name
-                .to_str()
-                .and_then(|n| IpAddr::from_str(n).ok())
-                .ok_or_else(|| Error::Corrupt {
+            let name = name.to_str().unwrap_or_default();
+            if let Some(ip) = name.strip_prefix(IP) {
+                let ip = IpAddr::from_str(ip).map_err(|_| Error::Corrupt {
                     path: entry.path(),
-                    reason: "the name of a file in ips/ must be an IP address".to_string(),
+                    reason: "an ip: record must be named ip:<IP address>".to_string(),
                 })?;
+                records.ips.push(ip);
+            } else if let Some(att) = name.strip_prefix(ATTACHMENT) {
+                let att = att
+                    .split_once(':')
+                    .map(|(cid, ifname)| Attachment::new(cid, ifname))
+                    .ok_or_else(|| Error::Corrupt {
+                        path: entry.path(),
+                        reason:
+                            "an attachment record must be named attachment:<container>:<ifname>"
+                                .to_string(),
+                    })?;
+                records.attachments.push(att);
+            } else if !(name.starts_with(IDENTITY) || name == LOCK || name == TMP) {
+                return Err(Error::Corrupt {
+                    path: entry.path(),
+                    reason:
+                        "not a record of the file store (ip:, attachment:, identity:, lock, tmp)"
+                            .to_string(),
+                });
+            }
+        }
+        Ok(records)
+    }
+
+    /// The leases of the `ip:` records `ips`, in address order.
+    fn read_leases(&self, ips: &[IpAddr]) -> Result<Vec<Lease>, Error> {
+        let mut out = Vec::new();
+        for &ip in ips {
             if let Some(l) = self.read_lease(ip)? {
                 out.push(l);
             }
@@ -298,6 +369,13 @@ impl FileStore {
         out.sort_by_key(|l| (Family::of(&l.ip), l.ip));
         Ok(out)
     }
+}
+
+/// The names in a network directory, by kind.
+#[derive(Default)]
+struct Records {
+    ips: Vec<IpAddr>,
+    attachments: Vec<Attachment>,
 }
 
 /// One allocation under the exclusive lock: claims are recorded, and written by `finish`.
@@ -312,8 +390,9 @@ impl Claims for Txn<'_> {
     }
 
     fn previous(&mut self, identity: &str) -> Result<Vec<IpAddr>, Error> {
-        let path = self.store.identity_path(identity);
-        Ok(FileStore::read_json::<IpList>(&path)?
+        Ok(self
+            .store
+            .latest(identity)?
             .map(|l| l.ips)
             .unwrap_or_default())
     }
@@ -352,12 +431,15 @@ impl Claims for Txn<'_> {
         let ips: Vec<IpAddr> = leases.iter().map(|l| l.ip).collect();
         if self.pending.is_empty() {
             // An idempotent ADD: nothing to claim, but the identity's latest addresses are these.
-            return store.remember(&req.identity, ips);
+            if store.remember(&req.identity, ips)? {
+                store.sync()?;
+            }
+            return Ok(());
         }
 
         // 1. The attachment's index, first: whatever happens next, DEL can find the addresses.
         let index_path = store.attachment_path(&req.attachment);
-        let mut index = FileStore::read_json::<IpList>(&index_path)?.unwrap_or_default();
+        let mut index = FileStore::read::<IpList>(&index_path)?.unwrap_or_default();
         let before = index.ips.len();
         for ip in &ips {
             if !index.ips.contains(ip) {
@@ -365,35 +447,34 @@ impl Claims for Txn<'_> {
             }
         }
         if index.ips.len() != before {
-            store.write_json(&index_path, &index)?;
-            store.sync_dir(ATTACHMENTS)?;
+            store.write(&index_path, &index)?;
         }
 
         // 2. The leases themselves.
         // On a failure the allocator calls `abandon`, which removes (or restores) what was written.
         for lease in &self.pending {
-            store.write_json(&store.ip_path(lease.ip), lease)?;
+            store.write(&store.ip_path(lease.ip), lease)?;
         }
-        store.sync_dir(IPS)?;
 
-        // 3. The identity's addresses, for stickiness.
-        store.remember(&req.identity, ips)
+        // 3. The identity's addresses, for stickiness. Then all of it reaches the disk at once.
+        store.remember(&req.identity, ips)?;
+        store.sync()
     }
 
     fn abandon(&mut self, claimed: &[Claimed]) -> Result<(), Error> {
-        // Claims are only written by `finish`: undo whatever of it reached the disk.
+        // Claims are only written by `finish`: undo whatever of it was written.
         self.pending.clear();
         let store = self.store;
         for c in claimed {
             if store.read_lease(c.lease.ip)?.as_ref() == Some(&c.lease) {
                 let path = store.ip_path(c.lease.ip);
                 match &c.replaced {
-                    Some(old) => store.write_json(&path, old)?,
+                    Some(old) => store.write(&path, old)?,
                     None => FileStore::remove(&path)?,
                 }
             }
         }
-        store.sync_dir(IPS)
+        store.sync()
     }
 }
 
@@ -415,7 +496,7 @@ impl Store for FileStore {
         let _lock = self.lock(true)?;
         self.clean_tmp();
         let index_path = self.attachment_path(att);
-        if !index_path.exists() {
+        if fs::symlink_metadata(&index_path).is_err() {
             return Ok(Vec::new());
         }
         let freed = self.attachment_leases(att)?;
@@ -423,11 +504,8 @@ impl Store for FileStore {
         for l in &freed {
             FileStore::remove(&self.ip_path(l.ip))?;
         }
-        if !freed.is_empty() {
-            self.sync_dir(IPS)?;
-        }
         FileStore::remove(&index_path)?;
-        self.sync_dir(ATTACHMENTS)?;
+        self.sync()?;
         Ok(freed)
     }
 
@@ -441,41 +519,27 @@ impl Store for FileStore {
         let valid: HashSet<&Attachment> = valid.iter().collect();
         let _lock = self.lock(true)?;
         self.clean_tmp();
+        // Everything is read before anything is removed: a corrupt record stops GC untouched.
+        let records = self.records()?;
+        let leases = self.read_leases(&records.ips)?;
         let mut freed = Vec::new();
-        for l in self.all_leases()? {
+        for l in leases {
             if !valid.contains(&l.attachment()) {
                 FileStore::remove(&self.ip_path(l.ip))?;
                 freed.push(l);
             }
         }
-        self.sync_dir(IPS)?;
-        let dir = self.dir.join(ATTACHMENTS);
-        let entries = fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
-            let name = entry.file_name();
-            let att = name
-                .to_str()
-                .and_then(|n| n.split_once(':'))
-                .map(|(cid, ifname)| Attachment::new(cid, ifname));
-            match att {
-                Some(att) if valid.contains(&att) => {}
-                Some(_) => FileStore::remove(&entry.path())?,
-                None => {
-                    return Err(Error::Corrupt {
-                        path: entry.path(),
-                        reason: "the name of a file in attachments/ must be <container>:<ifname>"
-                            .to_string(),
-                    })
-                }
+        for att in records.attachments {
+            if !valid.contains(&att) {
+                FileStore::remove(&self.attachment_path(&att))?;
             }
         }
-        self.sync_dir(ATTACHMENTS)?;
+        self.sync()?;
         Ok(freed)
     }
 
     fn leases(&self) -> Result<Vec<Lease>, Error> {
         let _lock = self.lock(false)?;
-        self.all_leases()
+        self.read_leases(&self.records()?.ips)
     }
 }

@@ -782,7 +782,8 @@ impl Reconciler {
             "list leases",
             leases_api.list(&ListParams::default().labels(&sel)),
         )?;
-        let pods = conn.run("list pods", pods_api.list(&ListParams::default()))?;
+        // Names are all it needs: metadata only, a fraction of the full Pod objects.
+        let pods = conn.run("list pods", pods_api.list_metadata(&ListParams::default()))?;
         let live: std::collections::HashSet<String> = pods
             .items
             .iter()

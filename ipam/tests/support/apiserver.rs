@@ -12,7 +12,8 @@
 //! - replace with a stale `metadata.resourceVersion` or another `metadata.uid`: 409 `Conflict`
 //!   (an empty resourceVersion is an unconditional update, as Leases allow);
 //! - delete with `preconditions` (uid, resourceVersion) that do not match: 409 `Conflict`;
-//! - `GET /api/v1/pods` and `/api/v1/namespaces/{ns}/pods` list the pods a test put in;
+//! - `GET /api/v1/pods` and `/api/v1/namespaces/{ns}/pods` list the pods a test put in, as a
+//!   `PartialObjectMetadataList` when the client's `Accept` asks for one (`as=...;g=meta.k8s.io`);
 //! - with a token set, a request without `Authorization: Bearer <token>` gets 401.
 //!
 //! Each request runs under one mutex, so every single-object operation is atomic, as etcd's
@@ -52,6 +53,8 @@ struct State {
     interfere: BTreeMap<(String, Key), Value>,
     /// Path parts answered with 403.
     forbidden: Vec<String>,
+    /// The kind of every pod list served (`PodList` or `PartialObjectMetadataList`).
+    pod_lists: Vec<String>,
 }
 
 /// A running double. Stops when dropped.
@@ -126,6 +129,11 @@ impl ApiServer {
         s.next_rv();
         s.pods
             .insert((namespace.to_string(), name.to_string()), pod);
+    }
+
+    /// The kind of every pod list served so far.
+    pub fn pod_lists(&self) -> Vec<String> {
+        lock(&self.state).pod_lists.clone()
     }
 
     pub fn delete_pod(&self, namespace: &str, name: &str) {
@@ -269,6 +277,7 @@ struct Request {
     path: String,
     query: BTreeMap<String, String>,
     auth: Option<String>,
+    accept: String,
     body: Vec<u8>,
 }
 
@@ -283,6 +292,7 @@ fn read_request<S: Read>(r: &mut BufReader<S>) -> Option<Request> {
     let target = parts.next()?.to_string();
     let mut len = 0usize;
     let mut auth = None;
+    let mut accept = String::new();
     loop {
         let mut h = String::new();
         r.read_line(&mut h).ok()?;
@@ -294,6 +304,7 @@ fn read_request<S: Read>(r: &mut BufReader<S>) -> Option<Request> {
         match k.trim().to_ascii_lowercase().as_str() {
             "content-length" => len = v.trim().parse().ok()?,
             "authorization" => auth = Some(v.trim().to_string()),
+            "accept" => accept = v.trim().to_string(),
             "transfer-encoding" => return None, // chunked bodies: not spoken here
             _ => {}
         }
@@ -314,6 +325,7 @@ fn read_request<S: Read>(r: &mut BufReader<S>) -> Option<Request> {
         path: path.to_string(),
         query,
         auth,
+        accept,
         body,
     })
 }
@@ -478,8 +490,8 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
         ("DELETE", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
             delete(&mut s, ns, name, req)
         }
-        ("GET", ["api", "v1", "pods"]) => list_pods(&s, None),
-        ("GET", ["api", "v1", "namespaces", ns, "pods"]) => list_pods(&s, Some(ns)),
+        ("GET", ["api", "v1", "pods"]) => list_pods(&mut s, None, req),
+        ("GET", ["api", "v1", "namespaces", ns, "pods"]) => list_pods(&mut s, Some(ns), req),
         _ => status(
             404,
             "NotFound",
@@ -813,11 +825,26 @@ fn list<'a>(
     )
 }
 
-fn list_pods(s: &State, ns: Option<&str>) -> (u16, Value) {
-    let items = s
+fn list_pods(s: &mut State, ns: Option<&str>, req: &Request) -> (u16, Value) {
+    let metadata_only = req.accept.contains("as=PartialObjectMetadataList");
+    let items: Vec<Value> = s
         .pods
         .iter()
         .filter(|((n, _), _)| ns.is_none_or(|want| n == want))
-        .map(|(_, p)| p);
-    list(s, "PodList", "v1", items)
+        .map(|(_, p)| {
+            if metadata_only {
+                json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                        "metadata": p["metadata"] })
+            } else {
+                p.clone()
+            }
+        })
+        .collect();
+    let (kind, api_version) = if metadata_only {
+        ("PartialObjectMetadataList", "meta.k8s.io/v1")
+    } else {
+        ("PodList", "v1")
+    };
+    s.pod_lists.push(kind.to_string());
+    list(s, kind, api_version, items.iter())
 }
