@@ -862,6 +862,55 @@ fn delegated_ipam_static_and_host_local_work_and_are_undone_on_failure() {
     );
 }
 
+/// The link is created while the addresses are allocated: when the allocation fails, the ADD reports
+/// the allocation's error and the link it already made is gone.
+#[test]
+fn a_failed_allocation_reports_its_error_and_leaves_no_link() {
+    if !ready() {
+        return;
+    }
+    let lan = Lan::new("allocfail");
+    let state = State::new();
+    let mut one = ipam(&state);
+    one["pool"] = json!(["10.77.0.60-10.77.0.60"]);
+    one["exclude"] = json!([]);
+    let c = conf(&state, json!({ "ipam": one }));
+    let first = lan.pod("first");
+    let r = cni(
+        &iotlan_bin(),
+        "ADD",
+        &Env::new(&lan.node.ns, &first, "ctr-first").k8s("iot", "first"),
+        &c,
+    )
+    .expect_ok();
+    assert_eq!(r["ips"][0]["address"], "10.77.0.60/24");
+
+    let second = lan.pod("second");
+    let err = cni(
+        &iotlan_bin(),
+        "ADD",
+        &Env::new(&lan.node.ns, &second, "ctr-second").k8s("iot", "second"),
+        &c,
+    )
+    .expect_err(110);
+    let msg = err["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("iot"), "the error names the pool: {msg}");
+    let names: Vec<String> = links(&second).into_iter().map(|l| l.name).collect();
+    assert_eq!(names, ["lo"], "links left in the pod after the failed ADD");
+    // The pod that holds the address is untouched.
+    assert_eq!(ipv4_addrs(&first, "net1")[0].to_string(), "10.77.0.60");
+
+    // The same with a delegated plugin that fails (Debian's static, given no valid address).
+    let bad = conf(
+        &state,
+        json!({ "ipam": { "type": "static", "addresses": [{ "address": "10.77.0.300/24" }] } }),
+    );
+    let out = add(&lan, &second, "ctr-second", &bad);
+    assert!(!out.ok(), "static accepted 10.77.0.300: {}", out.stdout);
+    let names: Vec<String> = links(&second).into_iter().map(|l| l.name).collect();
+    assert_eq!(names, ["lo"], "links left after the delegated failure");
+}
+
 #[test]
 fn status_and_gc() {
     if !ready() {

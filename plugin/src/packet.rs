@@ -88,9 +88,7 @@ impl ArpSocket {
         }
         Ok(())
     }
-}
 
-impl ArpSocket {
     /// Waits until `deadline` for an ARP reply from `from`; returns the sender's MAC.
     pub fn wait_reply(
         &self,

@@ -1,5 +1,6 @@
 //! Per-interface IPv6 settings inside the pod (written while the thread is in the pod's namespace).
 
+use std::io::Write;
 use std::path::Path;
 
 use crate::config::Ipv6;
@@ -9,24 +10,19 @@ use crate::config::Ipv6;
 /// default route only when `defaultRoute` asks for it. Hosts without IPv6 are left alone.
 pub fn apply_ipv6(ifname: &str, v6: &Ipv6) -> std::io::Result<()> {
     let dir = Path::new("/proc/sys/net/ipv6/conf").join(ifname);
-    if !dir.exists() {
+    if !v6.accept_ra {
+        // RAs ignored altogether: the other knobs only matter when they are accepted.
+        write_if_present(&dir.join("accept_ra"), "0")?;
         return Ok(());
     }
-    let on = |b: bool| if b { "1" } else { "0" };
     let settings: &[(&str, &str)] = &[
-        ("accept_ra", on(v6.accept_ra)),
-        ("accept_ra_defrtr", on(v6.accept_ra && v6.default_route)),
-        ("accept_ra_pinfo", on(v6.accept_ra)),
-        (
-            "accept_ra_rt_info_max_plen",
-            if v6.accept_ra { "64" } else { "0" },
-        ),
+        ("accept_ra", "1"),
+        ("accept_ra_defrtr", if v6.default_route { "1" } else { "0" }),
+        ("accept_ra_pinfo", "1"),
+        ("accept_ra_rt_info_max_plen", "64"),
     ];
     for (key, value) in settings {
-        let path = dir.join(key);
-        if path.exists() {
-            std::fs::write(&path, value)?;
-        }
+        write_if_present(&dir.join(key), value)?;
     }
     Ok(())
 }
@@ -34,17 +30,27 @@ pub fn apply_ipv6(ifname: &str, v6: &Ipv6) -> std::io::Result<()> {
 /// Makes the kernel announce the link's addresses when it comes up: a gratuitous ARP per IPv4
 /// address (arp_notify) and an unsolicited neighbour advertisement per IPv6 address (ndisc_notify).
 pub fn enable_announcements(ifname: &str) -> std::io::Result<()> {
-    std::fs::write(
-        Path::new("/proc/sys/net/ipv4/conf")
+    let v4 = Path::new("/proc/sys/net/ipv4/conf")
+        .join(ifname)
+        .join("arp_notify");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(v4)?
+        .write_all(b"1")?;
+    write_if_present(
+        &Path::new("/proc/sys/net/ipv6/conf")
             .join(ifname)
-            .join("arp_notify"),
+            .join("ndisc_notify"),
         "1",
     )?;
-    let v6 = Path::new("/proc/sys/net/ipv6/conf")
-        .join(ifname)
-        .join("ndisc_notify");
-    if v6.exists() {
-        std::fs::write(v6, "1")?;
-    }
     Ok(())
+}
+
+/// Writes a sysctl; one that does not exist (no IPv6 on this host, an older kernel) is skipped.
+fn write_if_present(path: &Path, value: &str) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(mut f) => f.write_all(value.as_bytes()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }

@@ -702,7 +702,8 @@ pub fn cni(bin: &Path, command: &str, env: &Env, stdin: &str) -> CniOutput {
     }
 }
 
-fn workspace_dir() -> PathBuf {
+/// The repository root.
+pub fn workspace_dir() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     here.parent().map(Path::to_path_buf).unwrap_or(here)
 }

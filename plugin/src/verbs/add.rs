@@ -3,8 +3,10 @@
 //! Any failure after the addresses are held undoes everything: the link is deleted and the
 //! addresses are released.
 
+use std::cell::{Ref, RefCell};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
+use std::thread::ScopedJoinHandle;
 use std::time::Duration;
 
 use crate::cni::env::{Attachment, Env};
@@ -52,48 +54,90 @@ pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<CniResult> {
     }
 
     let ipam = Ipam::for_config(env, conf)?;
-    let mut result = ipam.add(conf, att, Some(0))?;
-    let ctx = Ctx {
-        conf,
-        att,
-        home: &home,
-        pod_ns: &pod_ns,
-        master: &master,
-        addrs: &result,
-    };
-    match attach(&ctx, &mut nl) {
-        Ok((link, driver)) => {
-            let mac = link.mac.map(Mac).map(|m| m.to_string()).unwrap_or_default();
-            tracing::info!(
-                %driver, master = %master.name, ifname = %att.ifname, %mac,
-                ips = ?result.ips.iter().map(|i| i.address.to_string()).collect::<Vec<_>>(),
-                identity = %att.identity(), container = %att.container_id, "attached"
-            );
-            result.interfaces = vec![Interface {
-                name: att.ifname.clone(),
-                mac,
-                mtu: conf.mtu,
-                sandbox: netns_path.display().to_string(),
-            }];
-            Ok(result)
-        }
-        Err(e) => {
-            if let Err(undo) = ipam.del(conf, att) {
-                tracing::error!(error = %undo, "could not release the addresses after a failed ADD");
+    std::thread::scope(|scope| {
+        // The addresses are allocated on a helper thread (in this, the node's, namespace) while
+        // this one creates the link: the store's fsync, or the delegated plugin's exec, overlaps
+        // with the kernel's work.
+        let addrs = Pending {
+            job: RefCell::new(Some(scope.spawn(|| ipam.add(conf, att, Some(0))))),
+            outcome: RefCell::new(None),
+        };
+        let ctx = Ctx {
+            conf,
+            att,
+            home: &home,
+            pod_ns: &pod_ns,
+            master: &master,
+            addrs: &addrs,
+        };
+        let attached = attach(&ctx, &mut nl);
+        match (attached, addrs.finish()) {
+            (Ok((link, driver)), Ok(mut result)) => {
+                let mac = link.mac.map(Mac).map(|m| m.to_string()).unwrap_or_default();
+                tracing::info!(
+                    %driver, master = %master.name, ifname = %att.ifname, %mac,
+                    ips = ?result.ips.iter().map(|i| i.address.to_string()).collect::<Vec<_>>(),
+                    identity = %att.identity(), container = %att.container_id, "attached"
+                );
+                result.interfaces = vec![Interface {
+                    name: att.ifname.clone(),
+                    mac,
+                    mtu: conf.mtu,
+                    sandbox: netns_path.display().to_string(),
+                }];
+                Ok(result)
             }
-            Err(e)
+            // The addresses could not be had: whatever link was made is gone already.
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(_)) => {
+                if let Err(undo) = ipam.del(conf, att) {
+                    tracing::error!(error = %undo, "could not release the addresses after a failed ADD");
+                }
+                Err(e)
+            }
         }
+    })
+}
+
+/// The addresses of one ADD, being allocated on a helper thread.
+struct Pending<'scope> {
+    job: RefCell<Option<ScopedJoinHandle<'scope, Result<CniResult>>>>,
+    outcome: RefCell<Option<Result<CniResult>>>,
+}
+
+impl Pending<'_> {
+    /// Waits for the allocation; `None` when it failed (`finish` returns the error).
+    fn wait(&self) -> Option<Ref<'_, CniResult>> {
+        if let Some(job) = self.job.borrow_mut().take() {
+            let outcome = job.join().unwrap_or_else(|_| {
+                Err(Error::InvalidConfig(
+                    "the address allocation thread panicked".into(),
+                ))
+            });
+            *self.outcome.borrow_mut() = Some(outcome);
+        }
+        Ref::filter_map(self.outcome.borrow(), |o| o.as_ref()?.as_ref().ok()).ok()
+    }
+
+    /// The allocation's outcome, waiting for it if nobody did yet.
+    fn finish(self) -> Result<CniResult> {
+        self.wait();
+        self.outcome.into_inner().unwrap_or_else(|| {
+            Err(Error::InvalidConfig(
+                "the address allocation never ran".into(),
+            ))
+        })
     }
 }
 
-/// What one ADD works with once its addresses are held.
-struct Ctx<'a> {
+/// What one ADD works with.
+struct Ctx<'a, 'scope> {
     conf: &'a NetConf,
     att: &'a Attachment,
     home: &'a Netns,
     pod_ns: &'a Netns,
     master: &'a Link,
-    addrs: &'a CniResult,
+    addrs: &'a Pending<'scope>,
 }
 
 /// Creates and configures the link with the first driver that works, remembering it in auto mode.
@@ -114,7 +158,7 @@ fn attach(ctx: &Ctx, nl: &mut Netlink) -> Result<(Link, Driver)> {
         let last = i + 1 == order.len();
         match try_driver(drv, ctx, nl) {
             Ok(link) => {
-                if conf.driver == DriverChoice::Auto {
+                if conf.driver == DriverChoice::Auto && remembered != Some(drv) {
                     let reason = if failures.is_empty() {
                         "worked first".to_string()
                     } else {
@@ -143,6 +187,10 @@ fn attach(ctx: &Ctx, nl: &mut Netlink) -> Result<(Link, Driver)> {
                 tracing::warn!(driver = %drv, master = %master.name, reason = %msg, "falling back to the next driver");
             }
             Err(Attempt::Fatal(e)) => return Err(e),
+            // `run` reports the allocation's own error.
+            Err(Attempt::NoAddresses) => {
+                return Err(Error::Link("no addresses were allocated".into()))
+            }
         }
     }
     Err(Error::Link("no link driver to try".into()))
@@ -156,6 +204,8 @@ enum Attempt {
         gateway_silent: bool,
     },
     Fatal(Error),
+    /// The address allocation failed: no driver can help (its error is the ADD's).
+    NoAddresses,
 }
 
 fn try_driver(drv: Driver, ctx: &Ctx, nl: &mut Netlink) -> Result<Link, Attempt> {
@@ -201,6 +251,11 @@ fn try_driver(drv: Driver, ctx: &Ctx, nl: &mut Netlink) -> Result<Link, Attempt>
         .run(home, || -> Result<Result<Link, Attempt>> {
             let mut pnl = Netlink::open()
                 .map_err(|e| Error::netlink("cannot open a netlink socket in the pod", e))?;
+            let Some(addrs) = addrs.wait() else {
+                remove_quietly(&mut pnl, &temp);
+                return Ok(Err(Attempt::NoAddresses));
+            };
+            let addrs = &*addrs;
             let configured = pod::configure(
                 &mut pnl,
                 &temp,
