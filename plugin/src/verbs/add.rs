@@ -1,7 +1,6 @@
-//! ADD: addresses first (cheap to undo), then the link, created directly inside the pod's namespace
-//! by the driver that works on this master, configured, optionally probed, and announced.
-//! Any failure after the addresses are held undoes everything: the link is deleted and the
-//! addresses are released.
+//! ADD: the addresses are allocated on a helper thread while the link is created directly inside the
+//! pod's namespace by the driver that works on this master; then it is configured, optionally probed,
+//! and announced. Any failure undoes everything: the link is deleted and the addresses are released.
 
 use std::cell::{Ref, RefCell};
 use std::net::IpAddr;
