@@ -515,6 +515,108 @@ fn reconcile_frees_leases_of_deleted_pods_after_the_grace_period() {
     );
 }
 
+/// The sticky identity objects of the network `iot`: identity -> annotations.
+fn identity_records(f: &KubeFixture) -> std::collections::BTreeMap<String, Value> {
+    f.server
+        .leases(NS)
+        .into_iter()
+        .filter(|o| o["metadata"]["labels"][objects::LABEL_KIND] == objects::KIND_IDENTITY)
+        .map(|o| {
+            let ann = o["metadata"]["annotations"].clone();
+            (
+                ann[objects::ANN_IDENTITY]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                ann,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn reconcile_prunes_sticky_records_unused_for_the_retention() {
+    let f = KubeFixture::new();
+    let pool = v4_pool();
+    let s = f.open();
+    f.server.add_pod("ns", "alive");
+    f.server.add_pod("ns", "holding");
+    for (id, cid) in [
+        ("ns/alive", "a"),
+        ("ns/gone", "g"),
+        ("ns/holding", "h"),
+        ("0123abcd", "0123abcd"),
+    ] {
+        s.allocate(&pool, &req(id, cid)).unwrap();
+    }
+    // DELs: "alive" still has its pod, "gone" and the container identity have nothing left.
+    for cid in ["a", "g", "0123abcd"] {
+        s.release(&Attachment::new(cid, "net1")).unwrap();
+    }
+    assert_eq!(identity_records(&f).len(), 4);
+    let reconcile = |retention: Option<Duration>| {
+        reconciler(&f, 300)
+            .with_identity_retention(retention)
+            .run_once()
+            .unwrap()
+    };
+
+    // Retention off: nothing is marked or pruned.
+    let report = reconcile(None);
+    assert_eq!(
+        (report.identities_marked, report.identities_pruned.len()),
+        (0, 0)
+    );
+
+    // First pass: the two unused records are marked with the time they were first seen unused.
+    let report = reconcile(Some(Duration::from_secs(3600)));
+    assert_eq!(report.identities_marked, 2, "{report}");
+    let records = identity_records(&f);
+    for id in ["ns/gone", "0123abcd"] {
+        assert!(
+            records[id][objects::ANN_UNUSED_SINCE].is_string(),
+            "{id}: {}",
+            records[id]
+        );
+    }
+    for id in ["ns/alive", "ns/holding"] {
+        assert!(
+            records[id][objects::ANN_UNUSED_SINCE].is_null(),
+            "{id}: {}",
+            records[id]
+        );
+    }
+    // Within the retention they stay, and are not marked again.
+    let report = reconcile(Some(Duration::from_secs(3600)));
+    assert_eq!(
+        (report.identities_marked, report.identities_pruned.len()),
+        (0, 0)
+    );
+
+    // The container comes back (podman restart keeps its ID): in use again, the mark goes, and its
+    // sticky address is still there.
+    let back = s.allocate(&pool, &req("0123abcd", "0123abcd")).unwrap();
+    reconcile(Some(Duration::from_secs(3600)));
+    assert!(identity_records(&f)["0123abcd"][objects::ANN_UNUSED_SINCE].is_null());
+
+    // Past the retention (zero here), the unused record of the deleted pod is pruned, and only it.
+    let report = reconcile(Some(Duration::ZERO));
+    assert_eq!(
+        report.identities_pruned,
+        vec![("iot".to_string(), "ns/gone".to_string())],
+        "{report}"
+    );
+    let records = identity_records(&f);
+    assert_eq!(
+        records.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["0123abcd", "ns/alive", "ns/holding"]
+    );
+    assert_eq!(s.find(&Attachment::new("0123abcd", "net1")).unwrap(), back);
+    // The pruned identity allocates again normally and is remembered again.
+    s.allocate(&pool, &req("ns/gone", "g2")).unwrap();
+    assert!(identity_records(&f).contains_key("ns/gone"));
+}
+
 #[test]
 fn reconcile_never_frees_a_lease_that_changed_under_it() {
     let f = KubeFixture::new();

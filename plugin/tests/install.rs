@@ -598,6 +598,19 @@ fn the_reconcile_loop_frees_leases_of_deleted_pods() {
         "{left:?}"
     );
     assert!(!left.contains(&gone[0].ip));
+    // The deleted pod's sticky identity record is kept, marked as unused since now (default
+    // retention: 30 days).
+    wait_for(
+        30,
+        "the sticky record of the deleted pod to be marked unused",
+        || {
+            server.leases("iotlan-system").iter().any(|o| {
+                let ann = &o["metadata"]["annotations"];
+                ann["iotlan/identity"] == "home/jellyfin-0"
+                    && ann["iotlan/unused-since-unix"].is_string()
+            })
+        },
+    );
 
     // The token rotates on the API server and in the ServiceAccount: the loop keeps working.
     server.set_token(Some("token-2"));

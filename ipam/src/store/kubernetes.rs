@@ -707,6 +707,10 @@ pub struct ReconcileReport {
     pub young: usize,
     /// Leases whose identity is a bare container ID (no pod to look up): never touched.
     pub podless: usize,
+    /// Sticky identity records newly seen unused (no address held, no pod): marked this pass.
+    pub identities_marked: usize,
+    /// Sticky identity records deleted after being unused for the retention: (network, identity).
+    pub identities_pruned: Vec<(String, String)>,
 }
 
 impl std::fmt::Display for ReconcileReport {
@@ -726,8 +730,12 @@ impl std::fmt::Display for ReconcileReport {
         }
         write!(
             f,
-            ", {} of missing pods within the grace period, {} without a pod identity",
-            self.young, self.podless
+            ", {} of missing pods within the grace period, {} without a pod identity; \
+             sticky records: {} newly unused, {} pruned",
+            self.young,
+            self.podless,
+            self.identities_marked,
+            self.identities_pruned.len()
         )
     }
 }
@@ -740,7 +748,11 @@ pub struct Reconciler {
     kubeconfig: PathBuf,
     namespace: Option<String>,
     grace: Duration,
+    identity_retention: Option<Duration>,
 }
+
+/// How long an unused sticky identity record is kept by default: 30 days.
+pub const DEFAULT_IDENTITY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Reconciler {
     /// `namespace` of the Lease objects defaults to the kubeconfig context's namespace. A lease
@@ -757,7 +769,17 @@ impl Reconciler {
             kubeconfig: kubeconfig.to_path_buf(),
             namespace: namespace.map(str::to_string),
             grace,
+            identity_retention: Some(DEFAULT_IDENTITY_RETENTION),
         })
+    }
+
+    /// How long a sticky identity record (an identity's latest addresses) may stay unused (no
+    /// address held, and no pod, for pod identities) before it is deleted; `None` keeps them all.
+    /// Without this, every pod name ever seen (a Deployment's pods get new ones on every rollout)
+    /// would leave an object behind for good.
+    pub fn with_identity_retention(mut self, retention: Option<Duration>) -> Reconciler {
+        self.identity_retention = retention;
+        self
     }
 
     /// One pass. Lists the leases first, then the pods: a pod always exists in the API before its
@@ -850,6 +872,117 @@ impl Reconciler {
                 Err(e) => return Err(e.into()),
             }
         }
+        if let Some(retention) = self.identity_retention {
+            self.prune_identities(
+                &conn,
+                &leases_api,
+                &leases.items,
+                &live,
+                now,
+                retention,
+                &mut report,
+            )?;
+        }
         Ok(report)
+    }
+
+    /// Sticky identity records: one unused (no address held; for a pod identity, no pod) is marked
+    /// with the time it was first seen so, and deleted once it has been unused for `retention`.
+    /// One in use again loses its mark. Every write is conditional on the resourceVersion listed,
+    /// so an ADD that rewrote the record in between wins.
+    #[allow(clippy::too_many_arguments)]
+    fn prune_identities(
+        &self,
+        conn: &Conn,
+        api: &Api<KLease>,
+        addresses: &[KLease],
+        live: &std::collections::HashSet<String>,
+        now: u64,
+        retention: Duration,
+        report: &mut ReconcileReport,
+    ) -> Result<(), Error> {
+        let freed: std::collections::HashSet<(&str, IpAddr)> = report
+            .freed
+            .iter()
+            .map(|(net, l)| (net.as_str(), l.ip))
+            .collect();
+        let in_use: std::collections::HashSet<(String, String)> = addresses
+            .iter()
+            .filter_map(|obj| {
+                let ann = obj.metadata.annotations.as_ref()?;
+                let network = ann.get(objects::ANN_NETWORK)?;
+                let lease = objects::lease_of(network, obj).ok()?;
+                (!freed.contains(&(network.as_str(), lease.ip)))
+                    .then(|| (network.clone(), lease.identity))
+            })
+            .collect();
+        let sel = format!(
+            "{}={},{}={}",
+            objects::MANAGED_BY,
+            objects::MANAGER,
+            objects::LABEL_KIND,
+            objects::KIND_IDENTITY
+        );
+        let records = conn.run("list leases", api.list(&ListParams::default().labels(&sel)))?;
+        for obj in records.items {
+            let ann = obj.metadata.annotations.clone().unwrap_or_default();
+            let (Some(network), Some(identity)) = (
+                ann.get(objects::ANN_NETWORK),
+                ann.get(objects::ANN_IDENTITY),
+            ) else {
+                continue;
+            };
+            let used =
+                in_use.contains(&(network.clone(), identity.clone())) || live.contains(identity);
+            let since = ann
+                .get(objects::ANN_UNUSED_SINCE)
+                .and_then(|s| s.parse::<u64>().ok());
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            let outcome = match (used, since) {
+                (true, None) => continue,
+                (false, Some(t)) if now.saturating_sub(t) < retention.as_secs() => continue,
+                (false, Some(_)) => {
+                    let dp = DeleteParams {
+                        preconditions: Some(Preconditions {
+                            uid: obj.metadata.uid.clone(),
+                            resource_version: obj.metadata.resource_version.clone(),
+                        }),
+                        ..DeleteParams::default()
+                    };
+                    let r = conn.run(&format!("delete lease {name}"), api.delete(&name, &dp));
+                    if r.is_ok() {
+                        tracing::info!(%network, %identity, "pruned an unused sticky identity record");
+                        report
+                            .identities_pruned
+                            .push((network.clone(), identity.clone()));
+                    }
+                    r.map(|_| ())
+                }
+                (used, _) => {
+                    let mut marked = obj.clone();
+                    let annotations = marked
+                        .metadata
+                        .annotations
+                        .get_or_insert_with(Default::default);
+                    if used {
+                        annotations.remove(objects::ANN_UNUSED_SINCE);
+                    } else {
+                        annotations.insert(objects::ANN_UNUSED_SINCE.to_string(), now.to_string());
+                        report.identities_marked += 1;
+                    }
+                    conn.run(
+                        &format!("replace lease {name}"),
+                        api.replace(&name, &PostParams::default(), &marked),
+                    )
+                    .map(|_| ())
+                }
+            };
+            match outcome {
+                Ok(()) => {}
+                Err(e) if e.is(404) || e.is(409) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 }

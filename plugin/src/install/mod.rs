@@ -45,6 +45,8 @@ usage: iotlan install [options]          install binaries and kubeconfig, then k
   --max-age SECS            --check-health: oldest acceptable health file (default 60)
   --reconcile-interval SECS free leases of deleted pods this often; 0 disables (default 60)
   --reconcile-grace SECS    never free a lease younger than this (default 300)
+  --identity-retention DAYS delete a sticky identity record (a pod's latest addresses) unused
+                            this long; 0 keeps them all (default 30)
   --once                    do one pass and exit
 ";
 
@@ -63,6 +65,7 @@ struct Options {
     max_age: Duration,
     reconcile_interval: Duration,
     reconcile_grace: Duration,
+    identity_retention_days: u64,
     once: bool,
     check_health: bool,
 }
@@ -83,6 +86,7 @@ impl Default for Options {
             max_age: Duration::from_secs(60),
             reconcile_interval: Duration::from_secs(60),
             reconcile_grace: Duration::from_secs(300),
+            identity_retention_days: 30,
             once: false,
             check_health: false,
         }
@@ -152,6 +156,12 @@ fn parse_args(args: &[String]) -> Result<Options, InstallError> {
             "--max-age" => o.max_age = secs(flag, &value()?)?,
             "--reconcile-interval" => o.reconcile_interval = secs(flag, &value()?)?,
             "--reconcile-grace" => o.reconcile_grace = secs(flag, &value()?)?,
+            "--identity-retention" => {
+                let v = value()?;
+                o.identity_retention_days = v.parse().map_err(|_| {
+                    InstallError::Usage(format!("{flag} needs a number of days, not {v:?}"))
+                })?
+            }
             "--once" => o.once = true,
             "--check-health" => o.check_health = true,
             "-h" | "--help" => return Err(InstallError::Usage(String::new())),
@@ -398,7 +408,15 @@ mod reconcile {
                 opts.namespace.as_deref(),
                 opts.reconcile_grace,
             ) {
-                Ok(inner) => Some(Reconciler { inner }),
+                Ok(inner) => Some(Reconciler {
+                    inner: inner.with_identity_retention((opts.identity_retention_days > 0).then(
+                        || {
+                            std::time::Duration::from_secs(
+                                opts.identity_retention_days.saturating_mul(86_400),
+                            )
+                        },
+                    )),
+                }),
                 Err(e) => {
                     tracing::error!("reconcile loop disabled: {e}");
                     None

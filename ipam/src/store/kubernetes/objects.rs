@@ -41,6 +41,9 @@ pub const ANN_CONTAINER: &str = "iotlan/container-id";
 pub const ANN_IFNAME: &str = "iotlan/ifname";
 pub const ANN_NODE: &str = "iotlan/node";
 pub const ANN_CREATED: &str = "iotlan/created-unix";
+/// On an identity object: since when (Unix seconds) the reconciler has seen it unused (no address
+/// held, no pod). ADD rewrites the object without it.
+pub const ANN_UNUSED_SINCE: &str = "iotlan/unused-since-unix";
 
 /// The network's part of object names and its label value.
 pub fn network_key(network: &str) -> String {
