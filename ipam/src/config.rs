@@ -113,6 +113,10 @@ pub struct StoreConfig {
     /// File store: how long to wait for the lock before failing with a retryable error (default 10000).
     #[serde(default)]
     pub lock_timeout_ms: Option<u64>,
+    /// File store: CNI GC deletes a sticky identity record (a pod's latest addresses) that has held
+    /// no address for this many days (default 30); 0 keeps them all.
+    #[serde(default)]
+    pub identity_retention_days: Option<u64>,
     /// Options of other store kinds, kept for them to read.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -128,12 +132,27 @@ impl Default for StoreConfig {
             kind: default_kind(),
             dir: None,
             lock_timeout_ms: None,
+            identity_retention_days: None,
             extra: serde_json::Map::new(),
         }
     }
 }
 
+/// How long the file store keeps an unused sticky identity record by default, in days.
+pub const DEFAULT_IDENTITY_RETENTION_DAYS: u64 = 30;
+
 impl StoreConfig {
+    /// The file store's identity retention: `None` keeps records for good.
+    pub fn identity_retention(&self) -> Option<std::time::Duration> {
+        match self
+            .identity_retention_days
+            .unwrap_or(DEFAULT_IDENTITY_RETENTION_DAYS)
+        {
+            0 => None,
+            days => Some(std::time::Duration::from_secs(days.saturating_mul(86_400))),
+        }
+    }
+
     /// The file store's base directory.
     pub fn dir(&self) -> PathBuf {
         self.dir

@@ -94,6 +94,74 @@ fn an_identity_too_long_for_a_file_name_is_remembered_under_its_hash() {
     assert_eq!(hashed.len(), 1, "{hashed:?}");
 }
 
+/// Moves a record's time (its link's mtime) `secs` into the past.
+fn age_record(path: &Path, secs: u64) {
+    let t = std::time::SystemTime::now() - Duration::from_secs(secs);
+    let ts = nix::sys::time::TimeSpec::from(t.duration_since(std::time::UNIX_EPOCH).unwrap());
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &ts,
+        &ts,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+}
+
+#[test]
+fn gc_removes_identity_records_unused_for_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = 86_400;
+    let store = open(dir.path()).with_identity_retention(Some(Duration::from_secs(30 * day)));
+    let pool = v4_pool();
+    let net = dir.path().join("iot");
+    let gone = store.allocate(&pool, &req("ns/gone", "g")).unwrap();
+    store.allocate(&pool, &req("ns/recent", "r")).unwrap();
+    store.allocate(&pool, &req("ns/holding", "h")).unwrap();
+    let lost = store.allocate(&pool, &req("ns/lost", "l")).unwrap();
+    for cid in ["g", "r"] {
+        store.release(&Attachment::new(cid, "net1")).unwrap();
+    }
+    // "gone" let go 31 days ago, "recent" 29 days ago; "holding" has held its address for 40 days
+    // and "lost" too, until the GC below frees it (its runtime forgot the container).
+    age_record(&net.join("identity:ns:gone"), 31 * day);
+    age_record(&net.join("identity:ns:recent"), 29 * day);
+    age_record(&net.join("identity:ns:holding"), 40 * day);
+    age_record(&net.join("identity:ns:lost"), 40 * day);
+
+    let freed = store.gc(&[Attachment::new("h", "net1")]).unwrap();
+    assert_eq!(ips(&freed), ips(&lost));
+    let mut left: Vec<String> = fs::read_dir(&net)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("identity:"))
+        .collect();
+    left.sort();
+    // "lost" starts its retention now, as on DEL: kept.
+    assert_eq!(
+        left,
+        [
+            "identity:ns:holding",
+            "identity:ns:lost",
+            "identity:ns:recent"
+        ]
+    );
+    // The pruned identity is allocated again normally (its hash slot, free again, as before).
+    assert_eq!(
+        ips(&store.allocate(&pool, &req("ns/gone", "g2")).unwrap()),
+        ips(&gone)
+    );
+
+    // Without a retention (the default of FileStore::open; `identityRetentionDays: 0`), GC keeps all.
+    let keep_all = open(dir.path());
+    age_record(&net.join("identity:ns:recent"), 400 * day);
+    keep_all.gc(&[]).unwrap();
+    assert!(
+        net.join("identity:ns:recent").exists()
+            || fs::symlink_metadata(net.join("identity:ns:recent")).is_ok()
+    );
+}
+
 #[test]
 fn truncated_and_corrupted_records_are_named_never_reset() {
     let dir = tempfile::tempdir().unwrap();

@@ -87,6 +87,7 @@ pub struct FileStore {
     dir: PathBuf,
     lock_timeout: Duration,
     node: Option<String>,
+    identity_retention: Option<Duration>,
 }
 
 impl FileStore {
@@ -104,7 +105,15 @@ impl FileStore {
             dir: dir.to_path_buf(),
             lock_timeout,
             node,
+            identity_retention: None,
         })
+    }
+
+    /// GC deletes an identity record that has held no address for `retention` (its link's mtime:
+    /// DEL rewrites it); `None` (the default of `open`) keeps them all.
+    pub fn with_identity_retention(mut self, retention: Option<Duration>) -> FileStore {
+        self.identity_retention = retention;
+        self
     }
 
     /// The network directory.
@@ -304,6 +313,24 @@ impl FileStore {
         Ok(true)
     }
 
+    /// Rewrites, as they are, the identity records of the `freed` leases: a record's time is when
+    /// its identity last let go of an address, which GC's retention counts from. Best effort: a
+    /// DEL on a full disk must still free its addresses.
+    fn touch_identities(&self, freed: &[Lease]) {
+        let mut identities: Vec<&str> = freed.iter().map(|l| l.identity.as_str()).collect();
+        identities.sort_unstable();
+        identities.dedup();
+        for identity in identities {
+            let touched = self.latest(identity).and_then(|latest| match latest {
+                Some(l) => self.write(&self.identity_path(identity), &l),
+                None => Ok(()),
+            });
+            if let Err(e) = touched {
+                tracing::warn!(%identity, error = %e, "could not refresh the sticky identity record");
+            }
+        }
+    }
+
     /// The leases `att` holds: the addresses its index lists whose `ip:` record names it.
     fn attachment_leases(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
         let Some(index) = Self::read::<IpList>(&self.attachment_path(att))? else {
@@ -346,7 +373,9 @@ impl FileStore {
                                 .to_string(),
                     })?;
                 records.attachments.push(att);
-            } else if !(name.starts_with(IDENTITY) || name == LOCK || name == TMP) {
+            } else if name.starts_with(IDENTITY) {
+                records.identities.push(entry.path());
+            } else if !(name == LOCK || name == TMP) {
                 return Err(Error::Corrupt {
                     path: entry.path(),
                     reason:
@@ -376,6 +405,7 @@ impl FileStore {
 struct Records {
     ips: Vec<IpAddr>,
     attachments: Vec<Attachment>,
+    identities: Vec<PathBuf>,
 }
 
 /// One allocation under the exclusive lock: claims are recorded, and written by `finish`.
@@ -505,6 +535,7 @@ impl Store for FileStore {
             FileStore::remove(&self.ip_path(l.ip))?;
         }
         FileStore::remove(&index_path)?;
+        self.touch_identities(&freed);
         self.sync()?;
         Ok(freed)
     }
@@ -523,8 +554,11 @@ impl Store for FileStore {
         let records = self.records()?;
         let leases = self.read_leases(&records.ips)?;
         let mut freed = Vec::new();
+        let mut holding: HashSet<String> = HashSet::new();
         for l in leases {
-            if !valid.contains(&l.attachment()) {
+            if valid.contains(&l.attachment()) {
+                holding.insert(l.identity);
+            } else {
                 FileStore::remove(&self.ip_path(l.ip))?;
                 freed.push(l);
             }
@@ -532,6 +566,26 @@ impl Store for FileStore {
         for att in records.attachments {
             if !valid.contains(&att) {
                 FileStore::remove(&self.attachment_path(&att))?;
+            }
+        }
+        // An identity that lets go of an address here starts its retention now, as on DEL.
+        self.touch_identities(&freed);
+        holding.extend(freed.iter().map(|l| l.identity.clone()));
+        if let Some(retention) = self.identity_retention {
+            for path in records.identities {
+                let Some(latest) = Self::read::<Latest>(&path)? else {
+                    continue;
+                };
+                let age = fs::symlink_metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or_default();
+                if !holding.contains(&latest.identity) && age >= retention {
+                    FileStore::remove(&path)?;
+                    tracing::info!(identity = %latest.identity, path = %path.display(),
+                        "removed a sticky identity record unused for the retention");
+                }
             }
         }
         self.sync()?;

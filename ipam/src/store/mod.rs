@@ -68,10 +68,10 @@ pub fn open_store(network: &str, cfg: &StoreConfig, pool: &Pool) -> Result<Box<d
         "file" => {
             let timeout =
                 Duration::from_millis(cfg.lock_timeout_ms.unwrap_or(DEFAULT_LOCK_TIMEOUT_MS));
-            Ok(Box::new(FileStore::open(
-                &cfg.dir().join(network),
-                timeout,
-            )?))
+            Ok(Box::new(
+                FileStore::open(&cfg.dir().join(network), timeout)?
+                    .with_identity_retention(cfg.identity_retention()),
+            ))
         }
         #[cfg(feature = "kubernetes")]
         "kubernetes" => Ok(Box::new(kubernetes::KubernetesStore::open(network, cfg)?)),
