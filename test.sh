@@ -35,7 +35,7 @@ cargo build --release --workspace --all-targets --all-features
 export IOTLAN_BIN_DIR="$PWD/target/release"
 
 stage "unit, property, store, simulated-LAN and real-runtime tests"
-check cargo cargo test --release --workspace --all-features
+check cargo cargo test --release --workspace --all-features --no-fail-fast
 
 stage "VM tests (qemu, Debian kernel)"
 check vm vm-tests/run
