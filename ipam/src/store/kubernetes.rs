@@ -751,6 +751,27 @@ pub struct Reconciler {
     identity_retention: Option<Duration>,
 }
 
+/// The label selector of every object of `kind` (all networks) that iotlan manages.
+fn kind_selector(kind: &str) -> String {
+    format!(
+        "{}={},{}={kind}",
+        objects::MANAGED_BY,
+        objects::MANAGER,
+        objects::LABEL_KIND
+    )
+}
+
+/// Deletes exactly the object as it was listed: not if it changed or was recreated since.
+fn exactly(obj: &KLease) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: obj.metadata.uid.clone(),
+            resource_version: obj.metadata.resource_version.clone(),
+        }),
+        ..DeleteParams::default()
+    }
+}
+
 /// How long an unused sticky identity record is kept by default: 30 days.
 pub const DEFAULT_IDENTITY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -793,13 +814,7 @@ impl Reconciler {
             .unwrap_or_else(|| conn.default_namespace.clone());
         let leases_api: Api<KLease> = Api::namespaced(conn.client.clone(), &ns);
         let pods_api: Api<Pod> = Api::all(conn.client.clone());
-        let sel = format!(
-            "{}={},{}={}",
-            objects::MANAGED_BY,
-            objects::MANAGER,
-            objects::LABEL_KIND,
-            objects::KIND_ADDRESS
-        );
+        let sel = kind_selector(objects::KIND_ADDRESS);
         let leases = conn.run(
             "list leases",
             leases_api.list(&ListParams::default().labels(&sel)),
@@ -852,13 +867,7 @@ impl Reconciler {
                 continue;
             }
             let name = obj.metadata.name.clone().unwrap_or_default();
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: obj.metadata.uid.clone(),
-                    resource_version: obj.metadata.resource_version.clone(),
-                }),
-                ..DeleteParams::default()
-            };
+            let dp = exactly(obj);
             match conn.run(
                 &format!("delete lease {name}"),
                 leases_api.delete(&name, &dp),
@@ -916,13 +925,7 @@ impl Reconciler {
                     .then(|| (network.clone(), lease.identity))
             })
             .collect();
-        let sel = format!(
-            "{}={},{}={}",
-            objects::MANAGED_BY,
-            objects::MANAGER,
-            objects::LABEL_KIND,
-            objects::KIND_IDENTITY
-        );
+        let sel = kind_selector(objects::KIND_IDENTITY);
         let records = conn.run("list leases", api.list(&ListParams::default().labels(&sel)))?;
         for obj in records.items {
             let ann = obj.metadata.annotations.clone().unwrap_or_default();
@@ -942,13 +945,7 @@ impl Reconciler {
                 (true, None) => continue,
                 (false, Some(t)) if now.saturating_sub(t) < retention.as_secs() => continue,
                 (false, Some(_)) => {
-                    let dp = DeleteParams {
-                        preconditions: Some(Preconditions {
-                            uid: obj.metadata.uid.clone(),
-                            resource_version: obj.metadata.resource_version.clone(),
-                        }),
-                        ..DeleteParams::default()
-                    };
+                    let dp = exactly(&obj);
                     let r = conn.run(&format!("delete lease {name}"), api.delete(&name, &dp));
                     if r.is_ok() {
                         tracing::info!(%network, %identity, "pruned an unused sticky identity record");
