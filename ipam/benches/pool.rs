@@ -49,6 +49,7 @@ fn req(identity: String, cid: String) -> AllocRequest {
         identity,
         attachment: Attachment::new(cid, "net1"),
         requested: vec![],
+        ..AllocRequest::default()
     }
 }
 

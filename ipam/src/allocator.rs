@@ -19,10 +19,19 @@
 //! returning the holder; `finish` records the identity's addresses (and any attachment index the store
 //! keeps); `abandon` deletes what was claimed and puts back what a claim replaced.
 //!
-//! A lease held by the *same identity* under a *different container ID* is stale (a pod name is unique in
-//! its namespace, so that container is an earlier sandbox of this pod whose DEL has not come yet): steps
-//! 1 to 3 take such an address over. The old container's later DEL then finds the address no longer
-//! its own and leaves it alone.
+//! A lease held by the *same identity* under a *different container ID* belongs to an earlier sandbox of
+//! this pod whose DEL has not come yet. Steps 1 to 3 take such an address over only when that sandbox
+//! has certainly left the wire, because otherwise one address would be on two devices:
+//! - on this node, when the caller's [`SandboxCheck`] says so (its namespace or its link is gone, or
+//!   the node has rebooted since);
+//! - on another node, when the store knows that node is lost ([`Claims::node_lost`]: gone, or not
+//!   Ready for longer than a grace period, the Kubernetes force-delete contract).
+//!
+//! Otherwise the ADD fails with [`Error::StillInUse`] (retryable) and the old lease is left alone. The
+//! old container's later DEL finds an address taken over no longer its own and leaves it alone.
+//!
+//! [`allocate`] returns a [`Grant`]: the leases and exactly the claims this allocation made, so that
+//! a caller whose ADD fails later can undo only those ([`crate::Store::revert`]).
 
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -56,6 +65,41 @@ pub trait Claims {
     /// Called when the allocation fails after some claims: undo them (best effort), putting back any
     /// lease a claim replaced.
     fn abandon(&mut self, claimed: &[Claimed]) -> Result<(), Error>;
+    /// Whether `holder` was taken on the node this allocation runs on (`node`). A store of one node
+    /// (the file store) answers true for all of its leases.
+    fn is_local(&self, holder: &Lease, node: Option<&str>) -> bool {
+        holder.node.is_none() || holder.node.as_deref() == node
+    }
+    /// Whether `node` is lost: gone from the cluster, or not Ready for longer than the grace period.
+    /// A store that cannot tell answers false (the lease is then never taken over).
+    fn node_lost(&mut self, node: &str) -> Result<bool, Error> {
+        let _ = node;
+        Ok(false)
+    }
+}
+
+/// Tells whether the sandbox holding a lease on this node has left the wire. The pool library knows no
+/// namespaces or links: the CNI layer, which does, implements it.
+pub trait SandboxCheck: Sync {
+    /// True only when the sandbox of `holder` certainly no longer carries `holder.ip`.
+    fn is_gone(&self, holder: &Lease) -> bool;
+}
+
+/// A check that never lets an address be taken over (a library caller that knows nothing of sandboxes).
+pub struct NeverGone;
+
+impl SandboxCheck for NeverGone {
+    fn is_gone(&self, _: &Lease) -> bool {
+        false
+    }
+}
+
+/// What one allocation handed out: all leases of the attachment (kept and new), and the claims it
+/// made itself, which are all that [`crate::Store::revert`] undoes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    pub leases: Vec<Lease>,
+    pub claimed: Vec<Claimed>,
 }
 
 /// A claim made during one allocation.
@@ -67,13 +111,15 @@ pub struct Claimed {
 }
 
 /// Runs the allocation order for `req` against a store's [`Claims`]. Returns one lease per family of the
-/// pool, IPv4 first. `node` is recorded in new leases.
+/// pool, IPv4 first, and the claims made. `node` is recorded in new leases; `check` judges whether an
+/// earlier sandbox of the same pod on this node has left the wire.
 pub fn allocate(
     pool: &Pool,
     req: &AllocRequest,
     node: Option<&str>,
     claims: &mut dyn Claims,
-) -> Result<Vec<Lease>, Error> {
+    check: &dyn SandboxCheck,
+) -> Result<Grant, Error> {
     names::validate_identity(&req.identity)?;
     req.attachment.validate()?;
     let families = pool.families();
@@ -123,6 +169,12 @@ pub fn allocate(
         ifname: req.attachment.ifname.clone(),
         node: node.map(str::to_string),
         created_unix,
+        sandbox: req.sandbox.clone(),
+    };
+    let mut takeover = Takeover {
+        node,
+        check,
+        claims,
     };
 
     // Decide first, claim second: every refusal of the request comes before any claim.
@@ -153,10 +205,10 @@ pub fn allocate(
     let mut previous: Option<Vec<IpAddr>> = None;
     for (fam, fixed) in plan {
         let result = match fixed {
-            Some(ip) => claim_fixed(claims, req, lease_for(ip)),
+            Some(ip) => claim_fixed(&mut takeover, req, lease_for(ip)),
             None => {
                 if previous.is_none() {
-                    previous = Some(claims.previous(&req.identity)?);
+                    previous = Some(takeover.claims.previous(&req.identity)?);
                 }
                 let sticky = previous
                     .iter()
@@ -164,18 +216,19 @@ pub fn allocate(
                     .copied()
                     .filter(|ip| Family::of(ip) == fam)
                     .find(|ip| pool.check_assignable(*ip, &req.identity).is_ok());
-                search(pool, claims, req, fam, sticky, &lease_for)
+                search(pool, &mut takeover, req, fam, sticky, &lease_for)
             }
         };
         match result {
             Ok(c) => claimed.push(c),
             Err(e) => {
-                undo(claims, &claimed);
+                undo(takeover.claims, &claimed);
                 return Err(e);
             }
         }
     }
 
+    let claims = takeover.claims;
     let mut all = existing;
     all.extend(claimed.iter().map(|c| c.lease.clone()));
     all.sort_by_key(|l| (Family::of(&l.ip), l.ip));
@@ -183,7 +236,46 @@ pub fn allocate(
         undo(claims, &claimed);
         return Err(e);
     }
-    Ok(all)
+    Ok(Grant {
+        leases: all,
+        claimed,
+    })
+}
+
+/// The claims of one allocation with what it needs to judge a takeover.
+struct Takeover<'a> {
+    node: Option<&'a str>,
+    check: &'a dyn SandboxCheck,
+    claims: &'a mut dyn Claims,
+}
+
+impl Takeover<'_> {
+    /// `Ok(())` when `holder`, an earlier sandbox of the same pod, has certainly left the wire;
+    /// [`Error::StillInUse`] otherwise.
+    fn may_replace(&mut self, holder: &Lease) -> Result<(), Error> {
+        let why = if self.claims.is_local(holder, self.node) {
+            if self.check.is_gone(holder) {
+                return Ok(());
+            }
+            "its sandbox on this node may still carry the address".to_string()
+        } else {
+            let node = holder.node.as_deref().unwrap_or_default();
+            if self.claims.node_lost(node)? {
+                tracing::warn!(ip = %holder.ip, %node, container = %holder.container_id,
+                    "taking over the address of a sandbox on a lost node");
+                return Ok(());
+            }
+            format!("node {node} is not known to be lost (it exists and was Ready within the grace period)")
+        };
+        Err(Error::StillInUse {
+            ip: holder.ip,
+            identity: holder.identity.clone(),
+            holder_container: holder.container_id.clone(),
+            holder_ifname: holder.ifname.clone(),
+            holder_node: holder.node.clone(),
+            why,
+        })
+    }
 }
 
 fn undo(claims: &mut dyn Claims, claimed: &[Claimed]) {
@@ -202,17 +294,14 @@ fn is_stale_self(holder: &Lease, req: &AllocRequest) -> bool {
 
 /// Claims an address the attachment must get (a reservation or a request), taking over a stale lease of
 /// the same identity; any other holder is a conflict.
-fn claim_fixed(
-    claims: &mut dyn Claims,
-    req: &AllocRequest,
-    lease: Lease,
-) -> Result<Claimed, Error> {
+fn claim_fixed(t: &mut Takeover, req: &AllocRequest, lease: Lease) -> Result<Claimed, Error> {
     // Two rounds: the holder may change between the read and the claim in a lock-free store.
     for _ in 0..2 {
-        let holder = claims.holder(lease.ip)?;
+        let holder = t.claims.holder(lease.ip)?;
         match holder {
             Some(h) if is_stale_self(&h, req) => {
-                if claims.claim(&lease, Some(&h))?.is_none() {
+                t.may_replace(&h)?;
+                if t.claims.claim(&lease, Some(&h))?.is_none() {
                     tracing::info!(ip = %lease.ip, old = %h.container_id, new = %lease.container_id,
                         identity = %req.identity, "took over the address of a stale sandbox of the same pod");
                     return Ok(Claimed {
@@ -223,7 +312,7 @@ fn claim_fixed(
             }
             Some(h) => return Err(h.conflict()),
             None => {
-                if claims.claim(&lease, None)?.is_none() {
+                if t.claims.claim(&lease, None)?.is_none() {
                     return Ok(Claimed {
                         lease,
                         replaced: None,
@@ -232,7 +321,7 @@ fn claim_fixed(
             }
         }
     }
-    match claims.holder(lease.ip)? {
+    match t.claims.holder(lease.ip)? {
         Some(h) => Err(h.conflict()),
         None => Err(Error::Unavailable {
             reason: format!("{} changed hands repeatedly while being claimed", lease.ip),
@@ -242,7 +331,7 @@ fn claim_fixed(
 
 fn search(
     pool: &Pool,
-    claims: &mut dyn Claims,
+    t: &mut Takeover,
     req: &AllocRequest,
     fam: Family,
     sticky: Option<IpAddr>,
@@ -250,24 +339,29 @@ fn search(
 ) -> Result<Claimed, Error> {
     if let Some(ip) = sticky {
         let lease = lease_for(ip);
-        let holder = claims.holder(ip)?;
+        let holder = t.claims.holder(ip)?;
         let replaced = match holder {
             None => Some(None),
-            Some(h) if is_stale_self(&h, req) => Some(Some(h)),
+            Some(h) if is_stale_self(&h, req) => {
+                // The pod's own address, on a sandbox that may still be up: wait for it rather
+                // than hand the pod a second address under the same MAC.
+                t.may_replace(&h)?;
+                Some(Some(h))
+            }
             Some(_) => None,
         };
         if let Some(replaced) = replaced {
-            if claims.claim(&lease, replaced.as_ref())?.is_none() {
+            if t.claims.claim(&lease, replaced.as_ref())?.is_none() {
                 return Ok(Claimed { lease, replaced });
             }
         }
     }
     for ip in pool.candidates(fam, &req.identity) {
-        if Some(ip) == sticky || !claims.is_free(ip)? {
+        if Some(ip) == sticky || !t.claims.is_free(ip)? {
             continue;
         }
         let lease = lease_for(ip);
-        if claims.claim(&lease, None)?.is_none() {
+        if t.claims.claim(&lease, None)?.is_none() {
             return Ok(Claimed {
                 lease,
                 replaced: None,
@@ -347,7 +441,7 @@ mod tests {
         AllocRequest {
             identity: identity.into(),
             attachment: Attachment::new("c1", "net1"),
-            requested: vec![],
+            ..AllocRequest::default()
         }
     }
 
@@ -359,7 +453,9 @@ mod tests {
             lose: 2,
             ..Racy::default()
         };
-        let got = allocate(&pool, &req("ns/a"), None, &mut racy).unwrap();
+        let got = allocate(&pool, &req("ns/a"), None, &mut racy, &NeverGone)
+            .unwrap()
+            .leases;
         assert_eq!(racy.lost, walk[..2]);
         assert_eq!(got[0].ip, walk[2]);
     }
@@ -371,7 +467,7 @@ mod tests {
             lose: 1,
             ..Racy::default()
         };
-        match allocate(&pool, &req("ns/r"), None, &mut racy) {
+        match allocate(&pool, &req("ns/r"), None, &mut racy, &NeverGone) {
             Err(Error::Conflict {
                 holder_identity, ..
             }) => assert_eq!(holder_identity, "other/node"),
@@ -386,7 +482,7 @@ mod tests {
             lose: 3,
             ..Racy::default()
         };
-        let e = allocate(&pool, &req("ns/a"), None, &mut racy).unwrap_err();
+        let e = allocate(&pool, &req("ns/a"), None, &mut racy, &NeverGone).unwrap_err();
         assert!(matches!(e, Error::Exhausted { size: 4, .. }), "{e}");
     }
 }

@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_STORE_DIR: &str = "/var/lib/cni/iotlan";
 /// How long an operation waits for the file store's lock when `store.lockTimeoutMs` is not given.
 pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 10_000;
+/// The longest `store.lockTimeoutMs` accepted: every wait of an ADD has a bound.
+pub const MAX_LOCK_TIMEOUT_MS: u64 = 30_000;
+/// CNI GC leaves a lease younger than this alone (an ADD may still be in flight), unless
+/// `store.gcGraceSeconds` says otherwise.
+pub const DEFAULT_GC_GRACE_SECONDS: u64 = 60;
+pub const MAX_GC_GRACE_SECONDS: u64 = 3600;
 
 /// The CNI config's `ipam` object.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -117,6 +123,9 @@ pub struct StoreConfig {
     /// no address for this many days (default 30); 0 keeps them all.
     #[serde(default)]
     pub identity_retention_days: Option<u64>,
+    /// CNI GC leaves leases younger than this alone (default 60; at most 3600).
+    #[serde(default)]
+    pub gc_grace_seconds: Option<u64>,
     /// Options of other store kinds, kept for them to read.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -133,6 +142,7 @@ impl Default for StoreConfig {
             dir: None,
             lock_timeout_ms: None,
             identity_retention_days: None,
+            gc_grace_seconds: None,
             extra: serde_json::Map::new(),
         }
     }
@@ -142,6 +152,41 @@ impl Default for StoreConfig {
 pub const DEFAULT_IDENTITY_RETENTION_DAYS: u64 = 30;
 
 impl StoreConfig {
+    /// Checks the keys every kind shares: paths are absolute (a relative one would land in whatever
+    /// directory the runtime runs the plugin from) and every wait is bounded.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        if let Some(dir) = &self.dir {
+            if !dir.is_absolute() {
+                return Err(crate::Error::config(
+                    "store.dir",
+                    format!("{} must be an absolute path", dir.display()),
+                ));
+            }
+        }
+        if let Some(ms) = self.lock_timeout_ms {
+            if !(1..=MAX_LOCK_TIMEOUT_MS).contains(&ms) {
+                return Err(crate::Error::config(
+                    "store.lockTimeoutMs",
+                    format!("{ms} is out of range (1-{MAX_LOCK_TIMEOUT_MS})"),
+                ));
+            }
+        }
+        if let Some(s) = self.gc_grace_seconds {
+            if s > MAX_GC_GRACE_SECONDS {
+                return Err(crate::Error::config(
+                    "store.gcGraceSeconds",
+                    format!("{s} is out of range (0-{MAX_GC_GRACE_SECONDS})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// How old a lease must be before CNI GC may free it.
+    pub fn gc_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.gc_grace_seconds.unwrap_or(DEFAULT_GC_GRACE_SECONDS))
+    }
+
     /// The file store's identity retention: `None` keeps records for good.
     pub fn identity_retention(&self) -> Option<std::time::Duration> {
         match self

@@ -35,6 +35,20 @@ pub enum Error {
         holder_ifname: String,
     },
 
+    /// The address belongs to an earlier sandbox of the same pod that may still be on the wire (its
+    /// link still carries the address, or its node is not known to be gone). Taking it over would
+    /// put one address on two devices, so the ADD waits for that sandbox's DEL. A retry can help.
+    #[error("{ip} is still in use by an earlier sandbox of {identity} (container {holder_container}, interface {holder_ifname}{}): {why}; \
+             retry once that sandbox is deleted", holder_node.as_ref().map(|n| format!(", node {n}")).unwrap_or_default())]
+    StillInUse {
+        ip: IpAddr,
+        identity: String,
+        holder_container: String,
+        holder_ifname: String,
+        holder_node: Option<String>,
+        why: String,
+    },
+
     /// A requested address may not be handed to this identity (outside the subnet or the pool, excluded,
     /// the gateway, reserved for another identity, a second address of one family, ...).
     #[error("{ip} cannot be assigned: {why}")]
@@ -75,7 +89,10 @@ pub enum Error {
 impl Error {
     /// Whether retrying the same operation later can succeed (CNI error code 11).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Busy { .. } | Error::Unavailable { .. })
+        matches!(
+            self,
+            Error::Busy { .. } | Error::Unavailable { .. } | Error::StillInUse { .. }
+        )
     }
 
     pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Error {

@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::names;
 
 /// One interface of one container: the key a lease is released by (CNI DEL, GC).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Attachment {
     pub container_id: String,
@@ -40,12 +40,26 @@ impl fmt::Display for Attachment {
 
 /// An ADD: who asks (its identity), for which interface, and the addresses it requested
 /// (`runtimeConfig.ips`, at most one per family; empty when none).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllocRequest {
     /// `namespace/name` of the pod, or the container ID when the runtime gives no pod name.
     pub identity: String,
     pub attachment: Attachment,
     pub requested: Vec<IpAddr>,
+    /// Where the sandbox lives and which pod object it is, recorded in the leases so that a later
+    /// ADD of the same pod can tell whether this sandbox is still on the wire.
+    pub sandbox: Sandbox,
+}
+
+/// What identifies one sandbox beyond its container ID: its network namespace path (`CNI_NETNS`)
+/// and the pod object's UID (`K8S_POD_UID`), where the runtime gives them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sandbox {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
 }
 
 /// One allocated address and who holds it.
@@ -61,6 +75,9 @@ pub struct Lease {
     pub node: Option<String>,
     /// When the lease was taken, in seconds since the Unix epoch.
     pub created_unix: u64,
+    /// The holder's sandbox (absent in leases written before it was recorded).
+    #[serde(default, flatten)]
+    pub sandbox: Sandbox,
 }
 
 impl Lease {

@@ -17,6 +17,7 @@
 //!     identity: "home-assistant/home-assistant-0".into(),
 //!     attachment: Attachment::new("c0ffee", "net1"),
 //!     requested: vec![],
+//!     ..AllocRequest::default()
 //! };
 //! let leases = store.allocate(&pool, &req).unwrap();
 //! assert_eq!(leases[0].ip.to_string(), "192.168.20.100");
@@ -64,12 +65,14 @@ pub mod config;
 pub mod error;
 pub mod lease;
 pub mod names;
+pub mod node;
 pub mod pool;
 pub mod store;
 
 pub use addr::Family;
 pub use config::{PoolConfig, StoreConfig};
 pub use error::Error;
-pub use lease::{AllocRequest, Allocation, Assigned, Attachment, Dns, Lease, Route};
+pub use allocator::{Grant, NeverGone, SandboxCheck};
+pub use lease::{AllocRequest, Allocation, Assigned, Attachment, Dns, Lease, Route, Sandbox};
 pub use pool::Pool;
-pub use store::{open_store, FileStore, MemoryStore, Store};
+pub use store::{open_store, open_store_of, FileStore, MemoryStore, Store};

@@ -78,17 +78,22 @@ pub fn validate_identity(identity: &str) -> Result<(), Error> {
     if identity.len() > 400 {
         return Err(invalid("identity", identity, "longer than 400 bytes"));
     }
-    let ok = match identity.split_once('/') {
-        Some((ns, name)) => is_id(ns) && is_id(name),
-        None => is_id(identity),
+    // A pod's second interface is `namespace/name@ifname` (see the CNI layer's pool identity).
+    let (pod, ifname) = match identity.split_once('@') {
+        Some((pod, ifname)) => (pod, Some(ifname)),
+        None => (identity, None),
     };
+    let ok = match pod.split_once('/') {
+        Some((ns, name)) => is_id(ns) && is_id(name),
+        None => is_id(pod) && ifname.is_none(),
+    } && ifname.is_none_or(|i| validate_ifname(i).is_ok());
     if ok {
         Ok(())
     } else {
         Err(invalid(
             "identity",
             identity,
-            "must be namespace/name or a container ID, each part matching ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$",
+            "must be namespace/name, namespace/name@ifname or a container ID, each part matching ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$",
         ))
     }
 }

@@ -90,6 +90,7 @@ fn allocation_carries_prefix_gateway_routes_and_dns() {
         ifname: "net1".into(),
         node: None,
         created_unix: 0,
+        sandbox: Default::default(),
     };
     let a = pool.allocation(&[lease("fd20::101"), lease("192.168.20.101")]);
     let addrs: Vec<String> = a.addresses.iter().map(|x| x.address.to_string()).collect();

@@ -81,6 +81,7 @@ fn lease(ip_: &str, identity: &str, cid: &str) -> Lease {
         ifname: "net1".into(),
         node: Some("other-node".into()),
         created_unix: 1_700_000_000,
+        sandbox: Default::default(),
     }
 }
 

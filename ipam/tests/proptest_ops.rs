@@ -216,6 +216,7 @@ fn run(pool: &Pool, store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> 
                     identity: identity(*c).to_string(),
                     attachment: att(*c, *i),
                     requested,
+                    ..AllocRequest::default()
                 };
                 let expect = model_add(pool, &before, &last, &req);
                 let got = store.allocate(pool, &req);

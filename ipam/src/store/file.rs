@@ -51,7 +51,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::addr::{fnv1a64, Family};
-use crate::allocator::{self, Claimed, Claims};
+use crate::allocator::{self, Claimed, Claims, Grant, SandboxCheck};
 use crate::error::Error;
 use crate::lease::{AllocRequest, Attachment, Lease};
 use crate::names;
@@ -88,6 +88,7 @@ pub struct FileStore {
     lock_timeout: Duration,
     node: Option<String>,
     identity_retention: Option<Duration>,
+    gc_grace: Duration,
 }
 
 impl FileStore {
@@ -98,14 +99,13 @@ impl FileStore {
         if !tmp.is_dir() {
             fs::create_dir_all(&tmp).map_err(|e| Error::io("create directory", &tmp, e))?;
         }
-        let node = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok());
+        let node = crate::node::default_name();
         Ok(FileStore {
             dir: dir.to_path_buf(),
             lock_timeout,
             node,
             identity_retention: None,
+            gc_grace: Duration::ZERO,
         })
     }
 
@@ -113,6 +113,13 @@ impl FileStore {
     /// DEL rewrites it); `None` (the default of `open`) keeps them all.
     pub fn with_identity_retention(mut self, retention: Option<Duration>) -> FileStore {
         self.identity_retention = retention;
+        self
+    }
+
+    /// GC leaves leases younger than `grace` alone (their ADD may still be in flight); `open`'s
+    /// default is none.
+    pub fn with_gc_grace(mut self, grace: Duration) -> FileStore {
+        self.gc_grace = grace;
         self
     }
 
@@ -356,32 +363,30 @@ impl FileStore {
             let entry = entry.map_err(|e| Error::io("list", &self.dir, e))?;
             let name = entry.file_name();
             let name = name.to_str().unwrap_or_default();
+            let corrupt = |reason: &str| Error::Corrupt {
+                path: entry.path(),
+                reason: reason.to_string(),
+            };
             if let Some(ip) = name.strip_prefix(IP) {
-                let ip = IpAddr::from_str(ip).map_err(|_| Error::Corrupt {
-                    path: entry.path(),
-                    reason: "an ip: record must be named ip:<IP address>".to_string(),
-                })?;
-                records.ips.push(ip);
+                match IpAddr::from_str(ip) {
+                    Ok(ip) => records.ips.push(ip),
+                    Err(_) => records
+                        .corrupt
+                        .push(corrupt("an ip: record must be named ip:<IP address>")),
+                }
             } else if let Some(att) = name.strip_prefix(ATTACHMENT) {
-                let att = att
-                    .split_once(':')
-                    .map(|(cid, ifname)| Attachment::new(cid, ifname))
-                    .ok_or_else(|| Error::Corrupt {
-                        path: entry.path(),
-                        reason:
-                            "an attachment record must be named attachment:<container>:<ifname>"
-                                .to_string(),
-                    })?;
-                records.attachments.push(att);
+                match att.split_once(':') {
+                    Some((cid, ifname)) => records.attachments.push(Attachment::new(cid, ifname)),
+                    None => records.corrupt.push(corrupt(
+                        "an attachment record must be named attachment:<container>:<ifname>",
+                    )),
+                }
             } else if name.starts_with(IDENTITY) {
                 records.identities.push(entry.path());
             } else if !(name == LOCK || name == TMP) {
-                return Err(Error::Corrupt {
-                    path: entry.path(),
-                    reason:
-                        "not a record of the file store (ip:, attachment:, identity:, lock, tmp)"
-                            .to_string(),
-                });
+                records.corrupt.push(corrupt(
+                    "not a record of the file store (ip:, attachment:, identity:, lock, tmp)",
+                ));
             }
         }
         Ok(records)
@@ -406,6 +411,8 @@ struct Records {
     ips: Vec<IpAddr>,
     attachments: Vec<Attachment>,
     identities: Vec<PathBuf>,
+    /// Names that are no record of the store.
+    corrupt: Vec<Error>,
 }
 
 /// One allocation under the exclusive lock: claims are recorded, and written by `finish`.
@@ -415,6 +422,11 @@ struct Txn<'a> {
 }
 
 impl Claims for Txn<'_> {
+    /// Every lease of a node's file store is the node's own, whatever name it recorded.
+    fn is_local(&self, _: &Lease, _: Option<&str>) -> bool {
+        true
+    }
+
     fn held_by(&mut self, att: &Attachment) -> Result<Vec<Lease>, Error> {
         self.store.attachment_leases(att)
     }
@@ -509,7 +521,12 @@ impl Claims for Txn<'_> {
 }
 
 impl Store for FileStore {
-    fn allocate(&self, pool: &Pool, req: &AllocRequest) -> Result<Vec<Lease>, Error> {
+    fn grant(
+        &self,
+        pool: &Pool,
+        req: &AllocRequest,
+        check: &dyn SandboxCheck,
+    ) -> Result<Grant, Error> {
         names::validate_identity(&req.identity)?;
         req.attachment.validate()?;
         let _lock = self.lock(true)?;
@@ -518,7 +535,32 @@ impl Store for FileStore {
             store: self,
             pending: Vec::new(),
         };
-        allocator::allocate(pool, req, self.node.as_deref(), &mut txn)
+        allocator::allocate(pool, req, self.node.as_deref(), &mut txn, check)
+    }
+
+    fn revert(&self, grant: &Grant) -> Result<(), Error> {
+        if grant.claimed.is_empty() {
+            return Ok(());
+        }
+        let _lock = self.lock(true)?;
+        self.clean_tmp();
+        let mut txn = Txn {
+            store: self,
+            pending: Vec::new(),
+        };
+        txn.abandon(&grant.claimed)?;
+        // The index of an attachment left with no address goes too (it may have been new).
+        for att in grant
+            .claimed
+            .iter()
+            .map(|c| c.lease.attachment())
+            .collect::<HashSet<_>>()
+        {
+            if self.attachment_leases(&att)?.is_empty() {
+                FileStore::remove(&self.attachment_path(&att))?;
+            }
+        }
+        self.sync()
     }
 
     fn release(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
@@ -546,25 +588,36 @@ impl Store for FileStore {
         self.attachment_leases(att)
     }
 
+    /// Frees what `valid` does not list. A corrupt record does not stop it: the others are still
+    /// collected, and the first corrupt record is reported at the end (the spec's "keep going").
     fn gc(&self, valid: &[Attachment]) -> Result<Vec<Lease>, Error> {
         let valid: HashSet<&Attachment> = valid.iter().collect();
         let _lock = self.lock(true)?;
         self.clean_tmp();
-        // Everything is read before anything is removed: a corrupt record stops GC untouched.
         let records = self.records()?;
-        let leases = self.read_leases(&records.ips)?;
+        let mut corrupt: Vec<Error> = records.corrupt;
         let mut freed = Vec::new();
         let mut holding: HashSet<String> = HashSet::new();
-        for l in leases {
-            if valid.contains(&l.attachment()) {
-                holding.insert(l.identity);
+        let mut kept_attachments: HashSet<Attachment> = HashSet::new();
+        for &ip in &records.ips {
+            let lease = match self.read_lease(ip) {
+                Ok(Some(l)) => l,
+                Ok(None) => continue,
+                Err(e) => {
+                    corrupt.push(e);
+                    continue;
+                }
+            };
+            if valid.contains(&lease.attachment()) || super::too_young(&lease, self.gc_grace) {
+                holding.insert(lease.identity.clone());
+                kept_attachments.insert(lease.attachment());
             } else {
-                FileStore::remove(&self.ip_path(l.ip))?;
-                freed.push(l);
+                FileStore::remove(&self.ip_path(lease.ip))?;
+                freed.push(lease);
             }
         }
         for att in records.attachments {
-            if !valid.contains(&att) {
+            if !valid.contains(&att) && !kept_attachments.contains(&att) {
                 FileStore::remove(&self.attachment_path(&att))?;
             }
         }
@@ -573,8 +626,13 @@ impl Store for FileStore {
         holding.extend(freed.iter().map(|l| l.identity.clone()));
         if let Some(retention) = self.identity_retention {
             for path in records.identities {
-                let Some(latest) = Self::read::<Latest>(&path)? else {
-                    continue;
+                let latest = match Self::read::<Latest>(&path) {
+                    Ok(Some(l)) => l,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        corrupt.push(e);
+                        continue;
+                    }
                 };
                 let age = fs::symlink_metadata(&path)
                     .and_then(|m| m.modified())
@@ -589,11 +647,21 @@ impl Store for FileStore {
             }
         }
         self.sync()?;
-        Ok(freed)
+        for l in &freed {
+            tracing::info!(ip = %l.ip, identity = %l.identity, container = %l.container_id, "gc released");
+        }
+        match corrupt.into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(freed),
+        }
     }
 
     fn leases(&self) -> Result<Vec<Lease>, Error> {
         let _lock = self.lock(false)?;
-        self.read_leases(&self.records()?.ips)
+        let records = self.records()?;
+        if let Some(first) = records.corrupt.into_iter().next() {
+            return Err(first);
+        }
+        self.read_leases(&records.ips)
     }
 }

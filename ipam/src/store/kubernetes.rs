@@ -43,7 +43,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::allocator::{self, Claimed, Claims};
+use crate::allocator::{self, Claimed, Claims, Grant, SandboxCheck};
 use crate::config::StoreConfig;
 use crate::error::Error;
 use crate::lease::{AllocRequest, Attachment, Lease};
@@ -298,6 +298,7 @@ pub struct KubernetesStore {
     netkey: String,
     namespace: String,
     node: Option<String>,
+    gc_grace: Duration,
     conn: Conn,
     api: Api<KLease>,
 }
@@ -324,25 +325,33 @@ impl KubernetesStore {
     /// Nothing is sent to the API server until the first operation.
     pub fn open(network: &str, cfg: &StoreConfig) -> Result<KubernetesStore, Error> {
         let settings = Settings::from_config(cfg)?;
-        let conn = Conn::open(&settings.kubeconfig_path()?, settings.timeout)?;
+        let kubeconfig = settings.kubeconfig_path()?;
+        let conn = Conn::open(&kubeconfig, settings.timeout)?;
         let api = Api::namespaced(conn.client.clone(), &settings.namespace);
-        let node = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok());
+        // The node agent writes the node name beside the kubeconfig it writes.
+        let beside: Vec<&Path> = kubeconfig.parent().into_iter().collect();
+        let node = crate::node::local_name(&beside).or_else(crate::node::default_name);
         Ok(KubernetesStore {
             network: network.to_string(),
             netkey: objects::network_key(network),
             namespace: settings.namespace,
             node,
+            gc_grace: Duration::ZERO,
             conn,
             api,
         })
     }
 
-    /// The node recorded in new leases and whose leases GC may free: the host name by default,
-    /// which is the kubelet's node name unless it was overridden.
+    /// The node recorded in new leases and whose leases GC may free: by default the name the node
+    /// agent wrote beside the kubeconfig ([`crate::node`]), else the host name.
     pub fn with_node(mut self, node: Option<String>) -> KubernetesStore {
         self.node = node;
+        self
+    }
+
+    /// GC leaves leases younger than `grace` alone (their ADD may still be in flight).
+    pub fn with_gc_grace(mut self, grace: Duration) -> KubernetesStore {
+        self.gc_grace = grace;
         self
     }
 
@@ -656,15 +665,34 @@ impl Claims for Txn<'_> {
     }
 }
 
-impl Store for KubernetesStore {
-    fn allocate(&self, pool: &Pool, req: &AllocRequest) -> Result<Vec<Lease>, Error> {
-        let mut txn = Txn {
+impl KubernetesStore {
+    fn txn(&self) -> Txn<'_> {
+        Txn {
             store: self,
             seen: HashMap::new(),
             probes: 0,
             held: None,
-        };
-        allocator::allocate(pool, req, self.node.as_deref(), &mut txn)
+        }
+    }
+}
+
+impl Store for KubernetesStore {
+    fn grant(
+        &self,
+        pool: &Pool,
+        req: &AllocRequest,
+        check: &dyn SandboxCheck,
+    ) -> Result<Grant, Error> {
+        allocator::allocate(pool, req, self.node.as_deref(), &mut self.txn(), check)
+    }
+
+    fn revert(&self, grant: &Grant) -> Result<(), Error> {
+        let mut txn = self.txn();
+        // Read what each claimed object is now: only what is still exactly our claim is undone.
+        for c in &grant.claimed {
+            txn.holder(c.lease.ip)?;
+        }
+        txn.abandon(&grant.claimed)
     }
 
     fn release(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
@@ -687,6 +715,7 @@ impl Store for KubernetesStore {
             .into_iter()
             .filter(|s| s.lease.node.is_some() && s.lease.node == self.node)
             .filter(|s| !valid.iter().any(|a| s.lease.is_held_by(a)))
+            .filter(|s| !super::too_young(&s.lease, self.gc_grace))
             .collect();
         self.free_all(stale)
     }

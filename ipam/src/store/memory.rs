@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::addr::Family;
-use crate::allocator::{self, Claimed, Claims};
+use crate::allocator::{self, Claimed, Claims, Grant, SandboxCheck};
 use crate::error::Error;
 use crate::lease::{AllocRequest, Attachment, Lease};
 use crate::pool::Pool;
@@ -89,9 +89,18 @@ impl Claims for State {
 }
 
 impl Store for MemoryStore {
-    fn allocate(&self, pool: &Pool, req: &AllocRequest) -> Result<Vec<Lease>, Error> {
+    fn grant(
+        &self,
+        pool: &Pool,
+        req: &AllocRequest,
+        check: &dyn SandboxCheck,
+    ) -> Result<Grant, Error> {
         let mut state = self.lock();
-        allocator::allocate(pool, req, None, &mut *state)
+        allocator::allocate(pool, req, None, &mut *state, check)
+    }
+
+    fn revert(&self, grant: &Grant) -> Result<(), Error> {
+        self.lock().abandon(&grant.claimed)
     }
 
     fn release(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::allocator::{Grant, NeverGone, SandboxCheck};
 use crate::config::{StoreConfig, DEFAULT_LOCK_TIMEOUT_MS};
 use crate::error::Error;
 use crate::lease::{AllocRequest, Attachment, Lease};
@@ -21,8 +22,23 @@ pub use memory::MemoryStore;
 /// A lease store of one network.
 pub trait Store: Send + Sync {
     /// Allocates one address per family of `pool` for `req.attachment`. Idempotent: an attachment that
-    /// already holds leases gets them back (and any missing family is added).
-    fn allocate(&self, pool: &Pool, req: &AllocRequest) -> Result<Vec<Lease>, Error>;
+    /// already holds leases gets them back (and any missing family is added). An address held by an
+    /// earlier sandbox of the same pod is taken over only when `check` (this node) or the store (another
+    /// node) knows that sandbox has left the wire; see [`crate::allocator`].
+    fn grant(
+        &self,
+        pool: &Pool,
+        req: &AllocRequest,
+        check: &dyn SandboxCheck,
+    ) -> Result<Grant, Error>;
+    /// Undoes exactly the claims of `grant` (an ADD that failed after its allocation): a new lease is
+    /// freed, a taken-over lease is put back, and nothing is touched that changed since. Leases the
+    /// attachment already held before the grant stay.
+    fn revert(&self, grant: &Grant) -> Result<(), Error>;
+    /// [`Store::grant`] for a caller that knows nothing of sandboxes: it never takes an address over.
+    fn allocate(&self, pool: &Pool, req: &AllocRequest) -> Result<Vec<Lease>, Error> {
+        Ok(self.grant(pool, req, &NeverGone)?.leases)
+    }
     /// Frees the leases of `att` and returns them. Idempotent: an unknown attachment frees nothing.
     /// The identity's addresses stay remembered for stickiness.
     fn release(&self, att: &Attachment) -> Result<Vec<Lease>, Error>;
@@ -36,8 +52,16 @@ pub trait Store: Send + Sync {
 
 /// A shared store is a store (one handle per thread, same state).
 impl<S: Store + ?Sized> Store for Arc<S> {
-    fn allocate(&self, pool: &Pool, req: &AllocRequest) -> Result<Vec<Lease>, Error> {
-        (**self).allocate(pool, req)
+    fn grant(
+        &self,
+        pool: &Pool,
+        req: &AllocRequest,
+        check: &dyn SandboxCheck,
+    ) -> Result<Grant, Error> {
+        (**self).grant(pool, req, check)
+    }
+    fn revert(&self, grant: &Grant) -> Result<(), Error> {
+        (**self).revert(grant)
     }
     fn release(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
         (**self).release(att)
@@ -57,24 +81,34 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 ///
 /// `kind: "file"` (the default) keeps the network's leases under `<dir>/<network>/`.
 pub fn open_store(network: &str, cfg: &StoreConfig, pool: &Pool) -> Result<Box<dyn Store>, Error> {
-    names::validate_network(network)?;
     if pool.network() != network {
         return Err(Error::config(
             "name",
             format!("the pool belongs to {:?}, not {network:?}", pool.network()),
         ));
     }
+    open_store_of(network, cfg)
+}
+
+/// Opens the store of `network` without a pool: what DEL needs to release, whatever else of the
+/// configuration no longer parses.
+pub fn open_store_of(network: &str, cfg: &StoreConfig) -> Result<Box<dyn Store>, Error> {
+    names::validate_network(network)?;
+    cfg.validate()?;
     match cfg.kind.as_str() {
         "file" => {
             let timeout =
                 Duration::from_millis(cfg.lock_timeout_ms.unwrap_or(DEFAULT_LOCK_TIMEOUT_MS));
             Ok(Box::new(
                 FileStore::open(&cfg.dir().join(network), timeout)?
-                    .with_identity_retention(cfg.identity_retention()),
+                    .with_identity_retention(cfg.identity_retention())
+                    .with_gc_grace(cfg.gc_grace()),
             ))
         }
         #[cfg(feature = "kubernetes")]
-        "kubernetes" => Ok(Box::new(kubernetes::KubernetesStore::open(network, cfg)?)),
+        "kubernetes" => Ok(Box::new(
+            kubernetes::KubernetesStore::open(network, cfg)?.with_gc_grace(cfg.gc_grace()),
+        )),
         #[cfg(not(feature = "kubernetes"))]
         "kubernetes" => Err(Error::config(
             "store.kind",
@@ -85,4 +119,12 @@ pub fn open_store(network: &str, cfg: &StoreConfig, pool: &Pool) -> Result<Box<d
             format!("unknown store kind {other:?}; expected \"file\" or \"kubernetes\""),
         )),
     }
+}
+
+/// Whether a lease is younger than `grace` (CNI GC leaves it alone: its ADD may still be in flight).
+pub(crate) fn too_young(lease: &Lease, grace: Duration) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    now.saturating_sub(lease.created_unix) < grace.as_secs()
 }

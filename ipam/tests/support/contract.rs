@@ -36,6 +36,7 @@ pub fn req(identity: &str, cid: &str) -> AllocRequest {
         identity: identity.to_string(),
         attachment: Attachment::new(cid, "net1"),
         requested: vec![],
+        ..AllocRequest::default()
     }
 }
 

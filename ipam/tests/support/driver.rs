@@ -110,6 +110,7 @@ fn execute(args: &[String]) -> Result<Option<Vec<Lease>>, Error> {
                     identity: identity.clone(),
                     attachment: Attachment::new(cid.as_str(), ifname.as_str()),
                     requested: ips,
+                    ..AllocRequest::default()
                 },
             )?
         }

@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::addr::fnv1a64;
-use crate::lease::{Attachment, Lease};
+use crate::lease::{Attachment, Lease, Sandbox};
 
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "iotlan";
@@ -41,6 +41,9 @@ pub const ANN_CONTAINER: &str = "iotlan/container-id";
 pub const ANN_IFNAME: &str = "iotlan/ifname";
 pub const ANN_NODE: &str = "iotlan/node";
 pub const ANN_CREATED: &str = "iotlan/created-unix";
+/// The holder sandbox's network namespace path and pod UID (absent on objects written before them).
+pub const ANN_NETNS: &str = "iotlan/netns";
+pub const ANN_POD_UID: &str = "iotlan/pod-uid";
 /// On an identity object: since when (Unix seconds) the reconciler has seen it unused (no address
 /// held, no pod). ADD rewrites the object without it.
 pub const ANN_UNUSED_SINCE: &str = "iotlan/unused-since-unix";
@@ -140,8 +143,15 @@ pub fn address_object(network: &str, netkey: &str, namespace: &str, lease: &Leas
         (ANN_IFNAME.to_string(), lease.ifname.clone()),
         (ANN_CREATED.to_string(), lease.created_unix.to_string()),
     ]);
-    if let Some(node) = &lease.node {
-        annotations.insert(ANN_NODE.to_string(), node.clone());
+    let optional = [
+        (ANN_NODE, &lease.node),
+        (ANN_NETNS, &lease.sandbox.netns),
+        (ANN_POD_UID, &lease.sandbox.pod_uid),
+    ];
+    for (key, value) in optional {
+        if let Some(v) = value {
+            annotations.insert(key.to_string(), v.clone());
+        }
     }
     KLease {
         metadata: ObjectMeta {
@@ -182,6 +192,10 @@ pub fn lease_of(network: &str, obj: &KLease) -> Result<Lease, String> {
         ifname: get(ANN_IFNAME)?.clone(),
         node: ann.get(ANN_NODE).cloned(),
         created_unix,
+        sandbox: Sandbox {
+            netns: ann.get(ANN_NETNS).cloned(),
+            pod_uid: ann.get(ANN_POD_UID).cloned(),
+        },
     })
 }
 
@@ -298,6 +312,10 @@ mod tests {
             ifname: "net1".into(),
             node: Some("pi".into()),
             created_unix: 1_700_000_000,
+            sandbox: Sandbox {
+                netns: Some("/var/run/netns/cni-1".into()),
+                pod_uid: Some("0b5c6a7e-uid".into()),
+            },
         };
         let obj = address_object("iot", "iot", "iotlan-system", &l);
         assert_eq!(lease_of("iot", &obj).unwrap(), l);
