@@ -147,7 +147,9 @@ fn pool_code(e: &PoolError) -> u32 {
         PoolError::NotAllowed { .. } => ADDRESS_NOT_ALLOWED,
         PoolError::Corrupt { .. } => STORE_CORRUPT,
         PoolError::Io { .. } => IO,
-        PoolError::Busy { .. } | PoolError::Unavailable { .. } => TRY_AGAIN_LATER,
+        PoolError::Busy { .. } | PoolError::Unavailable { .. } | PoolError::StillInUse { .. } => {
+            TRY_AGAIN_LATER
+        }
         #[allow(unreachable_patterns)]
         _ => IO,
     }

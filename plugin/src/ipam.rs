@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command as Process, Stdio};
 
-use iotlan_ipam::{AllocRequest, Attachment as PoolAttachment, Pool, PoolConfig, Store};
+use iotlan_ipam::{
+    AllocRequest, Attachment as PoolAttachment, Grant, Pool, PoolConfig, Sandbox, Store,
+};
 use serde_json::Value;
 
 use crate::cni::env::{Attachment, Env};
@@ -59,21 +61,27 @@ impl Ipam {
     }
 
     /// Allocates the pod's addresses. `interface` is the index the ips refer to in the final result.
+    /// The [`Claim`] is what [`Ipam::undo`] takes back if the ADD fails later.
     pub fn add(
         &self,
         conf: &NetConf,
         att: &Attachment,
         interface: Option<usize>,
-    ) -> Result<CniResult> {
+    ) -> Result<(CniResult, Claim)> {
         match self {
             Ipam::Pool { pool, store } => {
                 let req = AllocRequest {
-                    identity: att.identity(),
+                    identity: att.pool_identity(),
                     attachment: pool_attachment(att),
                     requested: conf.requested_ips.clone(),
+                    sandbox: Sandbox {
+                        netns: att.netns.as_ref().map(|p| p.display().to_string()),
+                        pod_uid: att.args.uid.clone(),
+                    },
                 };
-                let leases = store.allocate(pool, &req)?;
-                Ok(result_of(pool.allocation(&leases), interface))
+                let grant = store.grant(pool, &req, &crate::sandbox::OnThisNode::new())?;
+                let result = result_of(pool.allocation(&grant.leases), interface);
+                Ok((result, Claim::Pool(grant)))
             }
             Ipam::Delegate { plugin } => {
                 let out = exec(plugin, "ADD", &conf.raw)?;
@@ -85,7 +93,9 @@ impl Ipam {
                 // A requested IP that is not applied is a failure, never silently ignored.
                 for want in &conf.requested_ips {
                     if !r.ips.iter().any(|ip| ip.address.ip() == *want) {
-                        let _ = exec(plugin, "DEL", &conf.raw);
+                        if let Err(e) = exec(plugin, "DEL", &conf.raw) {
+                            tracing::warn!(error = %e, "could not release what the ipam plugin allocated");
+                        }
                         return Err(Error::Pool(iotlan_ipam::Error::NotAllowed {
                             ip: *want,
                             why: format!(
@@ -100,8 +110,21 @@ impl Ipam {
                         }));
                     }
                 }
-                Ok(r)
+                Ok((r, Claim::Delegated))
             }
+        }
+    }
+
+    /// Takes back what one ADD's allocation claimed, and nothing else: the pool reverts exactly the
+    /// grant's claims (a lease taken over from an earlier sandbox is put back); a delegated plugin is
+    /// called with DEL, since only it knows what it handed out.
+    pub fn undo(&self, conf: &NetConf, claim: &Claim) -> Result<()> {
+        match (self, claim) {
+            (Ipam::Pool { store, .. }, Claim::Pool(grant)) => Ok(store.revert(grant)?),
+            (Ipam::Delegate { plugin }, Claim::Delegated) => {
+                exec(plugin, "DEL", &conf.raw).map(drop)
+            }
+            _ => Ok(()),
         }
     }
 
@@ -177,6 +200,12 @@ impl Ipam {
             Ipam::Delegate { plugin } => exec(plugin, "STATUS", &conf.raw).map(drop),
         }
     }
+}
+
+/// What one ADD's allocation claimed.
+pub enum Claim {
+    Pool(Grant),
+    Delegated,
 }
 
 /// Parses and validates the pool, and opens its store.

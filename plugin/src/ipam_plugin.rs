@@ -20,7 +20,7 @@ pub fn run(command: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_j
     };
     match command {
         Command::Add => Ok(Some(
-            ipam.add(conf, att()?, None)?.to_json(conf.cni_version),
+            ipam.add(conf, att()?, None)?.0.to_json(conf.cni_version),
         )),
         Command::Del => ipam.del(conf, att()?).map(|_| None),
         Command::Check => {

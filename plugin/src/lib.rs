@@ -16,5 +16,6 @@ pub mod netns;
 pub mod packet;
 pub mod pod;
 pub mod probe;
+pub mod sandbox;
 pub mod sysctl;
 pub mod verbs;

@@ -11,29 +11,18 @@ use crate::config::Ipv6;
 use crate::error::{Error, Result};
 use crate::netlink::{Link, Netlink};
 
-/// Renames the freshly created link from its temporary name to `ifname`, applies the IPv6 policy,
-/// adds the addresses, brings it up and adds the routes. Returns the configured link.
+/// Renames the freshly created link `made` to `ifname`, applies the IPv6 policy, adds the addresses,
+/// brings it up and adds the routes. Returns the configured link.
 pub fn configure(
     nl: &mut Netlink,
-    temp_name: &str,
+    made: &Link,
     ifname: &str,
     ips: &[IpConfig],
     routes: &[Route],
     ipv6: &Ipv6,
 ) -> Result<Link> {
-    let link = nl
-        .link_by_name(temp_name)
-        .map_err(|e| {
-            Error::netlink(
-                format!("cannot find the new link {temp_name} in the pod"),
-                e,
-            )
-        })?
-        .ok_or_else(|| {
-            Error::Link(format!(
-                "the new link {temp_name} vanished from the pod's namespace"
-            ))
-        })?;
+    let link = made;
+    let temp_name = &made.name;
     if nl
         .link_by_name(ifname)
         .map_err(|e| Error::netlink("cannot list the pod's links", e))?
@@ -65,7 +54,7 @@ pub fn configure(
         nl.add_address(link.index, ip.address, true)
             .map_err(|e| Error::netlink(format!("cannot add {} to {ifname}", ip.address), e))?;
     }
-    bring_up(nl, &link, ifname)?;
+    bring_up(nl, link, ifname)?;
     for r in routes {
         if r.dst.prefix() == 0 {
             return Err(Error::InvalidConfig(format!(

@@ -574,6 +574,7 @@ fn the_reconcile_loop_frees_leases_of_deleted_pods() {
                     identity: format!("home/{pod}"),
                     attachment: Attachment::new(cid, "net1"),
                     requested: vec![],
+                    ..AllocRequest::default()
                 },
             )
             .unwrap()

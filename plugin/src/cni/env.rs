@@ -52,6 +52,9 @@ pub struct PodArgs {
     pub ips: Vec<String>,
     /// `MAC=`: sent by podman's `--mac-address`.
     pub mac: Option<String>,
+    /// `K8S_POD_UID`: which pod object this sandbox belongs to (a pod recreated under the same name
+    /// has a new UID).
+    pub uid: Option<String>,
 }
 
 impl Attachment {
@@ -62,7 +65,23 @@ impl Attachment {
             _ => self.container_id.clone(),
         }
     }
+
+    /// Who the pool and the derived MAC know this interface as: the identity for `net1` (what
+    /// Multus names the first network) and for container-ID identities, `namespace/name@ifname` for
+    /// a pod's further interfaces, so that `net1` and `net2` of one pod never share an address
+    /// record or a MAC. A reservation for a second interface is keyed the same way.
+    pub fn pool_identity(&self) -> String {
+        let identity = self.identity();
+        if self.ifname == FIRST_IFNAME || self.args.name.is_none() || self.args.namespace.is_none() {
+            identity
+        } else {
+            format!("{identity}@{}", self.ifname)
+        }
+    }
 }
+
+/// The interface name Multus gives a pod's first additional network.
+pub const FIRST_IFNAME: &str = "net1";
 
 /// Everything read from the environment for one invocation.
 #[derive(Debug, Clone)]
@@ -154,6 +173,7 @@ pub fn parse_cni_args(s: &str) -> Result<PodArgs> {
             "K8S_POD_NAME" if !v.is_empty() => args.name = Some(v.to_string()),
             "IP" if !v.is_empty() => args.ips = v.split(',').map(str::to_string).collect(),
             "MAC" if !v.is_empty() => args.mac = Some(v.to_string()),
+            "K8S_POD_UID" if !v.is_empty() => args.uid = Some(v.to_string()),
             _ => {}
         }
     }

@@ -1,11 +1,19 @@
 //! ADD: the addresses are allocated on a helper thread while the link is created directly inside the
 //! pod's namespace by the driver that works on this master; then it is configured, optionally probed,
-//! and announced. Any failure undoes everything: the link is deleted and the addresses are released.
+//! and announced.
+//!
+//! A failed ADD undoes only what it did itself:
+//! - a driver attempt deletes the link it created, by its index, never by name (`CNI_IFNAME` may be
+//!   the working interface of an earlier ADD of the same attachment, which a retried ADD must not
+//!   harm);
+//! - when the link part fails after the allocation, [`Ipam::undo`] takes back exactly this
+//!   allocation's claims: a lease the attachment already held stays, and a lease taken over from an
+//!   earlier sandbox is put back. A delegated IPAM plugin is called with DEL, except when
+//!   `CNI_IFNAME` already existed (its addresses are then the earlier ADD's).
 
-use std::cell::{Ref, RefCell};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::thread::ScopedJoinHandle;
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Duration;
 
 use crate::cni::env::{Attachment, Env};
@@ -13,7 +21,7 @@ use crate::cni::result::{CniResult, Interface};
 use crate::config::{DriverChoice, NetConf};
 use crate::driver::{self, memory, Driver};
 use crate::error::{Error, Result};
-use crate::ipam::Ipam;
+use crate::ipam::{Claim, Ipam};
 use crate::mac::Mac;
 use crate::netlink::{Link, Netlink};
 use crate::netns::Netns;
@@ -57,26 +65,22 @@ pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<CniResult> {
         // The addresses are allocated on a helper thread (in this, the node's, namespace) while
         // this one creates the link: the store's fsync, or the delegated plugin's exec, overlaps
         // with the kernel's work.
-        let addrs = Pending {
-            job: RefCell::new(Some(scope.spawn(|| ipam.add(conf, att, Some(0))))),
-            outcome: RefCell::new(None),
-        };
+        let mut addrs = Allocation::start(scope, || ipam.add(conf, att, Some(0)));
         let ctx = Ctx {
             conf,
             att,
             home: &home,
             pod_ns: &pod_ns,
             master: &master,
-            addrs: &addrs,
         };
-        let attached = attach(&ctx, &mut nl);
+        let attached = attach(&ctx, &mut nl, &mut addrs);
         match (attached, addrs.finish()) {
-            (Ok((link, driver)), Ok(mut result)) => {
+            (Ok((link, driver)), Ok((mut result, _))) => {
                 let mac = link.mac.map(Mac).map(|m| m.to_string()).unwrap_or_default();
                 tracing::info!(
                     %driver, master = %master.name, ifname = %att.ifname, %mac,
                     ips = ?result.ips.iter().map(|i| i.address.to_string()).collect::<Vec<_>>(),
-                    identity = %att.identity(), container = %att.container_id, "attached"
+                    identity = %att.pool_identity(), container = %att.container_id, "attached"
                 );
                 result.interfaces = vec![Interface {
                     name: att.ifname.clone(),
@@ -86,42 +90,60 @@ pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<CniResult> {
                 }];
                 Ok(result)
             }
-            // The addresses could not be had: whatever link was made is gone already.
+            // The addresses could not be had: the attempt removed the link it made already.
             (_, Err(e)) => Err(e),
-            (Err(e), Ok(_)) => {
-                if let Err(undo) = ipam.del(conf, att) {
-                    tracing::error!(error = %undo, "could not release the addresses after a failed ADD");
-                }
+            (Err(e), Ok((_, claim))) => {
+                undo_allocation(&ipam, conf, &claim, &e);
                 Err(e)
             }
         }
     })
 }
 
-/// The addresses of one ADD, being allocated on a helper thread.
-struct Pending<'scope> {
-    job: RefCell<Option<ScopedJoinHandle<'scope, Result<CniResult>>>>,
-    outcome: RefCell<Option<Result<CniResult>>>,
+/// Takes back this ADD's allocation after its link part failed with `cause`.
+fn undo_allocation(ipam: &Ipam, conf: &NetConf, claim: &Claim, cause: &Error) {
+    if matches!(cause, Error::InterfaceExists(_)) && matches!(claim, Claim::Delegated) {
+        tracing::info!("CNI_IFNAME exists already: leaving the delegated plugin's addresses to it");
+        return;
+    }
+    if let Err(undo) = ipam.undo(conf, claim) {
+        tracing::error!(error = %undo, "could not take back the addresses of a failed ADD");
+    }
 }
 
-impl Pending<'_> {
+/// The addresses of one ADD, being allocated on a helper thread.
+struct Allocation<'scope> {
+    job: Option<ScopedJoinHandle<'scope, Result<(CniResult, Claim)>>>,
+    outcome: Option<Result<(CniResult, Claim)>>,
+}
+
+impl<'scope> Allocation<'scope> {
+    fn start<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        f: impl FnOnce() -> Result<(CniResult, Claim)> + Send + 'scope,
+    ) -> Allocation<'scope> {
+        Allocation {
+            job: Some(scope.spawn(f)),
+            outcome: None,
+        }
+    }
+
     /// Waits for the allocation; `None` when it failed (`finish` returns the error).
-    fn wait(&self) -> Option<Ref<'_, CniResult>> {
-        if let Some(job) = self.job.borrow_mut().take() {
-            let outcome = job.join().unwrap_or_else(|_| {
+    fn wait(&mut self) -> Option<&CniResult> {
+        if let Some(job) = self.job.take() {
+            self.outcome = Some(job.join().unwrap_or_else(|_| {
                 Err(Error::InvalidConfig(
                     "the address allocation thread panicked".into(),
                 ))
-            });
-            *self.outcome.borrow_mut() = Some(outcome);
+            }));
         }
-        Ref::filter_map(self.outcome.borrow(), |o| o.as_ref()?.as_ref().ok()).ok()
+        self.outcome.as_ref()?.as_ref().ok().map(|(r, _)| r)
     }
 
     /// The allocation's outcome, waiting for it if nobody did yet.
-    fn finish(self) -> Result<CniResult> {
+    fn finish(mut self) -> Result<(CniResult, Claim)> {
         self.wait();
-        self.outcome.into_inner().unwrap_or_else(|| {
+        self.outcome.unwrap_or_else(|| {
             Err(Error::InvalidConfig(
                 "the address allocation never ran".into(),
             ))
@@ -130,17 +152,16 @@ impl Pending<'_> {
 }
 
 /// What one ADD works with.
-struct Ctx<'a, 'scope> {
+struct Ctx<'a> {
     conf: &'a NetConf,
     att: &'a Attachment,
     home: &'a Netns,
     pod_ns: &'a Netns,
     master: &'a Link,
-    addrs: &'a Pending<'scope>,
 }
 
 /// Creates and configures the link with the first driver that works, remembering it in auto mode.
-fn attach(ctx: &Ctx, nl: &mut Netlink) -> Result<(Link, Driver)> {
+fn attach(ctx: &Ctx, nl: &mut Netlink, addrs: &mut Allocation) -> Result<(Link, Driver)> {
     let Ctx { conf, master, .. } = *ctx;
     let remembered = memory::load(&conf.state_dir, &master.name).map(|r| r.driver);
     if let (Some(d), DriverChoice::Auto) = (remembered, conf.driver) {
@@ -155,7 +176,7 @@ fn attach(ctx: &Ctx, nl: &mut Netlink) -> Result<(Link, Driver)> {
     let mut gateway_silent_somewhere = false;
     for (i, drv) in order.iter().copied().enumerate() {
         let last = i + 1 == order.len();
-        match try_driver(drv, ctx, nl) {
+        match try_driver(drv, ctx, nl, addrs) {
             Ok(link) => {
                 if conf.driver == DriverChoice::Auto && remembered != Some(drv) {
                     let reason = if failures.is_empty() {
@@ -207,14 +228,18 @@ enum Attempt {
     NoAddresses,
 }
 
-fn try_driver(drv: Driver, ctx: &Ctx, nl: &mut Netlink) -> Result<Link, Attempt> {
+fn try_driver(
+    drv: Driver,
+    ctx: &Ctx,
+    nl: &mut Netlink,
+    addrs: &mut Allocation,
+) -> Result<Link, Attempt> {
     let Ctx {
         conf,
         att,
         home,
         pod_ns,
         master,
-        addrs,
     } = *ctx;
     let temp = temp_name(&att.container_id, &att.ifname);
     let pod_fd = pod_ns.fd().as_raw_fd();
@@ -222,7 +247,7 @@ fn try_driver(drv: Driver, ctx: &Ctx, nl: &mut Netlink) -> Result<Link, Attempt>
         Driver::Macvlan => {
             let mac = conf
                 .requested_mac
-                .unwrap_or_else(|| Mac::derived(&conf.name, &att.identity()));
+                .unwrap_or_else(|| Mac::derived(&conf.name, &att.pool_identity()));
             driver::macvlan::create(nl, master, pod_fd, &temp, mac, conf.macvlan_mode, conf.mtu)
         }
         Driver::Ipvlan => {
@@ -250,24 +275,30 @@ fn try_driver(drv: Driver, ctx: &Ctx, nl: &mut Netlink) -> Result<Link, Attempt>
         .run(home, || -> Result<Result<Link, Attempt>> {
             let mut pnl = Netlink::open()
                 .map_err(|e| Error::netlink("cannot open a netlink socket in the pod", e))?;
+            // The link this attempt made: the only one it may delete.
+            let made = pnl
+                .link_by_name(&temp)
+                .map_err(|e| Error::netlink(format!("cannot find the new link {temp}"), e))?
+                .ok_or_else(|| {
+                    Error::Link(format!(
+                        "the new link {temp} vanished from the pod's namespace"
+                    ))
+                })?;
             let Some(addrs) = addrs.wait() else {
-                remove_quietly(&mut pnl, &temp);
+                delete_made(&mut pnl, &made);
                 return Ok(Err(Attempt::NoAddresses));
             };
-            let addrs = &*addrs;
-            let configured = pod::configure(
+            let link = match pod::configure(
                 &mut pnl,
-                &temp,
+                &made,
                 &att.ifname,
                 &addrs.ips,
                 &addrs.routes,
                 &conf.ipv6,
-            );
-            let link = match configured {
+            ) {
                 Ok(link) => link,
                 Err(e) => {
-                    remove_quietly(&mut pnl, &temp);
-                    remove_quietly(&mut pnl, &att.ifname);
+                    delete_made(&mut pnl, &made);
                     return Ok(Err(Attempt::Fatal(e)));
                 }
             };
@@ -278,7 +309,7 @@ fn try_driver(drv: Driver, ctx: &Ctx, nl: &mut Netlink) -> Result<Link, Attempt>
                     addrs,
                     Duration::from_millis(probe.timeout_ms),
                 ) {
-                    remove_quietly(&mut pnl, &att.ifname);
+                    delete_made(&mut pnl, &made);
                     return Ok(Err(match msg {
                         ProbeFailure::Silent(msg) => Attempt::Fallback {
                             msg,
@@ -360,9 +391,10 @@ fn announce_again(link: &Link, addrs: &CniResult, count: u32, interval_ms: u64) 
     }
 }
 
-fn remove_quietly(nl: &mut Netlink, name: &str) {
-    if let Err(e) = pod::remove(nl, name) {
-        tracing::warn!(ifname = name, error = %e, "could not remove a half-made link");
+/// Deletes the link this ADD made (by its index: whatever name it has by now).
+fn delete_made(nl: &mut Netlink, made: &Link) {
+    if let Err(e) = pod::delete(nl, made) {
+        tracing::warn!(ifname = %made.name, error = %e, "could not remove a half-made link");
     }
 }
 
