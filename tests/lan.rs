@@ -4,111 +4,14 @@
 //! mDNS packet that arrived, and that nothing is left behind.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use iotlan_tests::*;
 use serde_json::{json, Value};
 
-const HA: (&str, &str) = ("home-assistant", "home-assistant-0");
-const HA_IP: &str = "10.77.0.10";
-
-fn ready() -> bool {
-    require_all(LAN_NEEDS)
-        && require(Need::File(
-            "/usr/lib/cni/macvlan",
-            "apt-get install containernetworking-plugins",
-        ))
-}
-
-/// A per-test state directory for the pool store and the driver memory.
-struct State(tempfile::TempDir);
-
-impl State {
-    fn new() -> State {
-        State(
-            tempfile::Builder::new()
-                .prefix("iotlan-lan-")
-                .tempdir()
-                .expect("temp dir"),
-        )
-    }
-    fn dir(&self) -> &Path {
-        self.0.path()
-    }
-    /// The leases of network `iot`, read through the pool library as the operator CLI does.
-    fn leases(&self) -> Vec<iotlan_ipam::Lease> {
-        let cfg: iotlan_ipam::PoolConfig = serde_json::from_value(ipam(self)).expect("pool config");
-        let pool = iotlan_ipam::Pool::new("iot", &cfg).expect("pool");
-        iotlan_ipam::open_store("iot", &cfg.store, &pool)
-            .expect("store")
-            .leases()
-            .expect("leases")
-    }
-}
-
-fn ipam(state: &State) -> Value {
-    json!({
-        "type": "iotlan-ipam",
-        "subnet": SUBNET,
-        "gateway": GATEWAY_IP,
-        "pool": ["10.77.0.100-10.77.0.150"],
-        "exclude": ["10.77.0.101"],
-        "reservations": { "home-assistant/home-assistant-0": HA_IP },
-        "routes": [{ "dst": "10.88.0.0/24" }],
-        "store": { "kind": "file", "dir": state.dir() }
-    })
-}
-
-/// The network config as a NAD would carry it, with `extra` merged over the top level.
-fn conf(state: &State, extra: Value) -> String {
-    let mut c = json!({
-        "cniVersion": "1.0.0",
-        "name": "iot",
-        "type": "iotlan",
-        "stateDir": state.dir(),
-        "logLevel": "debug",
-        "capabilities": { "ips": true, "mac": true },
-        "ipam": ipam(state),
-    });
-    if let (Some(base), Some(over)) = (c.as_object_mut(), extra.as_object()) {
-        for (k, v) in over {
-            base.insert(k.clone(), v.clone());
-        }
-    }
-    c.to_string()
-}
-
-fn add(lan: &Lan, pod: &Netns, cid: &str, conf: &str) -> CniOutput {
-    cni(
-        &iotlan_bin(),
-        "ADD",
-        &Env::new(&lan.node.ns, pod, cid).k8s(HA.0, HA.1),
-        conf,
-    )
-}
-
-fn del(lan: &Lan, pod: &Netns, cid: &str, conf: &str) -> CniOutput {
-    cni(
-        &iotlan_bin(),
-        "DEL",
-        &Env::new(&lan.node.ns, pod, cid).k8s(HA.0, HA.1),
-        conf,
-    )
-}
-
-/// Whether this kernel can make `kind` links (ipvlan is missing on the CI host's kernel).
-fn link_kind_available(kind: &str) -> bool {
-    let ns = Netns::new("iot-kind");
-    ns.ip(&["link", "add", "k0", "type", "veth", "peer", "name", "k1"]);
-    ns.try_exec("ip", &["link", "add", "c0", "link", "k0", "type", kind])
-        .status
-        .success()
-}
-
-fn is_locally_administered_unicast(mac: &str) -> bool {
-    u8::from_str_radix(&mac[..2], 16).is_ok_and(|b| b & 0x03 == 0x02)
-}
+mod common;
+use common::*;
 
 #[test]
 fn pod_gets_reserved_address_mac_routes_gateway_and_mdns() {
@@ -945,6 +848,10 @@ fn status_and_gc() {
 
     let mut gc: Value = serde_json::from_str(&c).unwrap();
     gc["cni.dev/valid-attachments"] = json!([{ "containerID": "ctr-gc-keep", "ifname": "net1" }]);
+    // By default GC spares leases younger than a minute: their ADD may still be in flight.
+    cni(&iotlan_bin(), "GC", &node_env(), &gc.to_string()).expect_ok();
+    assert_eq!(state.leases().len(), 2, "young leases are spared");
+    gc["ipam"]["store"]["gcGraceSeconds"] = json!(0);
     cni(&iotlan_bin(), "GC", &node_env(), &gc.to_string()).expect_ok();
     let left = state.leases();
     assert_eq!(
@@ -956,6 +863,7 @@ fn status_and_gc() {
 
     let mut old_key: Value = serde_json::from_str(&c).unwrap();
     old_key["cni.dev/attachments"] = json!([]);
+    old_key["ipam"]["store"]["gcGraceSeconds"] = json!(0);
     cni(&iotlan_bin(), "GC", &node_env(), &old_key.to_string()).expect_ok();
     assert!(
         state.leases().is_empty(),

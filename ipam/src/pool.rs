@@ -351,6 +351,19 @@ impl Pool {
         })
     }
 
+    /// The first family with no free address left, given the current leases: an ADD needs one
+    /// address of every family, so a dual-stack pool whose IPv4 half is full serves no ADD.
+    pub fn exhausted_family(&self, leases: &[Lease]) -> Option<Family> {
+        self.families().into_iter().find(|&fam| {
+            let held = leases
+                .iter()
+                .filter(|l| Family::of(&l.ip) == fam)
+                .filter(|l| self.check_assignable(l.ip, &l.identity).is_ok())
+                .count() as u64;
+            self.family_size(fam) <= held
+        })
+    }
+
     /// How many addresses are still free, given the current leases.
     pub fn free(&self, leases: &[Lease]) -> u64 {
         let held = leases

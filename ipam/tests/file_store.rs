@@ -177,7 +177,16 @@ fn truncated_and_corrupted_records_are_named_never_reset() {
     expect_corrupt(store.leases(), &lease_file);
     expect_corrupt(store.find(&Attachment::new("a", "net1")), &lease_file);
     expect_corrupt(store.release(&Attachment::new("a", "net1")), &lease_file);
-    expect_corrupt(store.gc(&[]), &lease_file);
+    // GC names the corrupt record and leaves it as it is, but still collects the rest (the
+    // spec's "keep going"): c, which nobody lists as valid, is freed.
+    let c = store.allocate(&pool, &req("ns/c", "c")).unwrap();
+    expect_corrupt(store.gc(&[Attachment::new("b", "net1")]), &lease_file);
+    assert!(store
+        .find(&Attachment::new("c", "net1"))
+        .unwrap()
+        .is_empty());
+    assert!(!dir.path().join(format!("iot/ip:{}", c[0].ip)).exists());
+    assert_eq!(record(&lease_file), &full[..full.len() / 2]);
     // Garbage.
     for bad in [&b"\x01garbage"[..], b"{\"ip\": 7}"] {
         set_record(&lease_file, bad);

@@ -13,6 +13,13 @@ use crate::mac::Mac;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/iotlan";
 
+/// Upper bounds of the config's waits, so that an ADD ends in bounded time whatever the config
+/// says: at most 2 probes (one per driver) of `MAX_PROBE_TIMEOUT_MS`, and `MAX_ANNOUNCE_COUNT - 1`
+/// announcement rounds `MAX_ANNOUNCE_INTERVAL_MS` apart.
+pub const MAX_PROBE_TIMEOUT_MS: u64 = 5_000;
+pub const MAX_ANNOUNCE_COUNT: u32 = 10;
+pub const MAX_ANNOUNCE_INTERVAL_MS: u64 = 1_000;
+
 /// Which link driver to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -233,10 +240,33 @@ impl NetConf {
             })?;
         }
         if let Some(p) = &raw.probe {
-            if p.gateway && !(1..=60_000).contains(&p.timeout_ms) {
+            if p.gateway && !(1..=MAX_PROBE_TIMEOUT_MS).contains(&p.timeout_ms) {
                 return Err(Error::InvalidConfig(format!(
-                    "probe.timeoutMs {} is out of range (1-60000)",
+                    "probe.timeoutMs {} is out of range (1-{MAX_PROBE_TIMEOUT_MS})",
                     p.timeout_ms
+                )));
+            }
+        }
+        if let Some(a) = &raw.announce {
+            if !(1..=MAX_ANNOUNCE_COUNT).contains(&a.count) {
+                return Err(Error::InvalidConfig(format!(
+                    "announce.count {} is out of range (1-{MAX_ANNOUNCE_COUNT})",
+                    a.count
+                )));
+            }
+            if a.interval_ms > MAX_ANNOUNCE_INTERVAL_MS {
+                return Err(Error::InvalidConfig(format!(
+                    "announce.intervalMs {} is out of range (0-{MAX_ANNOUNCE_INTERVAL_MS})",
+                    a.interval_ms
+                )));
+            }
+        }
+        for (key, path) in [("stateDir", &raw.state_dir), ("logFile", &raw.log_file)] {
+            if let Some(p) = path.as_ref().filter(|p| !p.is_absolute()) {
+                return Err(Error::InvalidConfig(format!(
+                    "{key} {} must be an absolute path (a relative one would land in whatever \
+                     directory the runtime runs the plugin from)",
+                    p.display()
                 )));
             }
         }
@@ -332,6 +362,43 @@ impl NetConf {
             }
         }
         out
+    }
+}
+
+/// What DEL reads of the configuration, and nothing more: the network name and the `ipam` section
+/// (to release the addresses), and where to log. Every other key is ignored, whatever it holds, so a
+/// config that changed since ADD (a downgrade, an edited NAD) can still be torn down: a DEL that fails
+/// on the config would leave the pod in Terminating for good.
+#[derive(Debug, Clone, Default)]
+pub struct DelConf {
+    /// The network name, when it is there and valid.
+    pub name: Option<String>,
+    /// `ipam.type`, when it is there and a plugin name.
+    pub ipam_type: Option<String>,
+    pub ipam: Value,
+    pub log_file: Option<PathBuf>,
+    pub log_level: Option<String>,
+    /// The configuration bytes as received: a delegated IPAM plugin gets exactly these.
+    pub raw: Vec<u8>,
+}
+
+impl DelConf {
+    /// Never fails: what cannot be read is `None` (the release is then skipped and says why).
+    pub fn parse(bytes: &[u8]) -> DelConf {
+        let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+        let ipam = v.get("ipam").cloned().unwrap_or(Value::Null);
+        DelConf {
+            name: text(v.get("name")).filter(|n| validate_network_name(n).is_ok()),
+            ipam_type: text(ipam.get("type"))
+                .filter(|t| !t.is_empty() && !t.contains('/') && !t.starts_with('.')),
+            ipam,
+            log_file: text(v.get("logFile"))
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute()),
+            log_level: text(v.get("logLevel")),
+            raw: bytes.to_vec(),
+        }
     }
 }
 

@@ -41,23 +41,7 @@ impl Ipam {
                 store,
             });
         }
-        let plugin = env
-            .path
-            .iter()
-            .map(|d| d.join(&conf.ipam_type))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                Error::InvalidConfig(format!(
-                    "ipam plugin {:?} was not found in CNI_PATH ({})",
-                    conf.ipam_type,
-                    env.path
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(":")
-                ))
-            })?;
-        Ok(Ipam::Delegate { plugin })
+        delegate(env, &conf.ipam_type)
     }
 
     /// Allocates the pod's addresses. `interface` is the index the ips refer to in the final result.
@@ -128,6 +112,14 @@ impl Ipam {
         }
     }
 
+    /// DEL of a delegated plugin with the configuration bytes as received.
+    pub fn del_raw(&self, raw: &[u8]) -> Result<()> {
+        match self {
+            Ipam::Delegate { plugin } => exec(plugin, "DEL", raw).map(drop),
+            Ipam::Pool { .. } => Ok(()),
+        }
+    }
+
     /// Releases the attachment's addresses. Idempotent.
     pub fn del(&self, conf: &NetConf, att: &Attachment) -> Result<()> {
         match self {
@@ -188,11 +180,11 @@ impl Ipam {
                 let leases = store
                     .leases()
                     .map_err(|e| Error::NotAvailable(format!("pool {}: {e}", conf.name)))?;
-                if pool.free(&leases) == 0 {
+                if let Some(fam) = pool.exhausted_family(&leases) {
                     return Err(Error::NotAvailable(format!(
-                        "pool {} has no free address: all {} are held",
+                        "pool {} has no free {fam} address: all {} are held (an ADD needs one of each family)",
                         conf.name,
-                        pool.size()
+                        pool.family_size(fam)
                     )));
                 }
                 Ok(())
@@ -200,6 +192,26 @@ impl Ipam {
             Ipam::Delegate { plugin } => exec(plugin, "STATUS", &conf.raw).map(drop),
         }
     }
+}
+
+/// The delegated IPAM plugin `ipam_type`, found in CNI_PATH.
+pub fn delegate(env: &Env, ipam_type: &str) -> Result<Ipam> {
+    let plugin = env
+        .path
+        .iter()
+        .map(|d| d.join(ipam_type))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "ipam plugin {ipam_type:?} was not found in CNI_PATH ({})",
+                env.path
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
+            ))
+        })?;
+    Ok(Ipam::Delegate { plugin })
 }
 
 /// What one ADD's allocation claimed.

@@ -64,8 +64,19 @@ pub fn configure(
             )));
         }
         let gw = r.gw.or_else(|| gateway_for(ips, r.dst));
-        nl.add_route(link.index, r.dst, gw)
-            .map_err(|e| Error::netlink(format!("cannot add route {} via {ifname}", r.dst), e))?;
+        match nl.add_route(link.index, r.dst, gw) {
+            Ok(()) => {}
+            // A second interface of the same network (net2 beside net1): the route is there already.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                tracing::warn!(dst = %r.dst, ifname, "the pod already has this route via another interface; keeping it");
+            }
+            Err(e) => {
+                return Err(Error::netlink(
+                    format!("cannot add route {} via {ifname}", r.dst),
+                    e,
+                ))
+            }
+        }
     }
     nl.link_by_index(link.index)
         .map_err(|e| Error::netlink(format!("cannot read {ifname} back"), e))?

@@ -65,6 +65,13 @@ fn dispatch(
             }
         }
     }
+    // DEL of the main plugin reads only what it needs: a config that changed since ADD must not keep
+    // a pod in Terminating.
+    if plugin == Plugin::Main && env.command == Command::Del {
+        let conf = crate::config::DelConf::parse(stdin);
+        crate::logging::init(conf.log_file.as_deref(), conf.log_level.as_deref());
+        return crate::verbs::del::run(&env, &conf, attachment(&env)?).map(|_| None);
+    }
     let mut conf = NetConf::parse(stdin)?;
     if let Some(att) = &env.attachment {
         conf.apply_cni_args(&att.args)?;
@@ -86,9 +93,7 @@ fn dispatch(
             let att = attachment(&env)?;
             Ok(Some(crate::verbs::add::run(&env, &conf, att)?.to_json(v)))
         }
-        (Plugin::Main, Command::Del) => {
-            crate::verbs::del::run(&env, &conf, attachment(&env)?).map(|_| None)
-        }
+        (Plugin::Main, Command::Del) => Err(Error::InvalidEnv("DEL is served above".into())),
         (Plugin::Main, Command::Check) => {
             crate::verbs::check::run(&env, &conf, attachment(&env)?).map(|_| None)
         }

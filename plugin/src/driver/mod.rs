@@ -30,22 +30,18 @@ impl fmt::Display for Driver {
 
 /// The drivers to try, in order.
 /// - A fixed choice is tried alone.
-/// - `auto` tries the remembered driver first, then the other one.
+/// - `auto` tries macvlan, then ipvlan. A remembered ipvlan does not change that: while the master
+///   carries ipvlan children, macvlan fails at once (EBUSY, one netlink round trip) and ipvlan
+///   follows; once the last ipvlan child is gone, macvlan gets its chance again, so one missed probe
+///   (a router rebooting) does not pin ipvlan on the master for good.
 /// - `auto` on a Wi-Fi master goes straight to ipvlan: access points drop frames whose source MAC is
 ///   not the associated station's, so a macvlan would be created but never heard.
-pub fn order(
-    choice: DriverChoice,
-    remembered: Option<Driver>,
-    wireless_master: bool,
-) -> Vec<Driver> {
+pub fn order(choice: DriverChoice, wireless_master: bool) -> Vec<Driver> {
     match choice {
         DriverChoice::Macvlan => vec![Driver::Macvlan],
         DriverChoice::Ipvlan => vec![Driver::Ipvlan],
         DriverChoice::Auto if wireless_master => vec![Driver::Ipvlan],
-        DriverChoice::Auto => match remembered {
-            Some(Driver::Ipvlan) => vec![Driver::Ipvlan, Driver::Macvlan],
-            _ => vec![Driver::Macvlan, Driver::Ipvlan],
-        },
+        DriverChoice::Auto => vec![Driver::Macvlan, Driver::Ipvlan],
     }
 }
 
@@ -91,27 +87,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_prefers_macvlan_then_what_worked() {
+    fn auto_tries_macvlan_first_except_on_wifi() {
         assert_eq!(
-            order(DriverChoice::Auto, None, false),
+            order(DriverChoice::Auto, false),
             vec![Driver::Macvlan, Driver::Ipvlan]
         );
-        assert_eq!(
-            order(DriverChoice::Auto, Some(Driver::Ipvlan), false),
-            vec![Driver::Ipvlan, Driver::Macvlan]
-        );
-        assert_eq!(
-            order(DriverChoice::Auto, Some(Driver::Macvlan), true),
-            vec![Driver::Ipvlan]
-        );
-        assert_eq!(
-            order(DriverChoice::Macvlan, Some(Driver::Ipvlan), false),
-            vec![Driver::Macvlan]
-        );
-        assert_eq!(
-            order(DriverChoice::Ipvlan, None, false),
-            vec![Driver::Ipvlan]
-        );
+        assert_eq!(order(DriverChoice::Auto, true), vec![Driver::Ipvlan]);
+        assert_eq!(order(DriverChoice::Macvlan, true), vec![Driver::Macvlan]);
+        assert_eq!(order(DriverChoice::Ipvlan, false), vec![Driver::Ipvlan]);
     }
 
     #[test]

@@ -164,11 +164,8 @@ struct Ctx<'a> {
 fn attach(ctx: &Ctx, nl: &mut Netlink, addrs: &mut Allocation) -> Result<(Link, Driver)> {
     let Ctx { conf, master, .. } = *ctx;
     let remembered = memory::load(&conf.state_dir, &master.name).map(|r| r.driver);
-    if let (Some(d), DriverChoice::Auto) = (remembered, conf.driver) {
-        tracing::debug!(driver = %d, master = %master.name, "trying the driver remembered for this master first");
-    }
     let wireless = master::is_wireless(&master.name);
-    let order = driver::order(conf.driver, remembered, wireless);
+    let order = driver::order(conf.driver, wireless);
     if wireless && conf.driver == DriverChoice::Auto {
         tracing::info!(master = %master.name, "master is a Wi-Fi interface: using ipvlan");
     }

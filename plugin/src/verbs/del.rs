@@ -1,44 +1,55 @@
 //! DEL: the pod's addresses come off the wire first, so that they can be handed out again at once;
 //! then the link is deleted while the lease is released (deleting a link waits ~15 ms for an RCU
-//! grace period, the lease release waits on the disk: the two overlap). Idempotent, and succeeds with
-//! an empty CNI_NETNS, a namespace that is gone, or a link that is gone.
+//! grace period, the lease release waits on the disk or the API server: the two overlap).
+//!
+//! DEL is lenient, as runtimes need it to be: kubelet retries a failing DEL forever and the pod
+//! stays Terminating. So:
+//! - it reads only what it needs of the configuration ([`DelConf`]): a key ADD would refuse today
+//!   does not stop it;
+//! - the link comes off using only `CNI_NETNS` and `CNI_IFNAME`; an empty `CNI_NETNS`, a namespace
+//!   that is gone or is no namespace any more, and a link that is gone all mean "nothing to delete";
+//! - the store is opened only after the link part started, and its failure (an unreachable API
+//!   server) never keeps the link: DEL then fails with the store's error, the runtime retries, and
+//!   the retry only has the release left to do.
+//! - Idempotent.
 
 use std::sync::mpsc;
 
+use iotlan_ipam::{Attachment as PoolAttachment, StoreConfig};
+
 use crate::cni::env::{Attachment, Env};
-use crate::config::NetConf;
+use crate::config::DelConf;
 use crate::error::{Error, Result};
-use crate::ipam::Ipam;
+use crate::ipam::IN_PROCESS_TYPE;
 use crate::netlink::Netlink;
 use crate::netns::Netns;
 use crate::pod;
 
-pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<()> {
-    let ipam = Ipam::for_config(env, conf)?;
-    let pod_ns = match &att.netns {
-        None => None,
-        Some(path) => match Netns::open(path) {
-            Ok(ns) => {
-                if ns.is_none() {
-                    tracing::debug!(netns = %path.display(), "the pod's namespace is gone: no link to delete");
-                }
-                ns
-            }
-            // Not a namespace any more (e.g. the bind mount was replaced): nothing of ours to delete.
-            Err(e) => {
-                tracing::warn!(netns = %path.display(), error = %e, "cannot open the pod's namespace");
-                None
-            }
-        },
-    };
+pub fn run(env: &Env, conf: &DelConf, att: &Attachment) -> Result<()> {
+    let pod_ns = att.netns.as_ref().and_then(|path| match Netns::open(path) {
+        Ok(None) => {
+            tracing::debug!(netns = %path.display(), "the pod's namespace is gone: no link to delete");
+            None
+        }
+        Ok(Some(ns)) => Some(ns),
+        Err(e) => {
+            tracing::warn!(netns = %path.display(), error = %e, "cannot open the pod's namespace: no link to delete");
+            None
+        }
+    });
     let Some(pod_ns) = pod_ns else {
-        return release(&ipam, conf, att);
+        return release(env, conf, att);
     };
     let (withdrawn, addresses_off) = mpsc::channel::<()>();
     std::thread::scope(|s| {
         // Only this worker enters the pod's namespace; it ends there.
         let unlink = s.spawn(move || -> Result<bool> {
-            pod_ns.enter_for_this_thread()?;
+            if let Err(e) = pod_ns.enter_for_this_thread() {
+                // Not a network namespace (the runtime replaced its bind mount): nothing of ours.
+                tracing::warn!(error = %e, "CNI_NETNS is not a network namespace: no link to delete");
+                let _ = withdrawn.send(());
+                return Ok(false);
+            }
             let mut nl = Netlink::open()
                 .map_err(|e| Error::netlink("cannot open a netlink socket in the pod", e))?;
             let link = pod::find_ours(&mut nl, &att.ifname)?;
@@ -53,7 +64,7 @@ pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<()> {
         });
         // The lease is released only once its addresses are off the wire; if the worker failed
         // before that, the lease stays and the runtime retries DEL.
-        let released = addresses_off.recv().ok().map(|_| release(&ipam, conf, att));
+        let released = addresses_off.recv().ok().map(|_| release(env, conf, att));
         let unlinked = unlink
             .join()
             .map_err(|_| Error::Link("the link deletion thread panicked".into()))??;
@@ -62,8 +73,28 @@ pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<()> {
     })
 }
 
-fn release(ipam: &Ipam, conf: &NetConf, att: &Attachment) -> Result<()> {
-    ipam.del(conf, att)?;
+/// Releases what the attachment holds in its network's pool (or through the delegated plugin).
+fn release(env: &Env, conf: &DelConf, att: &Attachment) -> Result<()> {
+    let (Some(name), Some(ipam_type)) = (&conf.name, &conf.ipam_type) else {
+        tracing::error!(container = %att.container_id, ifname = %att.ifname,
+            "DEL's configuration names no network or ipam.type: nothing can be released \
+             (the node agent's reconcile frees a lease left so)");
+        return Ok(());
+    };
+    if ipam_type != IN_PROCESS_TYPE {
+        crate::ipam::delegate(env, ipam_type)?.del_raw(&conf.raw)?;
+    } else {
+        let store_cfg: StoreConfig = match conf.ipam.get("store") {
+            None => StoreConfig::default(),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| Error::InvalidConfig(format!("ipam.store: {e}")))?,
+        };
+        let store = iotlan_ipam::open_store_of(name, &store_cfg)?;
+        let att = PoolAttachment::new(att.container_id.clone(), att.ifname.clone());
+        for l in store.release(&att)? {
+            tracing::info!(ip = %l.ip, identity = %l.identity, "released");
+        }
+    }
     tracing::info!(container = %att.container_id, ifname = %att.ifname, "deleted");
     Ok(())
 }
