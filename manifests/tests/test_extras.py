@@ -24,7 +24,7 @@ CHANGED = {  # site.yaml values a user might have, none of them equal to an exam
     "codeServerHost": "vs.lab.test", "esphomeHost": "esp.lab.test",
     "zigbeeNodeLabel": "node-role.kubernetes.io/zigbee-ctrl", "zwaveNodeLabel": "node-role.kubernetes.io/zwave-ctrl",
     "radioTaintKey": "du5t1n.me/machine", "dialoutGid": 18,
-    "zigbeeDevice": "/dev/serial/by-id/usb-zigbee-test", "zwaveDevice": "/dev/serial/by-id/usb-zwave-test",
+    "zigbeeAdapter": "ember", "zigbeeDevice": "/dev/serial/by-id/usb-zigbee-test", "zwaveDevice": "/dev/serial/by-id/usb-zwave-test",
 }
 EXAMPLES = ["192.168.20.", "10.42.0.0", "example.com", "home-assistant/radio", "Zooz_800", "ITead_Sonoff"]
 
@@ -71,6 +71,9 @@ def test_site_yaml_is_the_one_file_of_addresses(oid, changed_site):
     for app, label, dev in (("zigbee2mqtt", "zigbeeNodeLabel", "zigbeeDevice"), ("zwave-js-ui", "zwaveNodeLabel", "zwaveDevice")):
         spec = one(docs, "StatefulSet", app)["spec"]["template"]["spec"]
         assert spec["securityContext"]["supplementalGroups"] == [18]
+        if app == "zigbee2mqtt":
+            env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+            assert env["ZIGBEE2MQTT_CONFIG_SERIAL_ADAPTER"] == "ember"
         assert [v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v] == [CHANGED[dev]]
         if oid.endswith("multi-node"):
             exprs = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
