@@ -113,7 +113,8 @@ def targets():
     out = []
     for d in _all_kustomization_dirs():
         out.append(Target(d, component=_kind_of(d) == "Component"))
-    # every overlay with each optional component it does not already list
+    # every overlay with each optional component it does not already list (avoid-radio-node is multi-node's own
+    # part: on one node there is no radio node to avoid)
     for d in _all_kustomization_dirs():
         if d.relative_to(MANIFESTS).parts[:2] == ("home-assistant", "overlays"):
             have = overlay_components(d)
@@ -156,6 +157,7 @@ def _render_overlay_with(overlay_dir, extra):
     with tempfile.TemporaryDirectory(prefix="iotlan-kustomize-") as tmp:
         doc = overlay_copy(overlay_dir, tmp, extra)
         pathlib.Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump(doc))
+        # the copy lives in a temp dir, so an overlay's patch files (if it had any) would sit outside its root
         res = run([kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", tmp])
     assert res.returncode == 0, f"kubectl kustomize of {overlay_dir} + {extra} failed:\n{res.stderr}"
     return res.stdout
