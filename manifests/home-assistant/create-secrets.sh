@@ -54,18 +54,23 @@ if exists mosquitto-passwd; then
     echo "secret/mosquitto-passwd exists, kept (and with it the MQTT client Secrets)"
 else
     ha_mqtt=$(rand) z2m_mqtt=$(rand) nodered_mqtt=$(rand)
+    # LAN devices (Shelly, Tasmota, ESPHome) share one user; 24 characters fit every firmware's password field.
+    devices_mqtt=$(python3 -c 'import secrets; print(secrets.token_hex(12))')
     passwd_file=$(mktemp)
     trap 'rm -f "$passwd_file"' EXIT
     {
         mosquitto_line homeassistant "$ha_mqtt"
         mosquitto_line zigbee2mqtt "$z2m_mqtt"
         mosquitto_line nodered "$nodered_mqtt"
+        mosquitto_line devices "$devices_mqtt"
     } >"$passwd_file"
     make mosquitto-passwd --from-file=passwd="$passwd_file"
     # For the user to read when adding HA's MQTT integration (host mosquitto, port 1883).
     make mqtt-home-assistant --from-literal=username=homeassistant --from-literal=password="$ha_mqtt"
     make mqtt-zigbee2mqtt --from-literal=username=zigbee2mqtt --from-literal=password="$z2m_mqtt"
     make mqtt-node-red --from-literal=username=nodered --from-literal=password="$nodered_mqtt"
+    # For the devices' own MQTT settings: server = mosquittoLanIp (components/site/site.yaml), port 1883.
+    make mqtt-devices --from-literal=username=devices --from-literal=password="$devices_mqtt"
 fi
 
 make zwave-js-ui --from-literal=session-secret="$(rand)"
@@ -80,4 +85,19 @@ if [ -n "${AUTHELIA_USERS_FILE:-}" ]; then
         --from-file=users_database.yml="$AUTHELIA_USERS_FILE"
 else
     echo "secret/authelia skipped: set AUTHELIA_USERS_FILE to your users_database.yml (see manifests/README.md)"
+fi
+
+# --dry-run: make DIR a kustomization Flux can apply (manifests/flux/home-assistant-secrets.yaml), so that the
+# files only need `sops --encrypt --in-place` (rules in manifests/flux/.sops.yaml) before they are committed.
+if [ -n "$OUT" ]; then
+    kubectl create namespace "$NS" --dry-run=client -o yaml >"$OUT/namespace.yaml"
+    {
+        echo "apiVersion: kustomize.config.k8s.io/v1beta1"
+        echo "kind: Kustomization"
+        echo "resources:"
+        for f in "$OUT"/*.yaml; do
+            case "${f##*/}" in kustomization.yaml) ;; *) echo "  - ${f##*/}" ;; esac
+        done
+    } >"$OUT/kustomization.yaml"
+    echo "wrote $OUT/kustomization.yaml: encrypt the Secret files with sops before committing them"
 fi

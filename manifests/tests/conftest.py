@@ -73,12 +73,16 @@ def _base_for_component(component_dir):
 
 
 class Target:
-    """Something `kubectl kustomize` renders: a kustomization, or a component on its base."""
+    """Something `kubectl kustomize` renders: a kustomization, a component on its base, or an overlay with one
+    more optional component (inserted where a user would: before components/site)."""
 
-    def __init__(self, path, component=False):
+    def __init__(self, path, component=False, extra=None):
         self.path = path
         self.component = component
+        self.extra = extra
         self.id = str(path.relative_to(MANIFESTS)) + (" (on its base)" if component else "")
+        if extra:
+            self.id += f" + {extra.name}"
 
     def __repr__(self):
         return self.id
@@ -92,10 +96,31 @@ class Target:
         return self.path.relative_to(MANIFESTS).parts[:2] == ("home-assistant", "overlays")
 
 
+HA_COMPONENTS = MANIFESTS / "home-assistant" / "components"
+SITE_COMPONENT = HA_COMPONENTS / "site"
+
+
+def overlay_components(overlay_dir):
+    doc = yaml.safe_load((overlay_dir / "kustomization.yaml").read_text())
+    return [(overlay_dir / c).resolve() for c in doc.get("components", [])]
+
+
+def optional_components():
+    return sorted(d for d in HA_COMPONENTS.iterdir() if (d / "kustomization.yaml").exists() and d != SITE_COMPONENT)
+
+
 def targets():
     out = []
     for d in _all_kustomization_dirs():
         out.append(Target(d, component=_kind_of(d) == "Component"))
+    # every overlay with each optional component it does not already list (avoid-radio-node is multi-node's own
+    # part: on one node there is no radio node to avoid)
+    for d in _all_kustomization_dirs():
+        if d.relative_to(MANIFESTS).parts[:2] == ("home-assistant", "overlays"):
+            have = overlay_components(d)
+            for c in optional_components():
+                if c.resolve() not in have and c.name != "avoid-radio-node":
+                    out.append(Target(d, extra=c))
     return out
 
 
@@ -104,7 +129,38 @@ TARGET_IDS = [t.id for t in TARGETS]
 
 
 def render_text(target):
+    if target.extra:
+        return _render_overlay_with(target.path, target.extra)
     return _render_text(target.path, target.component)
+
+
+def overlay_copy(overlay_dir, tmp, extra=None):
+    """The overlay's kustomization.yaml rewritten for directory tmp, with component `extra` inserted before
+    components/site (the place the README tells users to add one)."""
+    doc = yaml.safe_load((overlay_dir / "kustomization.yaml").read_text())
+    rel = lambda p: os.path.relpath((overlay_dir / p).resolve(), tmp)
+    doc["resources"] = [rel(r) for r in doc.get("resources", [])]
+    comps = [(overlay_dir / c).resolve() for c in doc.get("components", [])]
+    if extra is not None:
+        at = comps.index(SITE_COMPONENT) if SITE_COMPONENT in comps else len(comps)
+        comps.insert(at, extra.resolve())
+    doc["components"] = [os.path.relpath(c, tmp) for c in comps]
+    for patch in doc.get("patches", []):
+        if "path" in patch:
+            patch["path"] = rel(patch["path"])
+    return doc
+
+
+@functools.lru_cache(maxsize=None)
+def _render_overlay_with(overlay_dir, extra):
+    kubectl = tool("kubectl")
+    with tempfile.TemporaryDirectory(prefix="iotlan-kustomize-") as tmp:
+        doc = overlay_copy(overlay_dir, tmp, extra)
+        pathlib.Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump(doc))
+        # the copy lives in a temp dir, so an overlay's patch files (if it had any) would sit outside its root
+        res = run([kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", tmp])
+    assert res.returncode == 0, f"kubectl kustomize of {overlay_dir} + {extra} failed:\n{res.stderr}"
+    return res.stdout
 
 
 @functools.lru_cache(maxsize=None)
@@ -214,4 +270,19 @@ def generated_secrets():
         env = dict(os.environ, AUTHELIA_USERS_FILE=str(users))
         res = run(["bash", str(MANIFESTS / "home-assistant" / "create-secrets.sh"), "--dry-run", str(out)], env=env)
         assert res.returncode == 0, f"create-secrets.sh --dry-run failed:\n{res.stdout}\n{res.stderr}"
-        return {p.stem: yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))}
+        docs = {p.stem: yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))}
+        return {name: d for name, d in docs.items() if d.get("kind") == "Secret"}
+
+
+@functools.lru_cache(maxsize=None)
+def generated_secret_files():
+    """All files create-secrets.sh --dry-run writes (Secrets, namespace, kustomization), by file name."""
+    tool("kubectl")
+    with tempfile.TemporaryDirectory(prefix="iotlan-secrets-") as tmp:
+        users = pathlib.Path(tmp, "users_database.yml")
+        users.write_text("users: {}\n")
+        out = pathlib.Path(tmp, "out")
+        env = dict(os.environ, AUTHELIA_USERS_FILE=str(users))
+        res = run(["bash", str(MANIFESTS / "home-assistant" / "create-secrets.sh"), "--dry-run", str(out)], env=env)
+        assert res.returncode == 0, res.stderr
+        return {p.name: p.read_text() for p in sorted(out.iterdir())}

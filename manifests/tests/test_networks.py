@@ -253,8 +253,26 @@ def test_home_assistant_requests_its_reserved_address(target):
     assert [s["name"] for s in sel] == ["iot"]
     iot = [n for n in nads(docs) if n["metadata"]["name"] == "iot"][0]
     assert iot["metadata"]["namespace"] == HA_NAMESPACE
+    # the reservation (found by pod name) is the one place of HA's address; no second copy in the annotation
     reserved = cni_config(iot)["ipam"]["reservations"][f"{HA_NAMESPACE}/home-assistant-0"]
-    assert [str(ipaddress.ip_interface(i).ip) for i in sel[0]["ips"]] == [reserved]
+    assert ipaddress.ip_address(reserved) in ipaddress.ip_network(cni_config(iot)["ipam"]["subnet"])
+    assert not sel[0].get("ips"), "HA's address belongs in the NAD's reservation only (site.yaml)"
+
+
+@pytest.mark.parametrize("target", HA_OVERLAYS, ids=[t.id for t in HA_OVERLAYS])
+def test_mosquitto_has_a_reserved_lan_address_for_devices(target):
+    """LAN devices (Shelly, Tasmota, ESPHome) publish to the broker: it is on net1 with a reserved address of its
+    own, distinct from HA's and outside the pool that other pods draw from."""
+    docs = render(target)
+    sts = [o for o, _, _ in workloads(docs) if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "mosquitto"][0]
+    sel = parse_networks(sts["spec"]["template"]["metadata"]["annotations"][NETWORKS_ANNOTATION])
+    assert [s["name"] for s in sel] == ["iot"] and not sel[0].get("ips")
+    ipam = cni_config(find(docs, "NetworkAttachmentDefinition", "iot")[0])["ipam"]
+    mqtt = ipaddress.ip_address(ipam["reservations"][f"{HA_NAMESPACE}/mosquitto-0"])
+    ha = ipaddress.ip_address(ipam["reservations"][f"{HA_NAMESPACE}/home-assistant-0"])
+    subnet = ipaddress.ip_network(ipam["subnet"])
+    pool = [ip_range(r, subnet) for r in ipam["pool"]]
+    assert mqtt != ha and mqtt in subnet and not in_ranges(mqtt, pool)
 
 
 def test_single_node_uses_the_file_store_and_multi_node_the_cluster_store():

@@ -12,7 +12,8 @@ from conftest import MANIFESTS, TARGET_IDS, TARGETS, generated_secrets, render, 
 
 # Kinds the Kubernetes JSON schemas do not know. kubernetes-validate only warns on them; test_networks.py and
 # test_apps.py check these kinds themselves.
-OWN_CHECKED_KINDS = {"NetworkAttachmentDefinition", "Middleware"}
+# (Flux Kustomization, the zalando `postgresql` and CloudNativePG `Cluster`: test_extras.py checks their required fields.)
+OWN_CHECKED_KINDS = {"NetworkAttachmentDefinition", "Middleware", "Kustomization", "postgresql", "Cluster"}
 K3S_ERA_VERSION = "1.30.0"
 
 
@@ -29,9 +30,15 @@ def test_discovers_every_expected_kustomization():
         "home-assistant/base",
         "home-assistant/overlays/k3s-single-node",
         "home-assistant/overlays/multi-node",
+        "flux",
     ] + [f"home-assistant/components/{c} (on its base)" for c in
-         ["piper", "whisper", "node-red", "esphome", "code-server", "authelia"]]:
+         ["piper", "whisper", "node-red", "esphome", "code-server", "authelia", "site", "ingress-nginx",
+          "bluetooth", "postgres-zalando", "postgres-cnpg", "avoid-radio-node"]]:
         assert expected in ids
+    # each overlay with each optional component it does not list itself
+    for overlay in ("k3s-single-node", "multi-node"):
+        for c in ("ingress-nginx", "bluetooth", "postgres-zalando", "postgres-cnpg"):
+            assert f"home-assistant/overlays/{overlay} + {c}" in ids
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)

@@ -11,10 +11,15 @@ done
 if [ ! -s /config/configuration.yaml ]; then
     cp /seed/configuration.yaml /config/configuration.yaml
 fi
-# 3. First run only: reverse-proxy trust. Since 2026.8 HA keeps it in .storage/http (the YAML http: block is
-#    imported once and then ignored), so it is seeded here; change it later in the UI or delete the file and
-#    restart to re-seed it from this ConfigMap.
+# 3. First run only: reverse-proxy trust. Since 2026.8 HA keeps its http settings in .storage/http, a store
+#    at version 2 (homeassistant/components/http/config.py): `stable` is what HA boots with, `pending` an
+#    unconfirmed trial that HA reverts after 5 minutes, `yaml_migration_done` says the http: YAML block was
+#    already imported. The seed is that version-2 file with our settings in `stable`, no `pending` and the
+#    migration marked done, so HA neither migrates it nor imports YAML defaults over it. (A version-1 file, or
+#    an http: block in configuration.yaml, would end up in `pending`: 400 through the Ingress, then a revert.)
+#    Change it later under Settings -> System -> Network, or delete the file and restart HA to re-seed it.
 mkdir -p /config/.storage
 if [ ! -s /config/.storage/http ]; then
     cp /seed/http.json /config/.storage/http
+    chmod 0600 /config/.storage/http  # HA writes this store as a private file
 fi

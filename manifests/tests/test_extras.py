@@ -1,0 +1,247 @@
+"""The one file of addresses (components/site), the ingress-nginx choice, Bluetooth, the database operators,
+Flux, the SOPS-ready Secrets, the /config backup and SELinux: what a user would check after rendering."""
+
+import ipaddress
+import json
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+import yaml
+
+from conftest import (HA_NAMESPACE, MANIFESTS, TARGETS, find, generated_secret_files, one, render, render_text,
+                      run, tool, workloads)
+
+BY_ID = {t.id: t for t in TARGETS}
+OVERLAY_IDS = ["home-assistant/overlays/k3s-single-node", "home-assistant/overlays/multi-node"]
+CHANGED = {  # site.yaml values a user might have, none of them equal to an example value
+    "lanSubnet": "10.77.3.0/24", "lanGateway": "10.77.3.254", "lanPool": "10.77.3.100-10.77.3.120",
+    "homeAssistantLanIp": "10.77.3.10", "mosquittoLanIp": "10.77.3.11", "podCidr": "10.88.0.0/14",
+    "domain": "lab.test", "homeAssistantHost": "hass.lab.test", "autheliaHost": "login.lab.test",
+    "zigbee2mqttHost": "z2m.lab.test", "zwaveJsUiHost": "zw.lab.test", "nodeRedHost": "nr.lab.test",
+    "codeServerHost": "vs.lab.test", "esphomeHost": "esp.lab.test",
+    "zigbeeNodeLabel": "node-role.kubernetes.io/zigbee-ctrl", "zwaveNodeLabel": "node-role.kubernetes.io/zwave-ctrl",
+    "radioTaintKey": "du5t1n.me/machine", "dialoutGid": 18,
+    "zigbeeAdapter": "ember", "zigbeeDevice": "/dev/serial/by-id/usb-zigbee-test", "zwaveDevice": "/dev/serial/by-id/usb-zwave-test",
+}
+EXAMPLES = ["192.168.20.", "10.42.0.0", "example.com", "home-assistant/radio", "Zooz_800", "ITead_Sonoff"]
+
+
+@pytest.fixture(scope="module")
+def changed_site():
+    """Both overlays rendered from a copy of manifests/ whose site.yaml holds CHANGED: {overlay id: docs}."""
+    kubectl = tool("kubectl")
+    with tempfile.TemporaryDirectory(prefix="iotlan-site-") as tmp:
+        copy = pathlib.Path(tmp, "manifests")
+        shutil.copytree(MANIFESTS, copy, ignore=shutil.ignore_patterns("tests", ".pytest_cache"))
+        site = copy / "home-assistant/components/site/site.yaml"
+        doc = yaml.safe_load(site.read_text())
+        assert set(CHANGED) == set(doc["spec"]), "CHANGED must cover every key of site.yaml"
+        doc["spec"] = CHANGED
+        site.write_text(yaml.safe_dump(doc))
+        out = {}
+        for oid in OVERLAY_IDS:
+            res = run([kubectl, "kustomize", str(copy / oid)])
+            assert res.returncode == 0, res.stderr
+            out[oid] = res.stdout
+        return out
+
+
+@pytest.mark.parametrize("oid", OVERLAY_IDS)
+def test_site_yaml_is_the_one_file_of_addresses(oid, changed_site):
+    text = changed_site[oid]
+    left = [e for e in EXAMPLES if e in text]
+    assert not left, f"example values left in the render after editing site.yaml only: {left}"
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    ipam = json.loads(one(docs, "NetworkAttachmentDefinition", "iot")["spec"]["config"])["ipam"]
+    assert (ipam["subnet"], ipam["gateway"], ipam["pool"]) == (CHANGED["lanSubnet"], CHANGED["lanGateway"], [CHANGED["lanPool"]])
+    assert ipam["reservations"] == {f"{HA_NAMESPACE}/home-assistant-0": CHANGED["homeAssistantLanIp"],
+                                    f"{HA_NAMESPACE}/mosquitto-0": CHANGED["mosquittoLanIp"]}
+    seed = [c for c in find(docs, "ConfigMap") if c["metadata"]["name"].startswith("home-assistant-seed")][0]
+    assert json.loads(seed["data"]["http.json"])["data"]["stable"]["trusted_proxies"] == [CHANGED["podCidr"]]
+    hosts = {i["metadata"]["name"]: (i["spec"]["rules"][0]["host"], i["spec"]["tls"][0]["hosts"][0])
+             for i in find(docs, "Ingress")}
+    assert hosts["home-assistant"] == (CHANGED["homeAssistantHost"],) * 2
+    assert hosts["zwave-js-ui"] == (CHANGED["zwaveJsUiHost"],) * 2
+    env = {e["name"]: e.get("value") for e in
+           one(docs, "StatefulSet", "authelia")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SITE_DOMAIN"] == CHANGED["domain"] and env["SITE_AUTH_HOST"] == CHANGED["autheliaHost"]
+    for app, label, dev in (("zigbee2mqtt", "zigbeeNodeLabel", "zigbeeDevice"), ("zwave-js-ui", "zwaveNodeLabel", "zwaveDevice")):
+        spec = one(docs, "StatefulSet", app)["spec"]["template"]["spec"]
+        assert spec["securityContext"]["supplementalGroups"] == [18]
+        if app == "zigbee2mqtt":
+            env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+            assert env["ZIGBEE2MQTT_CONFIG_SERIAL_ADAPTER"] == "ember"
+        assert [v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v] == [CHANGED[dev]]
+        if oid.endswith("multi-node"):
+            exprs = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+                "nodeSelectorTerms"][0]["matchExpressions"]
+            assert exprs == [{"key": CHANGED[label], "operator": "Exists"}]
+            assert spec["tolerations"] == [{"key": CHANGED["radioTaintKey"], "operator": "Exists"}]
+    if oid.endswith("multi-node"):  # everything else avoids both radio labels
+        ha = one(docs, "StatefulSet", "home-assistant")["spec"]["template"]["spec"]
+        exprs = ha["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"][0]["matchExpressions"]
+        assert {e["key"] for e in exprs if e["operator"] == "DoesNotExist"} == {CHANGED["zigbeeNodeLabel"], CHANGED["zwaveNodeLabel"]}
+
+
+def test_overlays_list_site_last():
+    for oid in OVERLAY_IDS:
+        comps = yaml.safe_load((MANIFESTS / oid / "kustomization.yaml").read_text())["components"]
+        assert comps[-1] == "../../components/site", f"{oid}: components/site must come last"
+
+
+# ------------------------------------------------------------------------------------------ ingress-nginx
+
+
+@pytest.mark.parametrize("oid", OVERLAY_IDS)
+def test_ingress_nginx_replaces_traefik_everywhere(oid):
+    docs = render(BY_ID[f"{oid} + ingress-nginx"])
+    objects = yaml.safe_dump_all([d for d in docs if d["kind"] != "ConfigMap"])  # (config comments may name it)
+    assert "traefik" not in objects.lower()
+    assert {i["spec"]["ingressClassName"] for i in find(docs, "Ingress")} == {"nginx"}
+    nginx_peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+                  "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}}}
+    exposed = {i["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] for i in find(docs, "Ingress")}
+    for name in exposed:
+        policy = one(docs, "NetworkPolicy", name)
+        assert nginx_peer in policy["spec"]["ingress"][0]["from"], name
+    for ing in find(docs, "Ingress"):
+        signin = (ing["metadata"].get("annotations") or {}).get("nginx.ingress.kubernetes.io/auth-signin")
+        if signin:
+            auth_host = one(docs, "Ingress", "authelia")["spec"]["rules"][0]["host"]
+            assert signin.startswith(f"https://{auth_host}/"), "site's autheliaHost reaches auth-signin"
+
+
+@pytest.mark.parametrize("oid", OVERLAY_IDS)
+def test_traefik_is_the_default_controller(oid):
+    docs = render(BY_ID[oid])
+    assert {i["spec"]["ingressClassName"] for i in find(docs, "Ingress")} == {"traefik"}
+    assert one(docs, "Middleware", "authelia")
+
+
+# ------------------------------------------------------------------------------------------------ Bluetooth
+
+
+@pytest.mark.parametrize("oid", OVERLAY_IDS)
+def test_bluetooth_pins_ha_and_grants_only_net_admin_and_net_raw(oid):
+    docs = render(BY_ID[f"{oid} + bluetooth"])
+    spec = one(docs, "StatefulSet", "home-assistant")["spec"]["template"]["spec"]
+    assert spec["nodeSelector"]["home-assistant/bluetooth"] == "true"
+    ha = spec["containers"][0]
+    assert sorted(ha["securityContext"]["capabilities"]["add"]) == ["NET_ADMIN", "NET_RAW"]
+    assert ha["securityContext"]["capabilities"]["drop"] == ["ALL"] and not ha["securityContext"].get("privileged")
+    dbus = [v for v in spec["volumes"] if v["name"] == "dbus"][0]
+    assert dbus["hostPath"] == {"path": "/run/dbus", "type": "Directory"}
+    assert {"name": "dbus", "mountPath": "/run/dbus", "readOnly": True} in ha["volumeMounts"]
+    assert "org.bluez" in (MANIFESTS / "home-assistant/components/bluetooth/bluez-policy.conf").read_text()
+
+
+# ------------------------------------------------------------------------------------ database operators
+
+
+@pytest.mark.parametrize("oid", OVERLAY_IDS)
+def test_zalando_postgresql_resource(oid):
+    docs = render(BY_ID[f"{oid} + postgres-zalando"])
+    pg = one(docs, "postgresql", "home-assistant-db")
+    assert pg["apiVersion"] == "acid.zalan.do/v1"
+    spec = pg["spec"]
+    assert pg["metadata"]["name"].startswith(spec["teamId"] + "-"), "the operator requires the teamId prefix"
+    assert spec["numberOfInstances"] >= 1 and spec["volume"]["size"] and spec["postgresql"]["version"]
+    assert "homeassistant" in spec["users"] and spec["databases"] == {"homeassistant": "homeassistant"}
+    policy = one(docs, "NetworkPolicy", "home-assistant-db")
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"cluster-name": "home-assistant-db"}
+    assert not find(docs, "StatefulSet", "postgres")
+
+
+@pytest.mark.parametrize("oid", OVERLAY_IDS)
+def test_cnpg_cluster_resource(oid):
+    docs = render(BY_ID[f"{oid} + postgres-cnpg"])
+    cl = one(docs, "Cluster", "home-assistant-db")
+    assert cl["apiVersion"] == "postgresql.cnpg.io/v1"
+    spec = cl["spec"]
+    assert spec["instances"] >= 1 and spec["storage"]["size"] and ":" in spec["imageName"]
+    assert spec["bootstrap"]["initdb"] == {"database": "homeassistant", "owner": "homeassistant"}
+    policy = one(docs, "NetworkPolicy", "home-assistant-db")
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"cnpg.io/cluster": "home-assistant-db"}
+    assert not find(docs, "StatefulSet", "postgres")
+
+
+def test_built_in_postgres_stays_the_default():
+    for oid in OVERLAY_IDS:
+        docs = render(BY_ID[oid])
+        assert one(docs, "StatefulSet", "postgres") and not find(docs, "postgresql") and not find(docs, "Cluster")
+
+
+# ----------------------------------------------------------------------------------------------------- Flux
+
+
+def test_flux_kustomizations_chain_multus_iotlan_home_assistant():
+    docs = render(BY_ID["flux"])
+    ks = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Kustomization"}
+    for name, d in ks.items():
+        assert d["apiVersion"] == "kustomize.toolkit.fluxcd.io/v1" and d["metadata"]["namespace"] == "flux-system"
+        spec = d["spec"]
+        assert spec["interval"] and spec["prune"] is True and spec["sourceRef"]["kind"] == "GitRepository"
+        assert spec["path"].startswith("./manifests/")
+        if name != "home-assistant-secrets":  # that one is the user's, written by create-secrets.sh --dry-run
+            assert (MANIFESTS.parent / spec["path"] / "kustomization.yaml").exists(), spec["path"]
+    deps = {n: [x["name"] for x in d["spec"].get("dependsOn", [])] for n, d in ks.items()}
+    assert deps["multus"] == [] and deps["iotlan"] == ["multus"]
+    assert set(deps["home-assistant"]) == {"iotlan", "home-assistant-secrets"}
+    assert ks["home-assistant-secrets"]["spec"]["decryption"]["provider"] == "sops"
+
+
+def test_sops_ready_secret_files():
+    files = generated_secret_files()
+    kust = yaml.safe_load(files["kustomization.yaml"])
+    assert sorted(kust["resources"]) == sorted(f for f in files if f != "kustomization.yaml")
+    assert "namespace.yaml" in kust["resources"] and "mqtt-devices.yaml" in kust["resources"]
+    rules = yaml.safe_load((MANIFESTS / "flux/secrets/.sops.yaml").read_text())["creation_rules"][0]
+    assert rules["encrypted_regex"] == "^(data|stringData)$"
+
+
+# ------------------------------------------------------------------------------------- backups, SELinux
+
+
+def test_config_volume_is_backed_up_next_to_the_database():
+    docs = render(BY_ID["home-assistant/base"])
+    cron = one(docs, "CronJob", "config-backup")
+    spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["schedule"] != \
+        one(docs, "CronJob", "postgres-backup")["spec"]["schedule"]
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in spec["volumes"]}
+    assert claims["config"] == {"claimName": "config-home-assistant-0", "readOnly": True}
+    assert one(docs, "PersistentVolumeClaim", claims["backup"]["claimName"])
+    aff = spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert aff["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": "home-assistant"}, "RWO: HA's node"
+    script = spec["containers"][0]["args"][0]
+    assert "tar -C /config" in script and "tar -tzf" in script and "BACKUP_KEEP" in script
+
+
+@pytest.mark.parametrize("tid", ["iotlan/base", "iotlan/k3s", "iotlan/k3s-before-2024-10"])
+def test_iotlan_daemonset_runs_as_spc_t(tid):
+    ds = one(render(BY_ID[tid]), "DaemonSet", "iotlan")
+    assert ds["spec"]["template"]["spec"]["securityContext"]["seLinuxOptions"] == {"type": "spc_t"}
+    assert "spc_t" in (MANIFESTS / "iotlan/base/daemonset.yaml").read_text().split("seLinuxOptions")[0][-600:]
+
+
+def test_radio_apps_may_fetch_updates_over_https_only():
+    docs = render(BY_ID["home-assistant/base"])
+    for name in ("zigbee2mqtt", "zwave-js-ui"):
+        rules = one(docs, "NetworkPolicy", name)["spec"]["egress"]
+        web = [r for r in rules if any("ipBlock" in p for p in r["to"])]
+        assert len(web) == 1 and web[0]["ports"] == [{"protocol": "TCP", "port": 443}]
+        block = web[0]["to"][0]["ipBlock"]
+        assert block["cidr"] == "0.0.0.0/0"
+        assert {ipaddress.ip_network(n) for n in block["except"]} >= {
+            ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")}
+
+
+def test_readme_covers_discovery_on_net1_and_the_dialout_gid():
+    text = (MANIFESTS / "README.md").read_text()
+    assert "Settings → System → Network" in text, "the fallback when multicast is not routed through net1"
+    assert "224.0.0.251" in text and "homeassistant/components/network/util.py" in text
+    assert "getent group dialout" in text
