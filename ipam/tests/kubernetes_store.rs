@@ -56,7 +56,7 @@ impl KubeFixture {
 }
 
 fn store_config(kubeconfig: &Path, extra: Value) -> StoreConfig {
-    let mut v = json!({ "kind": "kubernetes", "namespace": NS, "kubeconfig": kubeconfig });
+    let mut v = json!({ "kind": "kubernetes", "namespace": NS, "kubeconfig": kubeconfig, "gcGraceSeconds": 0 });
     for (k, x) in extra.as_object().unwrap() {
         v[k] = x.clone();
     }
@@ -347,25 +347,38 @@ fn release_of_an_object_deleted_meanwhile_is_idempotent() {
 
 #[test]
 fn a_takeover_loses_to_a_concurrent_change_and_reports_it() {
+    struct Gone;
+    impl iotlan_ipam::SandboxCheck for Gone {
+        fn is_gone(&self, _: &Lease) -> bool {
+            true
+        }
+    }
     let f = KubeFixture::new();
     let pool = v4_pool();
-    let s = f.open();
+    let s = f.open().with_node(Some("vm".into()));
     s.allocate(&pool, &req("home-assistant/home-assistant-0", "old"))
         .unwrap();
-    // The pod is recreated, but just before our replace someone else's sandbox of it took over.
+    // The pod is recreated, but just before our replace a sandbox of it on another node took over.
     let other = lease("192.168.20.100", "home-assistant/home-assistant-0", "other");
     f.server
         .interfere("PUT", NS, &name("192.168.20.100"), object(&other));
-    let got = s
-        .allocate(&pool, &req("home-assistant/home-assistant-0", "new"))
-        .unwrap();
-    // It retries against the current holder (a stale sandbox of the same pod) and takes over.
-    assert_eq!(ips(&got), vec![ip("192.168.20.100")]);
-    assert_eq!(s.find(&Attachment::new("new", "net1")).unwrap().len(), 1);
-    assert!(s
-        .find(&Attachment::new("other", "net1"))
-        .unwrap()
-        .is_empty());
+    let err = s
+        .grant(&pool, &req("home-assistant/home-assistant-0", "new"), &Gone)
+        .unwrap_err();
+    // It re-reads the holder: a sandbox on a node not known to be lost keeps the address.
+    match err {
+        Error::StillInUse {
+            holder_container,
+            holder_node,
+            ..
+        } => {
+            assert_eq!(holder_container, "other");
+            assert_eq!(holder_node.as_deref(), Some("other-node"));
+        }
+        e => panic!("expected StillInUse, got {e:?}"),
+    }
+    assert!(s.find(&Attachment::new("new", "net1")).unwrap().is_empty());
+    assert_eq!(s.find(&Attachment::new("other", "net1")).unwrap().len(), 1);
     assert_eq!(s.leases().unwrap().len(), 1);
 }
 
