@@ -70,9 +70,9 @@ pub mod pool;
 pub mod store;
 
 pub use addr::Family;
+pub use allocator::{Grant, NeverGone, SandboxCheck};
 pub use config::{PoolConfig, StoreConfig};
 pub use error::Error;
-pub use allocator::{Grant, NeverGone, SandboxCheck};
 pub use lease::{AllocRequest, Allocation, Assigned, Attachment, Dns, Lease, Route, Sandbox};
 pub use pool::Pool;
 pub use store::{open_store, open_store_of, FileStore, MemoryStore, Store};

@@ -22,11 +22,7 @@ pub const AGENT_DIRS: [&str; 2] = [
 pub fn local_name(dirs: &[&Path]) -> Option<String> {
     dirs.iter()
         .find_map(|d| read_name(&d.join(NODE_NAME_FILE)))
-        .or_else(|| {
-            std::env::var("MULTUS_NODE_NAME")
-                .ok()
-                .filter(|n| valid(n))
-        })
+        .or_else(|| std::env::var("MULTUS_NODE_NAME").ok().filter(|n| valid(n)))
         .or_else(host_name)
 }
 

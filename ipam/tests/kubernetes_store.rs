@@ -21,7 +21,7 @@ use std::time::Duration;
 use apiserver::ApiServer;
 use contract::{ip, ips, req, req_ip, v4_pool};
 use iotlan_ipam::store::kubernetes::{objects, KubernetesStore, Reconciler};
-use iotlan_ipam::{open_store, Attachment, Error, Lease, Store, StoreConfig};
+use iotlan_ipam::{open_store, Attachment, Error, Lease, SandboxCheck, Store, StoreConfig};
 use serde_json::{json, Value};
 
 const NS: &str = "iotlan-system";
@@ -46,8 +46,9 @@ impl KubeFixture {
         }
     }
 
+    /// GC frees leases of any age here (the contract's GC cases run right after their ADDs).
     fn config(&self) -> StoreConfig {
-        store_config(&self.kubeconfig, json!({}))
+        store_config(&self.kubeconfig, json!({ "gcGraceSeconds": 0 }))
     }
 
     fn open(&self) -> KubernetesStore {
@@ -72,6 +73,15 @@ impl contract::Fixture for KubeFixture {
 }
 
 store_contract_tests!(kubernetes, Box::new(super::KubeFixture::new()));
+
+/// The CNI layer's verdict that every earlier sandbox on this node has left the wire.
+struct Gone;
+
+impl SandboxCheck for Gone {
+    fn is_gone(&self, _: &Lease) -> bool {
+        true
+    }
+}
 
 fn lease(ip_: &str, identity: &str, cid: &str) -> Lease {
     Lease {
@@ -349,16 +359,19 @@ fn release_of_an_object_deleted_meanwhile_is_idempotent() {
 fn a_takeover_loses_to_a_concurrent_change_and_reports_it() {
     let f = KubeFixture::new();
     let pool = v4_pool();
-    let s = f.open();
+    let s = f.open().with_node(Some("node-a".into()));
     s.allocate(&pool, &req("home-assistant/home-assistant-0", "old"))
         .unwrap();
-    // The pod is recreated, but just before our replace someone else's sandbox of it took over.
-    let other = lease("192.168.20.100", "home-assistant/home-assistant-0", "other");
+    // The pod is recreated, but just before our replace another sandbox of it on this node took over.
+    let mut other = lease("192.168.20.100", "home-assistant/home-assistant-0", "other");
+    other.node = Some("node-a".into());
     f.server
         .interfere("PUT", NS, &name("192.168.20.100"), object(&other));
+    // The old sandboxes on this node have left the wire (what the CNI layer's check tells).
     let got = s
-        .allocate(&pool, &req("home-assistant/home-assistant-0", "new"))
-        .unwrap();
+        .grant(&pool, &req("home-assistant/home-assistant-0", "new"), &Gone)
+        .unwrap()
+        .leases;
     // It retries against the current holder (a stale sandbox of the same pod) and takes over.
     assert_eq!(ips(&got), vec![ip("192.168.20.100")]);
     assert_eq!(s.find(&Attachment::new("new", "net1")).unwrap().len(), 1);

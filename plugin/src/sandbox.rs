@@ -155,7 +155,10 @@ mod tests {
         assert!(check.is_gone(&lease(Some("/nonexistent/netns/x"), now())));
         let plain = tempfile::NamedTempFile::new().unwrap();
         let path = plain.path().to_str().unwrap();
-        assert!(check.is_gone(&lease(Some(path), now())), "a plain file is no namespace");
+        assert!(
+            check.is_gone(&lease(Some(path), now())),
+            "a plain file is no namespace"
+        );
         assert!(!check.is_gone(&lease(None, now())));
         assert!(check.is_gone(&lease(None, 0)), "taken before this boot");
     }

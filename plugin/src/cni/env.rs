@@ -72,7 +72,8 @@ impl Attachment {
     /// record or a MAC. A reservation for a second interface is keyed the same way.
     pub fn pool_identity(&self) -> String {
         let identity = self.identity();
-        if self.ifname == FIRST_IFNAME || self.args.name.is_none() || self.args.namespace.is_none() {
+        if self.ifname == FIRST_IFNAME || self.args.name.is_none() || self.args.namespace.is_none()
+        {
             identity
         } else {
             format!("{identity}@{}", self.ifname)
