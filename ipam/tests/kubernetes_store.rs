@@ -10,98 +10,24 @@
 mod contract;
 #[path = "support/apiserver.rs"]
 mod apiserver;
+#[path = "support/kubefix.rs"]
+mod kubefix;
 #[path = "support/tls.rs"]
 mod tls;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use apiserver::ApiServer;
 use contract::{ip, ips, req, req_ip, v4_pool};
 use iotlan_ipam::store::kubernetes::{objects, KubernetesStore, Reconciler};
-use iotlan_ipam::{open_store, Attachment, Error, Lease, SandboxCheck, Store, StoreConfig};
+use iotlan_ipam::{Attachment, Error, Lease, Store};
 use serde_json::{json, Value};
 
-const NS: &str = "iotlan-system";
-const TOKEN: &str = "t0ken";
-
-struct KubeFixture {
-    server: ApiServer,
-    _dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-}
-
-impl KubeFixture {
-    fn new() -> KubeFixture {
-        let server = ApiServer::start();
-        server.set_token(Some(TOKEN));
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = server.kubeconfig(dir.path(), "default", TOKEN);
-        KubeFixture {
-            server,
-            _dir: dir,
-            kubeconfig,
-        }
-    }
-
-    /// GC frees leases of any age here (the contract's GC cases run right after their ADDs).
-    fn config(&self) -> StoreConfig {
-        store_config(&self.kubeconfig, json!({ "gcGraceSeconds": 0 }))
-    }
-
-    fn open(&self) -> KubernetesStore {
-        KubernetesStore::open("iot", &self.config()).unwrap()
-    }
-}
-
-fn store_config(kubeconfig: &Path, extra: Value) -> StoreConfig {
-    let mut v = json!({ "kind": "kubernetes", "namespace": NS, "kubeconfig": kubeconfig });
-    for (k, x) in extra.as_object().unwrap() {
-        v[k] = x.clone();
-    }
-    serde_json::from_value(v).unwrap()
-}
-
-impl contract::Fixture for KubeFixture {
-    fn store(&self) -> Box<dyn Store> {
-        // Through open_store, as the plugin opens it; every handle has its own client.
-        let pool = v4_pool();
-        open_store("iot", &self.config(), &pool).unwrap()
-    }
-}
+use kubefix::{lease, name, object, store_config, Gone, KubeFixture, NS, TOKEN};
 
 store_contract_tests!(kubernetes, Box::new(super::KubeFixture::new()));
-
-/// The CNI layer's verdict that every earlier sandbox on this node has left the wire.
-struct Gone;
-
-impl SandboxCheck for Gone {
-    fn is_gone(&self, _: &Lease) -> bool {
-        true
-    }
-}
-
-fn lease(ip_: &str, identity: &str, cid: &str) -> Lease {
-    Lease {
-        ip: ip(ip_),
-        identity: identity.into(),
-        container_id: cid.into(),
-        ifname: "net1".into(),
-        node: Some("other-node".into()),
-        created_unix: 1_700_000_000,
-        sandbox: Default::default(),
-    }
-}
-
-fn object(l: &Lease) -> Value {
-    serde_json::to_value(objects::address_object("iot", "iot", NS, l)).unwrap()
-}
-
-fn name(ip_: &str) -> String {
-    objects::address_name("iot", ip(ip_))
-}
 
 #[test]
 fn each_address_is_one_lease_object_and_the_identity_is_remembered() {

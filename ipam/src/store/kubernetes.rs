@@ -28,6 +28,14 @@
 //! | `namespace` | `iotlan-system` | where the Lease objects live |
 //! | `kubeconfig` | `/etc/cni/net.d/iotlan.d/iotlan.kubeconfig`, else k3s's `/var/lib/rancher/k3s/agent/etc/cni/net.d/iotlan.d/iotlan.kubeconfig` | written by `iotlan install` |
 //! | `timeoutMs` | 10000 | connect and per-request timeout |
+//! | `nodeLossGraceSeconds` | 300 (30 to 86400) | how long a node must have been not Ready before it counts as lost |
+//!
+//! An address held by an earlier sandbox of the same pod on *another* node is taken over only when
+//! that node is lost (`nodes.rs`): its Node object is gone, or its `Ready` condition has not been
+//! `True` for longer than `nodeLossGraceSeconds` (Kubernetes' contract: a node NotReady past its
+//! grace is presumed gone). Otherwise the ADD fails with [`Error::StillInUse`] (CNI code 11) and
+//! kubelet retries. Asking needs `get` on `nodes` (a ClusterRole); a refused or failed question is
+//! [`Error::Unavailable`], never "lost".
 //!
 //! The store API is synchronous; each store owns a small current-thread tokio runtime. An API
 //! server that cannot be reached, times out, or answers 5xx/429/401/403 gives
@@ -38,6 +46,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease as KLease;
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 
 use crate::allocator::{self, Claims, Grant, SandboxCheck};
@@ -49,6 +58,7 @@ use crate::store::Store;
 
 mod conn;
 mod error;
+mod nodes;
 pub mod objects;
 mod reconcile;
 mod settings;
@@ -56,7 +66,10 @@ mod txn;
 
 use conn::Conn;
 pub use reconcile::{ReconcileReport, Reconciler, DEFAULT_IDENTITY_RETENTION};
-pub use settings::{Settings, DEFAULT_KUBECONFIGS, DEFAULT_NAMESPACE, DEFAULT_TIMEOUT_MS};
+pub use settings::{
+    Settings, DEFAULT_KUBECONFIGS, DEFAULT_NAMESPACE, DEFAULT_NODE_LOSS_GRACE_SECONDS,
+    DEFAULT_TIMEOUT_MS, NODE_LOSS_GRACE_SECONDS,
+};
 
 /// The kubernetes store of one network.
 pub struct KubernetesStore {
@@ -65,8 +78,10 @@ pub struct KubernetesStore {
     namespace: String,
     node: Option<String>,
     gc_grace: Duration,
+    node_loss_grace: Duration,
     conn: Conn,
     api: Api<KLease>,
+    nodes: Api<Node>,
 }
 
 impl std::fmt::Debug for KubernetesStore {
@@ -94,6 +109,7 @@ impl KubernetesStore {
         let kubeconfig = settings.kubeconfig_path()?;
         let conn = Conn::open(&kubeconfig, settings.timeout)?;
         let api = Api::namespaced(conn.client.clone(), &settings.namespace);
+        let nodes = Api::all(conn.client.clone());
         // The node agent writes the node name beside the kubeconfig it writes.
         let beside: Vec<&Path> = kubeconfig.parent().into_iter().collect();
         let node = crate::node::local_name(&beside).or_else(crate::node::default_name);
@@ -103,8 +119,10 @@ impl KubernetesStore {
             namespace: settings.namespace,
             node,
             gc_grace: Duration::ZERO,
+            node_loss_grace: settings.node_loss_grace,
             conn,
             api,
+            nodes,
         })
     }
 

@@ -12,6 +12,7 @@
 //! - replace with a stale `metadata.resourceVersion` or another `metadata.uid`: 409 `Conflict`
 //!   (an empty resourceVersion is an unconditional update, as Leases allow);
 //! - delete with `preconditions` (uid, resourceVersion) that do not match: 409 `Conflict`;
+//! - `GET /api/v1/nodes/{name}`: the nodes a test put in (with a `Ready` condition), else 404;
 //! - `GET /api/v1/pods` and `/api/v1/namespaces/{ns}/pods` list the pods a test put in, as a
 //!   `PartialObjectMetadataList` when the client's `Accept` asks for one (`as=...;g=meta.k8s.io`);
 //! - with a token set, a request without `Authorization: Bearer <token>` gets 401.
@@ -45,6 +46,8 @@ struct State {
     uid_seq: u64,
     leases: BTreeMap<Key, Value>,
     pods: BTreeMap<Key, Value>,
+    /// Nodes (cluster-scoped), by name.
+    nodes: BTreeMap<String, Value>,
     token: Option<String>,
     /// (method, path) of every request, in order.
     log: Vec<(String, String)>,
@@ -129,6 +132,33 @@ impl ApiServer {
         s.next_rv();
         s.pods
             .insert((namespace.to_string(), name.to_string()), pod);
+    }
+
+    /// Puts node `name` with its `Ready` condition `ready` ("True", "False" or "Unknown") last
+    /// changed `since_secs` ago, as the node controller keeps it.
+    pub fn put_node(&self, name: &str, ready: &str, since_secs: u64) {
+        let mut s = lock(&self.state);
+        let uid = s.next_uid();
+        let rv = s.next_rv();
+        let since = rfc3339(now_unix().saturating_sub(since_secs));
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": { "name": name, "uid": uid, "resourceVersion": rv,
+                          "creationTimestamp": rfc3339(now_unix().saturating_sub(since_secs + 60)) },
+            "status": { "conditions": [
+                { "type": "MemoryPressure", "status": "False", "lastTransitionTime": since,
+                  "lastHeartbeatTime": since, "reason": "KubeletHasSufficientMemory", "message": "" },
+                { "type": "Ready", "status": ready, "lastTransitionTime": since,
+                  "lastHeartbeatTime": since, "reason": "KubeletReady", "message": "" }
+            ] }
+        });
+        s.nodes.insert(name.to_string(), node);
+    }
+
+    pub fn delete_node(&self, name: &str) {
+        let mut s = lock(&self.state);
+        s.next_rv();
+        s.nodes.remove(name);
     }
 
     /// The kind of every pod list served so far.
@@ -490,6 +520,15 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
         ("DELETE", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
             delete(&mut s, ns, name, req)
         }
+        ("GET", ["api", "v1", "nodes", name]) => match s.nodes.get(*name) {
+            Some(node) => (200, node.clone()),
+            None => {
+                let (code, mut v) =
+                    status(404, "NotFound", format!("nodes \"{name}\" not found"), None);
+                v["details"] = json!({ "name": name, "kind": "nodes" });
+                (code, v)
+            }
+        },
         ("GET", ["api", "v1", "pods"]) => list_pods(&mut s, None, req),
         ("GET", ["api", "v1", "namespaces", ns, "pods"]) => list_pods(&mut s, Some(ns), req),
         _ => status(

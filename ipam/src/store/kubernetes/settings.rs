@@ -16,6 +16,12 @@ pub const DEFAULT_KUBECONFIGS: [&str; 2] = [
 ];
 /// Connect and per-request timeout when `store.timeoutMs` is not given.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// How long a node must have been not Ready before it counts as lost, when
+/// `store.nodeLossGraceSeconds` is not given: 5 minutes, the pod eviction timeout Kubernetes
+/// itself has long used for NotReady nodes.
+pub const DEFAULT_NODE_LOSS_GRACE_SECONDS: u64 = 300;
+/// The bounds of `store.nodeLossGraceSeconds`.
+pub const NODE_LOSS_GRACE_SECONDS: std::ops::RangeInclusive<u64> = 30..=86_400;
 
 /// The `store` keys this kind reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +29,8 @@ pub struct Settings {
     pub namespace: String,
     pub kubeconfig: Option<PathBuf>,
     pub timeout: Duration,
+    /// How long a node must have been not Ready before its sandboxes count as gone.
+    pub node_loss_grace: Duration,
 }
 
 impl Settings {
@@ -32,6 +40,7 @@ impl Settings {
             namespace: DEFAULT_NAMESPACE.to_string(),
             kubeconfig: None,
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            node_loss_grace: Duration::from_secs(DEFAULT_NODE_LOSS_GRACE_SECONDS),
         };
         for (key, value) in &cfg.extra {
             let field = format!("store.{key}");
@@ -57,10 +66,26 @@ impl Settings {
                         .ok_or_else(|| Error::config(&field, "must be a positive integer"))?;
                     s.timeout = Duration::from_millis(ms);
                 }
+                "nodeLossGraceSeconds" => {
+                    let secs = value
+                        .as_u64()
+                        .filter(|s| NODE_LOSS_GRACE_SECONDS.contains(s))
+                        .ok_or_else(|| {
+                            Error::config(
+                                &field,
+                                format!(
+                                    "must be an integer from {} to {} (seconds)",
+                                    NODE_LOSS_GRACE_SECONDS.start(),
+                                    NODE_LOSS_GRACE_SECONDS.end()
+                                ),
+                            )
+                        })?;
+                    s.node_loss_grace = Duration::from_secs(secs);
+                }
                 _ => {
                     return Err(Error::config(
                         &field,
-                        "unknown key for the kubernetes store (known: namespace, kubeconfig, timeoutMs)",
+                        "unknown key for the kubernetes store (known: namespace, kubeconfig, timeoutMs, nodeLossGraceSeconds)",
                     ))
                 }
             }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use kube::api::PostParams;
 
-use super::{objects, KubernetesStore, Seen};
+use super::{nodes, objects, KubernetesStore, Seen};
 use crate::allocator::{Claimed, Claims};
 use crate::error::Error;
 use crate::lease::{AllocRequest, Attachment, Lease};
@@ -25,6 +25,8 @@ pub(super) struct Txn<'a> {
     probes: usize,
     /// Addresses held when the search listed them. Only a hint: the create decides.
     held: Option<HashSet<IpAddr>>,
+    /// Nodes asked about in this allocation, and whether they are lost.
+    lost: HashMap<String, bool>,
 }
 
 impl Txn<'_> {
@@ -191,6 +193,16 @@ impl Claims for Txn<'_> {
         })
     }
 
+    fn node_lost(&mut self, node: &str) -> Result<bool, Error> {
+        if let Some(lost) = self.lost.get(node) {
+            return Ok(*lost);
+        }
+        let s = self.store;
+        let lost = nodes::is_lost(&s.conn, &s.nodes, node, s.node_loss_grace)?;
+        self.lost.insert(node.to_string(), lost);
+        Ok(lost)
+    }
+
     fn abandon(&mut self, claimed: &[Claimed]) -> Result<(), Error> {
         let s = self.store;
         let mut first_err = None;
@@ -236,6 +248,7 @@ impl KubernetesStore {
             seen: HashMap::new(),
             probes: 0,
             held: None,
+            lost: HashMap::new(),
         }
     }
 }
