@@ -583,10 +583,34 @@ fn the_reconcile_loop_frees_leases_of_deleted_pods() {
     let alive = add("esphome-0", "c1");
     let gone = add("jellyfin-0", "c2");
     let starting = add("music-0", "c3");
-    for l in [&alive, &gone] {
-        let name = iotlan_ipam::store::kubernetes::objects::address_name("iot", l[0].ip);
-        server.backdate("iotlan-system", &name, 3600);
-    }
+    // Once the loop has seen a lease's pod missing, its mark is moved an hour back, past the
+    // grace, as if that much time had passed.
+    let age_mark = |ip: std::net::IpAddr| {
+        use iotlan_ipam::store::kubernetes::objects;
+        let name = objects::address_name("iot", ip);
+        let mark = || {
+            server
+                .leases("iotlan-system")
+                .into_iter()
+                .find(|o| o["metadata"]["name"] == name.as_str())
+                .and_then(|o| {
+                    o["metadata"]["annotations"][objects::ANN_MISSING_SINCE]
+                        .as_str()
+                        .and_then(|t| t.parse::<u64>().ok())
+                })
+        };
+        wait_for(30, "the lease of the missing pod to be marked", || {
+            mark().is_some()
+        });
+        let t = mark().unwrap_or_default().saturating_sub(3600);
+        server.annotate(
+            "iotlan-system",
+            &name,
+            objects::ANN_MISSING_SINCE,
+            &t.to_string(),
+        );
+    };
+    age_mark(gone[0].ip);
 
     wait_for(
         30,
@@ -623,6 +647,7 @@ fn the_reconcile_loop_frees_leases_of_deleted_pods() {
     });
     let store = KubernetesStore::open("iot", &store_cfg).unwrap();
     server.delete_pod("home", "esphome-0");
+    age_mark(alive[0].ip);
     wait_for(30, "the reconcile loop, with the new token", || {
         store.leases().unwrap().len() == 1
     });

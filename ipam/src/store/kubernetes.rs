@@ -11,7 +11,8 @@
 //!
 //! Leases record the node (host name) that allocated them. CNI GC comes from one node's runtime and
 //! frees only that node's leases; the DaemonSet's reconcile loop ([`Reconciler`]) frees leases of
-//! pods that no longer exist, whatever their node.
+//! pods that no longer exist (or were recreated under the same name, by pod UID) once they have
+//! been seen missing for longer than its grace, whatever their node.
 //!
 //! Why Leases and not a CRD: the type is built in (nothing to install cluster-wide before the
 //! first pod can start, no CRD version upgrades), RBAC can be limited to `leases` in one

@@ -120,7 +120,8 @@ impl ApiServer {
         lock(&self.state).forbidden.push(part.to_string());
     }
 
-    pub fn add_pod(&self, namespace: &str, name: &str) {
+    /// Puts a pod and returns its UID (a pod recreated under the same name gets a new one).
+    pub fn add_pod(&self, namespace: &str, name: &str) -> String {
         let mut s = lock(&self.state);
         let uid = s.next_uid();
         let pod = json!({
@@ -132,6 +133,7 @@ impl ApiServer {
         s.next_rv();
         s.pods
             .insert((namespace.to_string(), name.to_string()), pod);
+        uid
     }
 
     /// Puts node `name` with its `Ready` condition `ready` ("True", "False" or "Unknown") last
@@ -166,6 +168,26 @@ impl ApiServer {
         lock(&self.state).pod_lists.clone()
     }
 
+    /// Takes a pod out of the pod list (to put it back later with [`ApiServer::restore_pod`]).
+    pub fn take_pod(&self, namespace: &str, name: &str) -> Value {
+        lock(&self.state)
+            .pods
+            .remove(&(namespace.to_string(), name.to_string()))
+            .unwrap_or(Value::Null)
+    }
+
+    /// Puts back a pod [`ApiServer::take_pod`] took, the same object (same UID).
+    pub fn restore_pod(&self, pod: Value) {
+        let (Some(ns), Some(name)) = (
+            pod["metadata"]["namespace"].as_str(),
+            pod["metadata"]["name"].as_str(),
+        ) else {
+            return;
+        };
+        let key = (ns.to_string(), name.to_string());
+        lock(&self.state).pods.insert(key, pod);
+    }
+
     pub fn delete_pod(&self, namespace: &str, name: &str) {
         lock(&self.state)
             .pods
@@ -187,6 +209,17 @@ impl ApiServer {
         let mut s = lock(&self.state);
         if let Some(obj) = s.leases.get_mut(&(namespace.to_string(), name.to_string())) {
             obj["metadata"]["creationTimestamp"] = json!(rfc3339(now_unix().saturating_sub(secs)));
+        }
+    }
+
+    /// Sets annotation `key` of Lease `namespace/name` to `value`, as another client would (a
+    /// replace: the resourceVersion changes).
+    pub fn annotate(&self, namespace: &str, name: &str, key: &str, value: &str) {
+        let mut s = lock(&self.state);
+        let rv = s.next_rv();
+        if let Some(obj) = s.leases.get_mut(&(namespace.to_string(), name.to_string())) {
+            obj["metadata"]["annotations"][key] = json!(value);
+            obj["metadata"]["resourceVersion"] = json!(rv);
         }
     }
 

@@ -1,4 +1,6 @@
-//! The reconcile loop: frees leases whose pod no longer exists, and prunes unused sticky records.
+//! The reconcile loop: frees leases whose pod no longer exists (or is another pod object of the
+//! same name) once they have been seen so for longer than the grace, and prunes unused sticky
+//! records.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use super::objects;
 use super::settings::DEFAULT_TIMEOUT_MS;
 use crate::error::Error;
 use crate::lease::Lease;
+use crate::orphan::{self, LivePods, PodState};
 
 /// What one reconcile pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,7 +24,10 @@ pub struct ReconcileReport {
     pub checked: usize,
     /// Leases freed because their pod no longer exists: (network, lease).
     pub freed: Vec<(String, Lease)>,
-    /// Leases of missing pods kept because they are younger than the grace period.
+    /// Leases of missing (or replaced) pods newly seen so this pass: marked missing since now.
+    pub marked: usize,
+    /// Leases of missing (or replaced) pods kept because they have been missing for less than the
+    /// grace period.
     pub young: usize,
     /// Leases whose identity is a bare container ID (no pod to look up): never touched.
     pub podless: usize,
@@ -48,8 +54,9 @@ impl std::fmt::Display for ReconcileReport {
         }
         write!(
             f,
-            ", {} of missing pods within the grace period, {} without a pod identity; \
+            ", {} of missing pods newly marked, {} within the grace period, {} without a pod identity; \
              sticky records: {} newly unused, {} pruned",
+            self.marked,
             self.young,
             self.podless,
             self.identities_marked,
@@ -58,7 +65,8 @@ impl std::fmt::Display for ReconcileReport {
     }
 }
 
-/// Frees leases whose pod no longer exists: the safety net for DELs that never came (a node
+/// Frees leases whose pod no longer exists (or was replaced by another pod of the same name):
+/// the safety net for DELs that never came (a node
 /// that died, a runtime that lost its state). Run by the DaemonSet on every node; deletes are
 /// conditional, so several reconcilers never free more than once, and never free a lease that
 /// changed hands.
@@ -90,13 +98,30 @@ fn exactly(obj: &KLease) -> DeleteParams {
     }
 }
 
+/// `obj` with the Unix-time mark `key` set to `at`, or removed for `None`. Keeps the listed uid
+/// and resourceVersion, so the write is conditional on the object being unchanged.
+fn with_mark(obj: &KLease, key: &str, at: Option<u64>) -> KLease {
+    let mut marked = obj.clone();
+    let annotations = marked
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    match at {
+        Some(t) => annotations.insert(key.to_string(), t.to_string()),
+        None => annotations.remove(key),
+    };
+    marked
+}
+
 /// How long an unused sticky identity record is kept by default: 30 days.
 pub const DEFAULT_IDENTITY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Reconciler {
-    /// `namespace` of the Lease objects defaults to the kubeconfig context's namespace. A lease
-    /// younger than `grace` is never freed, whatever the pod list says: its pod may still be
-    /// starting, or the list may predate it. The kubeconfig is read again on every pass, so a
+    /// `namespace` of the Lease objects defaults to the kubeconfig context's namespace. A lease is
+    /// freed only once its pod has been seen missing (no pod of that name, or another pod object
+    /// of that name than the one the lease recorded) for longer than `grace`, counted from the
+    /// `iotlan/missing-since-unix` mark the first pass that saw it so writes on its object
+    /// ([`crate::orphan`]); a pod seen again clears the mark. The kubeconfig is read again on every pass, so a
     /// rotated token is picked up; `new` checks that it can be read now.
     pub fn new(
         kubeconfig: &Path,
@@ -137,19 +162,15 @@ impl Reconciler {
             "list leases",
             leases_api.list(&ListParams::default().labels(&sel)),
         )?;
-        // Names are all it needs: metadata only, a fraction of the full Pod objects.
+        // Names and UIDs are all it needs: metadata only, a fraction of the full Pod objects.
         let pods = conn.run("list pods", pods_api.list_metadata(&ListParams::default()))?;
-        let live: std::collections::HashSet<String> = pods
-            .items
-            .iter()
-            .filter_map(|p| {
-                Some(format!(
-                    "{}/{}",
-                    p.metadata.namespace.as_deref()?,
-                    p.metadata.name.as_deref()?
-                ))
-            })
-            .collect();
+        let live = LivePods::new(pods.items.iter().filter_map(|p| {
+            Some((
+                p.metadata.namespace.as_deref()?,
+                p.metadata.name.as_deref()?,
+                p.metadata.uid.as_deref(),
+            ))
+        }));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -158,46 +179,7 @@ impl Reconciler {
             ..ReconcileReport::default()
         };
         for obj in &leases.items {
-            let ann = obj.metadata.annotations.clone().unwrap_or_default();
-            let Some(network) = ann.get(objects::ANN_NETWORK) else {
-                continue;
-            };
-            let Ok(lease) = objects::lease_of(network, obj) else {
-                continue;
-            };
-            if !lease.identity.contains('/') {
-                report.podless += 1;
-                continue;
-            }
-            if live.contains(&lease.identity) {
-                continue;
-            }
-            // The server's creation time, else the allocating node's record of it. (Either is
-            // another clock than ours: the grace period also covers clock skew.)
-            let created = obj
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .and_then(|t| u64::try_from(t.0.as_second()).ok())
-                .unwrap_or(lease.created_unix);
-            if now.saturating_sub(created) < self.grace.as_secs() {
-                report.young += 1;
-                continue;
-            }
-            let name = obj.metadata.name.clone().unwrap_or_default();
-            let dp = exactly(obj);
-            match conn.run(
-                &format!("delete lease {name}"),
-                leases_api.delete(&name, &dp),
-            ) {
-                Ok(_) => {
-                    tracing::info!(network = %network, ip = %lease.ip, identity = %lease.identity,
-                        container = %lease.container_id, "freed the lease of a pod that no longer exists");
-                    report.freed.push((network.clone(), lease));
-                }
-                Err(e) if e.is(404) || e.is(409) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.judge_address(&conn, &leases_api, obj, &live, now, &mut report)?;
         }
         if let Some(retention) = self.identity_retention {
             self.prune_identities(
@@ -213,6 +195,75 @@ impl Reconciler {
         Ok(report)
     }
 
+    /// One address object: freed when its pod has been missing (or replaced by another pod of
+    /// the same name) for longer than the grace, counted from the `missing-since` mark the first
+    /// pass that saw it so wrote; the mark goes when the pod is seen again. Every write is
+    /// conditional on the object as listed, so a takeover in between wins.
+    fn judge_address(
+        &self,
+        conn: &Conn,
+        api: &Api<KLease>,
+        obj: &KLease,
+        live: &LivePods,
+        now: u64,
+        report: &mut ReconcileReport,
+    ) -> Result<(), Error> {
+        let ann = obj.metadata.annotations.clone().unwrap_or_default();
+        let Some(network) = ann.get(objects::ANN_NETWORK) else {
+            return Ok(());
+        };
+        let Ok(lease) = objects::lease_of(network, obj) else {
+            return Ok(());
+        };
+        let state = live.state(&lease);
+        let since = ann
+            .get(objects::ANN_MISSING_SINCE)
+            .and_then(|s| s.parse::<u64>().ok());
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let outcome = match (state, since) {
+            (PodState::Podless, _) => {
+                report.podless += 1;
+                return Ok(());
+            }
+            (PodState::Live, None) => return Ok(()),
+            (PodState::Live, Some(_)) | (_, None) => {
+                let marked = state.is_orphaned();
+                if marked {
+                    report.marked += 1;
+                }
+                let obj = with_mark(obj, objects::ANN_MISSING_SINCE, marked.then_some(now));
+                conn.run(
+                    &format!("replace lease {name}"),
+                    api.replace(&name, &PostParams::default(), &obj),
+                )
+                .map(|_| ())
+            }
+            (_, Some(t)) if !orphan::due(t, now, self.grace) => {
+                report.young += 1;
+                return Ok(());
+            }
+            (_, Some(_)) => {
+                let r = conn.run(
+                    &format!("delete lease {name}"),
+                    api.delete(&name, &exactly(obj)),
+                );
+                if r.is_ok() {
+                    tracing::info!(network = %network, ip = %lease.ip, identity = %lease.identity,
+                        container = %lease.container_id, pod = ?state,
+                        "freed the lease of a pod that no longer exists");
+                    report.freed.push((network.clone(), lease));
+                }
+                r.map(|_| ())
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            // Changed or gone since the list: the next pass judges what it is now.
+            Err(e) if e.is(404) || e.is(409) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Sticky identity records: one unused (no address held; for a pod identity, no pod) is marked
     /// with the time it was first seen so, and deleted once it has been unused for `retention`.
     /// One in use again loses its mark. Every write is conditional on the resourceVersion listed,
@@ -223,7 +274,7 @@ impl Reconciler {
         conn: &Conn,
         api: &Api<KLease>,
         addresses: &[KLease],
-        live: &std::collections::HashSet<String>,
+        live: &LivePods,
         now: u64,
         retention: Duration,
         report: &mut ReconcileReport,
@@ -254,7 +305,7 @@ impl Reconciler {
                 continue;
             };
             let used =
-                in_use.contains(&(network.clone(), identity.clone())) || live.contains(identity);
+                in_use.contains(&(network.clone(), identity.clone())) || live.has_pod(identity);
             let since = ann
                 .get(objects::ANN_UNUSED_SINCE)
                 .and_then(|s| s.parse::<u64>().ok());
@@ -274,17 +325,10 @@ impl Reconciler {
                     r.map(|_| ())
                 }
                 (used, _) => {
-                    let mut marked = obj.clone();
-                    let annotations = marked
-                        .metadata
-                        .annotations
-                        .get_or_insert_with(Default::default);
-                    if used {
-                        annotations.remove(objects::ANN_UNUSED_SINCE);
-                    } else {
-                        annotations.insert(objects::ANN_UNUSED_SINCE.to_string(), now.to_string());
+                    if !used {
                         report.identities_marked += 1;
                     }
+                    let marked = with_mark(&obj, objects::ANN_UNUSED_SINCE, (!used).then_some(now));
                     conn.run(
                         &format!("replace lease {name}"),
                         api.replace(&name, &PostParams::default(), &marked),
