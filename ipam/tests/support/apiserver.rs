@@ -5,12 +5,16 @@
 //!
 //! - `coordination.k8s.io/v1` Leases, namespaced: create (POST), get, list with a label
 //!   selector (`k=v`, `k==v`, `k!=v`, `k`, `!k`), replace (PUT) and delete;
-//! - create of an existing name: 409 `AlreadyExists`; get/replace/delete of a missing one: 404
+//! - create of an existing name: 409 `AlreadyExists`; get/delete of a missing one: 404
 //!   `NotFound`; a name that is not a DNS subdomain or a bad label: 422 `Invalid`;
 //! - every write bumps one global `resourceVersion`; create sets `uid` and
 //!   `creationTimestamp`, which replace keeps;
-//! - replace with a stale `metadata.resourceVersion` or another `metadata.uid`: 409 `Conflict`
-//!   (an empty resourceVersion is an unconditional update, as Leases allow);
+//! - replace (PUT) as the real registry does it for Leases (`pkg/registry/coordination/lease/
+//!   strategy.go`: `AllowCreateOnUpdate` true, `AllowUnconditionalUpdate` false; the generic
+//!   store's `Update`): a `metadata.uid` in the body is a precondition, so another uid, or any uid
+//!   when the object is missing, is 409 `Conflict`; a missing object without one is created (201);
+//!   on an existing object, no `metadata.resourceVersion` is 422 `Invalid` ("must be specified
+//!   for an update") and a stale one is 409 `Conflict`;
 //! - delete with `preconditions` (uid, resourceVersion) that do not match: 409 `Conflict`;
 //! - `GET /api/v1/nodes/{name}`: the nodes a test put in (with a `Ready` condition), else 404;
 //! - `GET /api/v1/pods` and `/api/v1/namespaces/{ns}/pods` list the pods a test put in, as a
@@ -253,6 +257,47 @@ impl ApiServer {
     /// Every (method, path) served so far.
     pub fn requests(&self) -> Vec<(String, String)> {
         lock(&self.state).log.clone()
+    }
+}
+
+impl ApiServer {
+    /// Sends one raw request (token `token`) and returns the status code and the JSON body: for
+    /// tests of the double's own rules, with no client in between.
+    pub fn raw(&self, token: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut conn = TcpStream::connect(self.addr).expect("connect to the double");
+        let text = body.map(Value::to_string).unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: double\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\naccept: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            text.len()
+        );
+        conn.write_all((head + &text).as_bytes()).expect("send");
+        let mut r = BufReader::new(conn);
+        let mut status = String::new();
+        r.read_line(&mut status).expect("status line");
+        let code = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status code");
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).expect("header");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().expect("content-length");
+                }
+            }
+        }
+        let mut buf = vec![0; len];
+        r.read_exact(&mut buf).expect("body");
+        (code, serde_json::from_slice(&buf).unwrap_or(Value::Null))
     }
 }
 
@@ -742,8 +787,32 @@ fn replace(s: &mut State, ns: &str, name: &str, req: &Request) -> (u16, Value) {
         );
     }
     let key = (ns.to_string(), name.to_string());
+    let body_uid = obj["metadata"]["uid"]
+        .as_str()
+        .filter(|u| !u.is_empty())
+        .map(str::to_string);
     let Some(current) = s.leases.get(&key) else {
-        return not_found(name);
+        // A uid in the body is a precondition, checked against the missing object's empty uid.
+        if let Some(u) = body_uid {
+            return conflict(
+                name,
+                format!("Precondition failed: UID in precondition: {u}, UID in object meta: "),
+            );
+        }
+        // Leases allow create on update: the PUT creates the object (its resourceVersion ignored).
+        let uid = s.next_uid();
+        let rv = s.next_rv();
+        obj["apiVersion"] = json!("coordination.k8s.io/v1");
+        obj["kind"] = json!("Lease");
+        let Some(meta) = obj["metadata"].as_object_mut() else {
+            return status(400, "BadRequest", "no metadata".into(), None);
+        };
+        meta.insert("namespace".into(), json!(ns));
+        meta.insert("uid".into(), json!(uid));
+        meta.insert("resourceVersion".into(), json!(rv));
+        meta.insert("creationTimestamp".into(), json!(rfc3339(now_unix())));
+        s.leases.insert(key, obj.clone());
+        return (201, obj);
     };
     let cur_rv = current["metadata"]["resourceVersion"]
         .as_str()
@@ -766,7 +835,19 @@ fn replace(s: &mut State, ns: &str, name: &str, req: &Request) -> (u16, Value) {
         _ => {}
     }
     match obj["metadata"]["resourceVersion"].as_str() {
-        Some(rv) if !rv.is_empty() && rv != cur_rv => {
+        // Leases do not allow unconditional updates.
+        None | Some("") => {
+            return status(
+                422,
+                "Invalid",
+                format!(
+                    "leases.coordination.k8s.io \"{name}\" is invalid: metadata.resourceVersion: \
+                     Invalid value: 0: must be specified for an update"
+                ),
+                Some(name),
+            )
+        }
+        Some(rv) if rv != cur_rv => {
             return conflict(name, "the object has been modified; please apply your changes to the latest version and try again".into())
         }
         _ => {}
