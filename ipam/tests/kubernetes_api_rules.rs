@@ -18,6 +18,8 @@ mod contract;
 mod apiserver;
 #[path = "support/kubefix.rs"]
 mod kubefix;
+#[path = "support/rbac.rs"]
+mod rbac;
 
 use std::time::Duration;
 
@@ -170,4 +172,104 @@ fn putting_back_a_taken_over_lease_never_resurrects_one_deleted_meanwhile() {
         "the revert brought an object back"
     );
     assert!(s.leases().unwrap().is_empty());
+}
+
+/// The shipped RBAC, as the double enforces it: exactly what the store, the node-loss check and
+/// the reconcile loop use, and nothing more.
+#[test]
+fn the_shipped_rbac_is_exactly_what_the_store_needs() {
+    let mut got: Vec<(String, String, String, Option<String>)> = rbac::shipped_rules()
+        .into_iter()
+        .flat_map(|r| {
+            let mut v = Vec::new();
+            for g in &r.api_groups {
+                for res in &r.resources {
+                    for verb in &r.verbs {
+                        v.push((g.clone(), res.clone(), verb.clone(), r.namespace.clone()));
+                    }
+                }
+            }
+            v
+        })
+        .collect();
+    got.sort();
+    let ns = Some(NS.to_string());
+    let mut want: Vec<(String, String, String, Option<String>)> = [
+        ("coordination.k8s.io", "leases", "create", ns.clone()),
+        ("coordination.k8s.io", "leases", "delete", ns.clone()),
+        ("coordination.k8s.io", "leases", "get", ns.clone()),
+        ("coordination.k8s.io", "leases", "list", ns.clone()),
+        ("coordination.k8s.io", "leases", "update", ns.clone()),
+        ("", "nodes", "get", None),
+        ("", "pods", "list", None),
+    ]
+    .into_iter()
+    .map(|(g, r, v, n)| (g.to_string(), r.to_string(), v.to_string(), n))
+    .collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn the_double_refuses_what_the_shipped_rbac_does_not_grant() {
+    let f = KubeFixture::new();
+    let refused = [
+        ("GET", "/api/v1/nodes".to_string()),
+        ("DELETE", "/api/v1/nodes/node-a".to_string()),
+        (
+            "GET",
+            "/api/v1/namespaces/kube-system/secrets/x".to_string(),
+        ),
+        (
+            "GET",
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases".to_string(),
+        ),
+        (
+            "DELETE",
+            format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"),
+        ),
+        (
+            "GET",
+            format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases?watch=true"),
+        ),
+    ];
+    for (method, p) in &refused {
+        let (code, status) = f.server.raw(TOKEN, method, p, None);
+        assert_eq!(code, 403, "{method} {p}: {status}");
+    }
+    // A store in a namespace the Role does not cover is refused, and says to check RBAC.
+    let cfg = kubefix::store_config(&f.kubeconfig, json!({ "namespace": "elsewhere" }));
+    let e = iotlan_ipam::store::kubernetes::KubernetesStore::open("iot", &cfg)
+        .unwrap()
+        .allocate(&v4_pool(), &req("ns/a", "a"))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("403") && e.to_string().contains("RBAC"),
+        "{e}"
+    );
+    // Allowed: reading a node.
+    let (code, _) = f.server.raw(TOKEN, "GET", "/api/v1/nodes/node-a", None);
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn everything_the_store_and_the_reconciler_do_is_within_the_shipped_rbac() {
+    let f = KubeFixture::new();
+    let pool = v4_pool();
+    let a = f.open().with_node(Some("node-a".into()));
+    let b = f.open().with_node(Some("node-b".into()));
+    f.server.add_pod("ns", "web-0");
+    let old = b.allocate(&pool, &req("ns/web-0", "old")).unwrap();
+    f.server.put_node("node-b", "Unknown", 3600);
+    let got = a.grant(&pool, &req("ns/web-0", "new"), &Gone).unwrap();
+    assert_eq!(ips(&got.leases), ips(&old));
+    a.revert(&got).unwrap();
+    a.gc(&[]).unwrap();
+    b.release(&Attachment::new("old", "net1")).unwrap();
+    let r = Reconciler::new(&f.kubeconfig, Some(NS), Duration::ZERO).unwrap();
+    let mut r = r.with_identity_retention(Some(Duration::ZERO));
+    r.run_once().unwrap();
+    r.run_once().unwrap();
+    assert!(f.server.denied().is_empty(), "{:?}", f.server.denied());
+    assert!(f.server.requests().len() > 10);
 }

@@ -12,6 +12,8 @@ mod contract;
 mod apiserver;
 #[path = "support/kubefix.rs"]
 mod kubefix;
+#[path = "support/rbac.rs"]
+mod rbac;
 
 use contract::{ip, ips, req, v4_pool};
 use iotlan_ipam::store::kubernetes::KubernetesStore;

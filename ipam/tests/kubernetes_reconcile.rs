@@ -12,6 +12,8 @@ mod contract;
 mod apiserver;
 #[path = "support/kubefix.rs"]
 mod kubefix;
+#[path = "support/rbac.rs"]
+mod rbac;
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

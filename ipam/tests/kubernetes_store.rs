@@ -12,6 +12,8 @@ mod contract;
 mod apiserver;
 #[path = "support/kubefix.rs"]
 mod kubefix;
+#[path = "support/rbac.rs"]
+mod rbac;
 #[path = "support/tls.rs"]
 mod tls;
 

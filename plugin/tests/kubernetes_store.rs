@@ -7,6 +7,8 @@
 
 #[path = "../../ipam/tests/support/apiserver.rs"]
 mod apiserver;
+#[path = "../../ipam/tests/support/rbac.rs"]
+mod rbac;
 
 use std::io::Write;
 use std::path::Path;
@@ -93,6 +95,7 @@ fn address(o: &Output) -> String {
 fn the_ipam_plugin_shares_one_pool_through_the_api() {
     let server = apiserver::ApiServer::start();
     server.set_token(Some("tok"));
+    server.enforce(rbac::shipped_rules());
     let dir = tempfile::tempdir().unwrap();
     let kc = server.kubeconfig(dir.path(), NS, "tok");
     let conf = config(&kc, json!({}));
@@ -190,6 +193,7 @@ fn node_kubeconfig(server: &apiserver::ApiServer, root: &Path, node: &str) -> st
 fn a_pod_recreated_on_another_node_waits_for_the_old_node_to_be_lost() {
     let server = apiserver::ApiServer::start();
     server.set_token(Some("tok"));
+    server.enforce(rbac::shipped_rules());
     let root = tempfile::tempdir().unwrap();
     let on_b = config(&node_kubeconfig(&server, root.path(), "node-b"), json!({}));
     let on_a = config(&node_kubeconfig(&server, root.path(), "node-a"), json!({}));

@@ -19,7 +19,10 @@
 //! - `GET /api/v1/nodes/{name}`: the nodes a test put in (with a `Ready` condition), else 404;
 //! - `GET /api/v1/pods` and `/api/v1/namespaces/{ns}/pods` list the pods a test put in, as a
 //!   `PartialObjectMetadataList` when the client's `Accept` asks for one (`as=...;g=meta.k8s.io`);
-//! - with a token set, a request without `Authorization: Bearer <token>` gets 401.
+//! - with a token set, a request without `Authorization: Bearer <token>` gets 401;
+//! - with RBAC rules set ([`ApiServer::enforce`], e.g. the shipped ones from support/rbac.rs), a
+//!   request none of them allows gets 403, judged on verb, API group, resource and namespace as
+//!   the RBAC authorizer does.
 //!
 //! Each request runs under one mutex, so every single-object operation is atomic, as etcd's
 //! transactions make them on a real server. Anything else gets a 404 or 400 Status, so a
@@ -60,6 +63,9 @@ struct State {
     interfere: BTreeMap<(String, Key), Value>,
     /// Path parts answered with 403.
     forbidden: Vec<String>,
+    /// With rules set, every request they do not allow is 403 (RBAC), and logged here.
+    rbac: Option<Vec<RbacRule>>,
+    denied: Vec<(String, String)>,
     /// The kind of every pod list served (`PodList` or `PartialObjectMetadataList`).
     pod_lists: Vec<String>,
 }
@@ -117,6 +123,17 @@ impl ApiServer {
         let path = dir.join(format!("kubeconfig-{}", self.addr.port()));
         write_kubeconfig(&path, &self.url(), namespace, token);
         path
+    }
+
+    /// From now on, answers 403 Forbidden to every request that none of `rules` allows, as the
+    /// API server's RBAC authorizer does for a ServiceAccount bound to exactly these rules.
+    pub fn enforce(&self, rules: Vec<RbacRule>) {
+        lock(&self.state).rbac = Some(rules);
+    }
+
+    /// Every (method, path) refused by [`ApiServer::enforce`]'s rules so far.
+    pub fn denied(&self) -> Vec<(String, String)> {
+        lock(&self.state).denied.clone()
     }
 
     /// Answers 403 Forbidden to every request whose path contains `part` (missing RBAC).
@@ -549,6 +566,21 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
         );
     }
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    if let Some(rules) = &s.rbac {
+        let attrs = attributes(&req.method, &segs, &req.query);
+        if !attrs
+            .as_ref()
+            .is_some_and(|a| rules.iter().any(|r| r.allows(a)))
+        {
+            s.denied.push((req.method.clone(), req.path.clone()));
+            return status(
+                403,
+                "Forbidden",
+                forbidden_message(attrs.as_ref(), req),
+                None,
+            );
+        }
+    }
     // The Lease a request addresses: by URL, or for a create by the name in its body.
     let target = match segs.as_slice() {
         ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name] => {
@@ -617,6 +649,100 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
                 req.method, req.path
             ),
             None,
+        ),
+    }
+}
+
+/// One RBAC policy rule as bound to the caller: `namespace` `None` for a ClusterRole bound by a
+/// ClusterRoleBinding (every namespace, and cluster-scoped resources), else the one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbacRule {
+    pub api_groups: Vec<String>,
+    pub resources: Vec<String>,
+    pub verbs: Vec<String>,
+    pub namespace: Option<String>,
+}
+
+/// What the RBAC authorizer judges of a request: verb, API group, resource, namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attributes {
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+    pub namespace: Option<String>,
+}
+
+impl RbacRule {
+    pub fn allows(&self, a: &Attributes) -> bool {
+        let has = |list: &[String], want: &str| list.iter().any(|x| x == "*" || x == want);
+        has(&self.api_groups, &a.group)
+            && has(&self.resources, &a.resource)
+            && has(&self.verbs, &a.verb)
+            && match (&self.namespace, &a.namespace) {
+                (None, _) => true,
+                (Some(mine), Some(theirs)) => mine == theirs,
+                (Some(_), None) => false,
+            }
+    }
+}
+
+/// A resource request's attributes, as the API server's request-info resolver derives them
+/// (`/api/v1/...` is the core group; a GET without a name is a list, or a watch with `watch`).
+pub fn attributes(
+    method: &str,
+    segs: &[&str],
+    query: &BTreeMap<String, String>,
+) -> Option<Attributes> {
+    let (group, rest) = match segs {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        _ => (None, rest),
+    };
+    let (resource, name) = match rest {
+        [resource] => (*resource, None),
+        [resource, name] => (*resource, Some(*name)),
+        _ => return None,
+    };
+    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = match (method, name) {
+        ("GET", Some(_)) => "get",
+        ("GET", None) if watching => "watch",
+        ("GET", None) => "list",
+        ("POST", None) => "create",
+        ("PUT", Some(_)) => "update",
+        ("PATCH", Some(_)) => "patch",
+        ("DELETE", Some(_)) => "delete",
+        ("DELETE", None) => "deletecollection",
+        _ => return None,
+    };
+    Some(Attributes {
+        verb: verb.to_string(),
+        group: group.to_string(),
+        resource: resource.to_string(),
+        namespace,
+    })
+}
+
+fn forbidden_message(a: Option<&Attributes>, req: &Request) -> String {
+    let user = "User \"system:serviceaccount:iotlan-system:iotlan\"";
+    match a {
+        Some(a) => {
+            let scope = match &a.namespace {
+                Some(ns) => format!("in the namespace \"{ns}\""),
+                None => "at the cluster scope".to_string(),
+            };
+            format!(
+                "{}.{} is forbidden: {user} cannot {} resource \"{}\" in API group \"{}\" {scope}",
+                a.resource, a.group, a.verb, a.resource, a.group
+            )
+        }
+        None => format!(
+            "forbidden: {user} cannot {} path \"{}\"",
+            req.method, req.path
         ),
     }
 }

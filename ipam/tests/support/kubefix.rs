@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::apiserver::ApiServer;
 use super::contract::{self, ip, v4_pool};
+use super::rbac;
 
 pub const NS: &str = "iotlan-system";
 pub const TOKEN: &str = "t0ken";
@@ -24,6 +25,8 @@ impl KubeFixture {
     pub fn new() -> KubeFixture {
         let server = ApiServer::start();
         server.set_token(Some(TOKEN));
+        // Everything runs as the shipped ServiceAccount may: anything else is 403.
+        server.enforce(rbac::shipped_rules());
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = server.kubeconfig(dir.path(), "default", TOKEN);
         KubeFixture {
