@@ -656,3 +656,93 @@ fn the_reconcile_loop_frees_leases_of_deleted_pods() {
     assert!(o.status.success(), "{log}");
     assert!(log.contains("freed"), "{log}");
 }
+
+/// `<conf dir>/iotlan.d/node-name` on each flavor's host.
+fn node_name_file(h: &Host, flavor: Flavor) -> PathBuf {
+    let conf = match flavor {
+        Flavor::Kubeadm => "etc/cni/net.d",
+        Flavor::K3s | Flavor::K3sLegacy => "var/lib/rancher/k3s/agent/etc/cni/net.d",
+    };
+    h.root().join(conf).join("iotlan.d/node-name")
+}
+
+#[test]
+fn the_node_name_from_the_downward_api_is_written_for_the_plugin() {
+    for flavor in [Flavor::Kubeadm, Flavor::K3s, Flavor::K3sLegacy] {
+        let h = Host::new(flavor);
+        let o = h
+            .command(&["--once", "--no-kubeconfig"])
+            .env("NODE_NAME", "pi-radio-1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{flavor:?}: {}", stderr(&o));
+        let file = node_name_file(&h, flavor);
+        assert_eq!(
+            fs::read_to_string(&file).unwrap(),
+            "pi-radio-1\n",
+            "{flavor:?}"
+        );
+        assert_eq!(mode(&file), 0o644);
+        no_temp_files(file.parent().unwrap());
+        // What the plugin on this host records in its leases.
+        assert_eq!(
+            iotlan_ipam::node::local_name(&[file.parent().unwrap()]).as_deref(),
+            Some("pi-radio-1")
+        );
+    }
+}
+
+#[test]
+fn the_node_name_flag_wins_and_an_unchanged_name_is_not_rewritten() {
+    let h = Host::new(Flavor::Kubeadm);
+    let file = node_name_file(&h, Flavor::Kubeadm);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--once", "--no-kubeconfig"];
+        args.extend_from_slice(extra);
+        let o = h
+            .command(&args)
+            .env("NODE_NAME", "from-env")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    run(&["--node-name", "node-a.lan"]);
+    assert_eq!(fs::read_to_string(&file).unwrap(), "node-a.lan\n");
+    let inode = fs::metadata(&file).unwrap().ino();
+    run(&["--node-name", "node-a.lan"]);
+    assert_eq!(
+        fs::metadata(&file).unwrap().ino(),
+        inode,
+        "rewritten unchanged"
+    );
+    // A wrong file (a cloned image's, a hand edit) is put right, atomically (a new inode).
+    fs::write(&file, "other\n").unwrap();
+    run(&[]);
+    assert_eq!(fs::read_to_string(&file).unwrap(), "from-env\n");
+}
+
+#[test]
+fn an_invalid_node_name_fails_and_none_writes_nothing() {
+    let h = Host::new(Flavor::Kubeadm);
+    let file = node_name_file(&h, Flavor::Kubeadm);
+    let o = h
+        .command(&["--once", "--no-kubeconfig"])
+        .env("NODE_NAME", "Not_A_Node")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("Not_A_Node") && stderr(&o).contains("NODE_NAME"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!file.exists());
+    // No name given at all: nothing written (the plugin falls back to the host name), and fine.
+    let o = h
+        .command(&["--once", "--no-kubeconfig"])
+        .env_remove("NODE_NAME")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!file.exists());
+}
