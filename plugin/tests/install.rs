@@ -746,3 +746,70 @@ fn an_invalid_node_name_fails_and_none_writes_nothing() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!file.exists());
 }
+
+#[cfg(feature = "kubernetes")]
+#[test]
+fn the_agent_frees_file_store_leases_of_pods_no_longer_on_its_node() {
+    use iotlan_ipam::{AllocRequest, Attachment, FileStore, Pool, PoolConfig, Store};
+
+    let server = apiserver::ApiServer::start();
+    server.set_token(Some("token-1"));
+    let h = Host::new(Flavor::K3s);
+    // The plugin's file store on this host, as the NAD's `"store": {"kind": "file"}` keeps it.
+    let iot = FileStore::open(
+        &h.root().join("var/lib/cni/iotlan/iot"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let cfg: PoolConfig = serde_json::from_value(serde_json::json!({
+        "subnet": "192.168.20.0/24", "pool": ["192.168.20.200-192.168.20.239"],
+    }))
+    .unwrap();
+    let pool = Pool::new("iot", &cfg).unwrap();
+    let add = |pod: &str, cid: &str| {
+        iot.allocate(
+            &pool,
+            &AllocRequest {
+                identity: format!("home/{pod}"),
+                attachment: Attachment::new(cid, "net1"),
+                ..AllocRequest::default()
+            },
+        )
+        .unwrap()
+    };
+    server.add_pod_on("home", "esphome-0", Some("pi-radio-1"));
+    server.add_pod_on("home", "jellyfin-0", Some("other-node"));
+    let here = add("esphome-0", "c1");
+    add("jellyfin-0", "c2"); // its DEL never came; the pod now runs elsewhere
+    add("music-0", "c3"); // deleted pod
+
+    let api = server.url();
+    let mut cmd = h.command(&[
+        "--interval",
+        "1",
+        "--api-server",
+        &api,
+        "--reconcile-interval",
+        "1",
+        "--reconcile-grace",
+        "0",
+    ]);
+    let child = cmd
+        .env("NODE_NAME", "pi-radio-1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon(Some(child));
+    // The pass that first sees them missing marks them; the next one frees them.
+    wait_for(
+        30,
+        "the file-store leases of the pods not on this node to be freed",
+        || iot.leases().unwrap().len() == 1,
+    );
+    assert_eq!(iot.leases().unwrap(), here);
+    let o = daemon.terminate();
+    let log = stderr(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("no longer on this node"), "{log}");
+}

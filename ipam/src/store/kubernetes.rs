@@ -59,6 +59,7 @@ use crate::store::Store;
 
 mod conn;
 mod error;
+mod node_files;
 mod nodes;
 pub mod objects;
 mod reconcile;
@@ -66,6 +67,7 @@ mod settings;
 mod txn;
 
 use conn::Conn;
+pub use node_files::{FileReconcileReport, FileStoreReconciler};
 pub use reconcile::{ReconcileReport, Reconciler, DEFAULT_IDENTITY_RETENTION};
 pub use settings::{
     Settings, DEFAULT_KUBECONFIGS, DEFAULT_NAMESPACE, DEFAULT_NODE_LOSS_GRACE_SECONDS,

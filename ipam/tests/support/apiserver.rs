@@ -28,7 +28,7 @@
 //! transactions make them on a real server. Anything else gets a 404 or 400 Status, so a
 //! client call the double does not know fails loudly instead of passing by accident.
 //!
-//! Not modelled: watches, patches, field selectors, set-based selectors, pagination, admission,
+//! Not modelled: watches, patches, field selectors other than pods' `spec.nodeName`, set-based selectors, pagination, admission,
 //! managedFields, generation, TLS (the double speaks plain HTTP; the store's TLS path is the
 //! kube crate's), and the apiserver's watch cache (a real list may be served slightly stale
 //! from it; ours is always current).
@@ -143,6 +143,11 @@ impl ApiServer {
 
     /// Puts a pod and returns its UID (a pod recreated under the same name gets a new one).
     pub fn add_pod(&self, namespace: &str, name: &str) -> String {
+        self.add_pod_on(namespace, name, None)
+    }
+
+    /// [`ApiServer::add_pod`], bound to `node` (its `spec.nodeName`) when given.
+    pub fn add_pod_on(&self, namespace: &str, name: &str, node: Option<&str>) -> String {
         let mut s = lock(&self.state);
         let uid = s.next_uid();
         let pod = json!({
@@ -151,6 +156,10 @@ impl ApiServer {
                           "creationTimestamp": rfc3339(now_unix()) },
             "spec": { "containers": [{ "name": "c", "image": "scratch" }] }
         });
+        let mut pod = pod;
+        if let Some(n) = node {
+            pod["spec"]["nodeName"] = json!(n);
+        }
         s.next_rv();
         s.pods
             .insert((namespace.to_string(), name.to_string()), pod);
@@ -1106,10 +1115,38 @@ fn list<'a>(
 
 fn list_pods(s: &mut State, ns: Option<&str>, req: &Request) -> (u16, Value) {
     let metadata_only = req.accept.contains("as=PartialObjectMetadataList");
+    // Field selectors: `spec.nodeName` (what the node agent uses), as the pod registry supports it.
+    let mut on_node: Option<String> = None;
+    for term in req
+        .query
+        .get("fieldSelector")
+        .map_or("", String::as_str)
+        .split(',')
+        .filter(|t| !t.is_empty())
+    {
+        let (k, v) = term
+            .split_once("==")
+            .or_else(|| term.split_once('='))
+            .unwrap_or((term, ""));
+        if k != "spec.nodeName" {
+            return status(
+                400,
+                "BadRequest",
+                format!("field label not supported by the test double: {k}"),
+                None,
+            );
+        }
+        on_node = Some(v.to_string());
+    }
     let items: Vec<Value> = s
         .pods
         .iter()
         .filter(|((n, _), _)| ns.is_none_or(|want| n == want))
+        .filter(|(_, p)| {
+            on_node
+                .as_deref()
+                .is_none_or(|want| p["spec"]["nodeName"].as_str().unwrap_or("") == want)
+        })
         .map(|(_, p)| {
             if metadata_only {
                 json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",

@@ -11,7 +11,8 @@
 //! - Every tick it also re-checks the binaries (a k3s upgrade switches its data dir) and
 //!   touches a health file; `iotlan install --check-health` is the exec liveness probe.
 //! - With the `kubernetes` store compiled in, it runs the reconcile loop: leases whose pod no
-//!   longer exists (after a grace period) are freed.
+//!   longer exists (after a grace period) are freed; and, knowing its node name, the same for the
+//!   file store's leases on this node whose pod is not on this node any more.
 //! - SIGTERM or SIGINT ends it at once with status 0; installed files stay, because pods on
 //!   the node keep using them while the DaemonSet rolls.
 
@@ -19,6 +20,7 @@ mod files;
 mod kubeconfig;
 mod layout;
 mod node_name;
+mod reconcile_files;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -383,12 +385,16 @@ fn run(opts: &Options) -> Result<(), InstallError> {
         return Ok(());
     }
     let mut reconciler = reconcile::Reconciler::new(&agent, opts);
+    let mut file_reconciler = reconcile_files::FileReconciler::new(&agent, opts);
     let mut last_reconcile: Option<Instant> = None;
     loop {
-        let due = reconciler.is_some()
+        let due = (reconciler.is_some() || file_reconciler.is_some())
             && last_reconcile.is_none_or(|t| t.elapsed() >= opts.reconcile_interval);
         if due {
             if let Some(r) = reconciler.as_mut() {
+                r.run_once();
+            }
+            if let Some(r) = file_reconciler.as_mut() {
                 r.run_once();
             }
             last_reconcile = Some(Instant::now());
