@@ -20,19 +20,9 @@ use std::time::Duration;
 
 use contract::{ips, req, v4_pool};
 use iotlan_ipam::store::kubernetes::FileStoreReconciler;
-use iotlan_ipam::{AllocRequest, Attachment, FileStore, Lease, Sandbox, Store};
+use iotlan_ipam::{Attachment, FileStore, Lease, Store};
 
-use kubefix::KubeFixture;
-
-fn req_uid(identity: &str, cid: &str, uid: &str) -> AllocRequest {
-    AllocRequest {
-        sandbox: Sandbox {
-            netns: None,
-            pod_uid: Some(uid.to_string()),
-        },
-        ..req(identity, cid)
-    }
-}
+use kubefix::{req_uid, KubeFixture};
 
 fn store(state: &Path, network: &str) -> FileStore {
     FileStore::open(&state.join(network), Duration::from_secs(5)).unwrap()

@@ -20,10 +20,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use contract::{ips, req, v4_pool};
 use iotlan_ipam::store::kubernetes::{objects, Reconciler};
-use iotlan_ipam::{AllocRequest, Attachment, Lease, Sandbox, Store};
+use iotlan_ipam::{AllocRequest, Attachment, Lease, Store};
 use serde_json::Value;
 
-use kubefix::{name, object, KubeFixture, NS};
+use kubefix::{name, object, req_uid, KubeFixture, NS};
 
 fn reconciler(f: &KubeFixture, grace_secs: u64) -> Reconciler {
     Reconciler::new(&f.kubeconfig, Some(NS), Duration::from_secs(grace_secs)).unwrap()
@@ -142,17 +142,6 @@ fn reconcile_fails_loudly_when_pods_cannot_be_listed() {
     let e = reconciler(&f, 0).run_once().unwrap_err();
     assert!(e.is_retryable() && e.to_string().contains("403"), "{e}");
     assert_eq!(s.leases().unwrap(), got);
-}
-
-/// An ADD of pod `identity` whose pod object has `uid`, as the CNI layer records it.
-fn req_uid(identity: &str, cid: &str, uid: &str) -> AllocRequest {
-    AllocRequest {
-        sandbox: Sandbox {
-            netns: None,
-            pod_uid: Some(uid.to_string()),
-        },
-        ..req(identity, cid)
-    }
 }
 
 fn now() -> u64 {

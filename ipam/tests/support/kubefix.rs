@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use iotlan_ipam::store::kubernetes::{objects, KubernetesStore};
-use iotlan_ipam::{open_store, Lease, SandboxCheck, Store, StoreConfig};
+use iotlan_ipam::{open_store, AllocRequest, Lease, Sandbox, SandboxCheck, Store, StoreConfig};
 use serde_json::{json, Value};
 
 use super::apiserver::ApiServer;
@@ -89,4 +89,15 @@ pub fn object(l: &Lease) -> Value {
 
 pub fn name(ip_: &str) -> String {
     objects::address_name("iot", ip(ip_))
+}
+
+/// An ADD of pod `identity` whose pod object has `uid`, as the CNI layer records it.
+pub fn req_uid(identity: &str, cid: &str, uid: &str) -> AllocRequest {
+    AllocRequest {
+        sandbox: Sandbox {
+            netns: None,
+            pod_uid: Some(uid.to_string()),
+        },
+        ..contract::req(identity, cid)
+    }
 }

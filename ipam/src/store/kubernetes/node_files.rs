@@ -52,13 +52,7 @@ impl std::fmt::Display for FileReconcileReport {
             self.networks,
             self.freed.len()
         )?;
-        for (net, l) in &self.freed {
-            write!(
-                f,
-                " [{net} {} of {} ({})]",
-                l.ip, l.identity, l.container_id
-            )?;
-        }
+        super::reconcile::write_freed(f, &self.freed)?;
         write!(
             f,
             ", {} of pods not on this node newly marked, {} within the grace period, {} without a pod identity",
@@ -198,12 +192,6 @@ impl FileStoreReconciler {
             &format!("list pods on node {}", self.node),
             pods.list_metadata(&params),
         )?;
-        Ok(LivePods::new(list.items.iter().filter_map(|p| {
-            Some((
-                p.metadata.namespace.as_deref()?,
-                p.metadata.name.as_deref()?,
-                p.metadata.uid.as_deref(),
-            ))
-        })))
+        Ok(super::reconcile::live_pods(&list.items))
     }
 }

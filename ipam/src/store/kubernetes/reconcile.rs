@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use k8s_openapi::api::coordination::v1::Lease as KLease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::core::PartialObjectMeta;
 
 use super::conn::Conn;
 use super::objects;
@@ -45,13 +46,7 @@ impl std::fmt::Display for ReconcileReport {
             self.checked,
             self.freed.len()
         )?;
-        for (net, l) in &self.freed {
-            write!(
-                f,
-                " [{net} {} of {} ({})]",
-                l.ip, l.identity, l.container_id
-            )?;
-        }
+        write_freed(f, &self.freed)?;
         write!(
             f,
             ", {} of missing pods newly marked, {} within the grace period, {} without a pod identity; \
@@ -63,6 +58,32 @@ impl std::fmt::Display for ReconcileReport {
             self.identities_pruned.len()
         )
     }
+}
+
+/// ` [network ip of identity (container)]` for each freed lease.
+pub(super) fn write_freed(
+    f: &mut std::fmt::Formatter<'_>,
+    freed: &[(String, Lease)],
+) -> std::fmt::Result {
+    for (net, l) in freed {
+        write!(
+            f,
+            " [{net} {} of {} ({})]",
+            l.ip, l.identity, l.container_id
+        )?;
+    }
+    Ok(())
+}
+
+/// The pods of a metadata list, by namespace/name, with their UIDs.
+pub(super) fn live_pods(items: &[PartialObjectMeta<Pod>]) -> LivePods {
+    LivePods::new(items.iter().filter_map(|p| {
+        Some((
+            p.metadata.namespace.as_deref()?,
+            p.metadata.name.as_deref()?,
+            p.metadata.uid.as_deref(),
+        ))
+    }))
 }
 
 /// Frees leases whose pod no longer exists (or was replaced by another pod of the same name):
@@ -164,13 +185,7 @@ impl Reconciler {
         )?;
         // Names and UIDs are all it needs: metadata only, a fraction of the full Pod objects.
         let pods = conn.run("list pods", pods_api.list_metadata(&ListParams::default()))?;
-        let live = LivePods::new(pods.items.iter().filter_map(|p| {
-            Some((
-                p.metadata.namespace.as_deref()?,
-                p.metadata.name.as_deref()?,
-                p.metadata.uid.as_deref(),
-            ))
-        }));
+        let live = live_pods(&pods.items);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
