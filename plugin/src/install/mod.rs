@@ -49,7 +49,7 @@ usage: iotlan install [options]          install binaries and kubeconfig, then k
   --health-file PATH        touched every tick (default /run/iotlan/healthy)
   --max-age SECS            --check-health: oldest acceptable health file (default 60)
   --reconcile-interval SECS free leases of deleted pods this often; 0 disables (default 60)
-  --reconcile-grace SECS    never free a lease younger than this (default 300)
+  --reconcile-grace SECS    free a lease only once its pod has been missing this long (default 300)
   --identity-retention DAYS delete a sticky identity record (a pod's latest addresses) unused
                             this long; 0 keeps them all (default 30)
   --node-name NAME          this node's Kubernetes name, written to <conf dir>/iotlan.d/node-name
