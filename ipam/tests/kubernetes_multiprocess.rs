@@ -15,6 +15,8 @@
 mod apiserver;
 #[path = "support/driver.rs"]
 mod driver;
+#[path = "support/rbac.rs"]
+mod rbac;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,7 @@ struct Setup {
 fn setup(size: u32) -> Setup {
     let server = ApiServer::start();
     server.set_token(Some("mp-token"));
+    server.enforce(rbac::shipped_rules());
     let dir = tempfile::tempdir().unwrap();
     let kc = server.kubeconfig(dir.path(), NS, "mp-token");
     let last =
