@@ -84,19 +84,12 @@ impl TwoNodes {
 
 fn assert_still_in_use(e: Error) {
     assert!(e.is_retryable(), "{e}");
-    let Error::StillInUse {
-        ip: held,
-        holder_container,
-        holder_node,
-        why,
-        ..
-    } = e
-    else {
+    let Error::StillInUse { holder, why } = e else {
         panic!("expected StillInUse, got {e}");
     };
-    assert_eq!(held, ip("192.168.20.100"));
-    assert_eq!(holder_container, "old");
-    assert_eq!(holder_node.as_deref(), Some("node-b"));
+    assert_eq!(holder.ip, ip("192.168.20.100"));
+    assert_eq!(holder.container_id, "old");
+    assert_eq!(holder.node.as_deref(), Some("node-b"));
     assert!(why.contains("node-b"), "{why}");
 }
 

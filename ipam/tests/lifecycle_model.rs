@@ -134,15 +134,10 @@ fn run(store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> {
                         None
                     }
                     (Ok(_), Add::Killed) => None,
-                    (
-                        Err(Error::StillInUse {
-                            holder_container, ..
-                        }),
-                        _,
-                    ) => {
+                    (Err(Error::StillInUse { holder, .. }), _) => {
                         let live = sandboxes
                             .iter()
-                            .any(|s| s.on_wire.is_some() && s.att.container_id == holder_container);
+                            .any(|s| s.on_wire.is_some() && s.att == holder.attachment());
                         prop_assert!(live, "StillInUse names a live sandbox");
                         prop_assert_eq!(&by_ip(store), &before);
                         None

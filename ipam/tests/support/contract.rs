@@ -403,9 +403,9 @@ pub fn stale_sandbox_is_taken_over(f: &dyn Fixture) {
         .unwrap();
     // The pod is recreated while the old sandbox may still be up: nothing is taken over.
     match s.allocate(&pool, &req("home-assistant/home-assistant-0", "new")) {
-        Err(iotlan_ipam::Error::StillInUse {
-            holder_container, ..
-        }) => assert_eq!(holder_container, "old"),
+        Err(iotlan_ipam::Error::StillInUse { holder, .. }) => {
+            assert_eq!(holder.container_id, "old")
+        }
         other => panic!("expected StillInUse, got {other:?}"),
     }
     assert_eq!(s.find(&Attachment::new("old", "net1")).unwrap(), old);
