@@ -110,7 +110,7 @@ impl Netlink {
     }
 
     /// Sends a request and collects replies until the ack (or the end of a dump).
-    fn exchange(
+    pub(crate) fn exchange(
         &mut self,
         msg: RouteNetlinkMessage,
         flags: u16,
@@ -441,7 +441,7 @@ impl Netlink {
     }
 }
 
-fn family(ip: IpAddr) -> AddressFamily {
+pub(crate) fn family(ip: IpAddr) -> AddressFamily {
     if ip.is_ipv4() {
         AddressFamily::Inet
     } else {
@@ -449,14 +449,14 @@ fn family(ip: IpAddr) -> AddressFamily {
     }
 }
 
-fn route_address(ip: IpAddr) -> RouteAddress {
+pub(crate) fn route_address(ip: IpAddr) -> RouteAddress {
     match ip {
         IpAddr::V4(v4) => RouteAddress::Inet(v4),
         IpAddr::V6(v6) => RouteAddress::Inet6(v6),
     }
 }
 
-fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+pub(crate) fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
