@@ -384,3 +384,34 @@ fn a_sticky_restart_is_not_probed_again_and_a_first_address_is() {
     );
     del(&lan, &pod, "ctr-sticky-2", &c).expect_ok();
 }
+
+#[test]
+fn ipv6_duplicate_address_detection_stays_on_and_finds_a_squatter() {
+    if !ready() {
+        return;
+    }
+    let mut lan = Lan::new("dad6");
+    let squatter = lan.add_node("squatter6");
+    squatter
+        .ns
+        .ip(&["-6", "addr", "add", "fd77::10/64", "dev", "eth0", "nodad"]);
+    let pod = lan.pod("ha");
+    let state = State::new();
+    let mut ipam = ipam(&state);
+    ipam["ipv6"] = json!({ "subnet": "fd77::/64", "pool": ["fd77::100-fd77::150"] });
+    ipam["reservations"] = json!({ "home-assistant/home-assistant-0": [HA_IP, "fd77::10"] });
+    let c = conf(&state, json!({ "ipam": ipam }));
+    add(&lan, &pod, "ctr-dad6-1", &c).expect_ok();
+    // The kernel's DAD (optimistic: the address was usable at once) marks the duplicate.
+    let failed = (0..50).any(|_| {
+        let out = pod.ip(&["-6", "addr", "show", "dev", "net1"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("fd77::10/64") && text.contains("dadfailed") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        false
+    });
+    assert!(failed, "DAD marks fd77::10 dadfailed on net1");
+    del(&lan, &pod, "ctr-dad6-1", &c).expect_ok();
+}

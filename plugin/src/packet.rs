@@ -95,49 +95,11 @@ impl ArpSocket {
         from: Ipv4Addr,
         deadline: std::time::Instant,
     ) -> io::Result<Option<[u8; 6]>> {
-        let mut buf = [0u8; 256];
-        loop {
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            let ms = (deadline - now).as_millis().clamp(1, i32::MAX as u128) as i32;
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll(2) on one valid pollfd.
-            let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if ready < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if ready == 0 {
-                return Ok(None);
-            }
-            // SAFETY: recv(2) into a stack buffer of its own length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n >= 28 && buf[6..8] == 2u16.to_be_bytes() && buf[14..18] == from.octets() {
-                let mut mac = [0u8; 6];
-                mac.copy_from_slice(&buf[8..14]);
-                return Ok(Some(mac));
-            }
-        }
+        self.wait_for(deadline, |p| {
+            p[6..8] == 2u16.to_be_bytes() && p[14..18] == from.octets()
+        })
     }
-}
 
-impl ArpSocket {
     /// Waits until `deadline` for any ARP packet (reply or request) whose sender IP is `ip` and
     /// whose sender MAC is not `own`: someone uses `ip` (RFC 5227's conflict). Returns that MAC.
     pub fn wait_claim(
@@ -145,6 +107,16 @@ impl ArpSocket {
         ip: Ipv4Addr,
         own: [u8; 6],
         deadline: std::time::Instant,
+    ) -> io::Result<Option<[u8; 6]>> {
+        self.wait_for(deadline, |p| p[14..18] == ip.octets() && p[8..14] != own)
+    }
+
+    /// Waits until `deadline` for an ARP packet (28 bytes or more) that `wanted` accepts; returns its
+    /// sender MAC.
+    fn wait_for(
+        &self,
+        deadline: std::time::Instant,
+        wanted: impl Fn(&[u8]) -> bool,
     ) -> io::Result<Option<[u8; 6]>> {
         let mut buf = [0u8; 256];
         loop {
@@ -179,7 +151,7 @@ impl ArpSocket {
                     libc::MSG_DONTWAIT,
                 )
             };
-            if n >= 28 && buf[14..18] == ip.octets() && buf[8..14] != own {
+            if n >= 28 && wanted(&buf[..n as usize]) {
                 let mut mac = [0u8; 6];
                 mac.copy_from_slice(&buf[8..14]);
                 return Ok(Some(mac));

@@ -24,6 +24,9 @@ pub struct Extras<'a> {
     /// stops the configuration. None: the addresses go on before the link comes up, so the kernel
     /// announces them itself at link-up.
     pub before_addresses: Option<BeforeAddresses<'a>>,
+    /// IPv6 duplicate address detection on the link's IPv6 addresses (optimistic, so they are usable
+    /// at once); off, they are added with `nodad`.
+    pub ipv6_dad: bool,
 }
 
 /// Renames the freshly created link `made` to `ifname`, applies the IPv6 policy, adds the addresses,
@@ -66,6 +69,10 @@ pub fn configure(
             e,
         )
     })?;
+    if extras.ipv6_dad && ips.iter().any(|ip| ip.address.is_ipv6()) {
+        crate::sysctl::enable_optimistic_dad(ifname)
+            .map_err(|e| Error::io(format!("cannot enable optimistic DAD on {ifname}"), e))?;
+    }
     let probed = match extras.before_addresses {
         Some(check) => {
             bring_up(nl, link, ifname)?;
@@ -78,7 +85,7 @@ pub fn configure(
         None => false,
     };
     for ip in ips {
-        nl.add_address(link.index, ip.address, true)
+        nl.add_address(link.index, ip.address, !extras.ipv6_dad)
             .map_err(|e| Error::netlink(format!("cannot add {} to {ifname}", ip.address), e))?;
     }
     if !probed {

@@ -76,6 +76,23 @@ fn multicast_specs(link: &Link, ips: &[IpConfig], table: Option<u32>) -> Vec<Rou
 fn add(nl: &mut Netlink, spec: &RouteSpec, ifname: &str) -> Result<()> {
     match nl.add_route_spec(spec) {
         Ok(()) => Ok(()),
+        // An IPv6 address whose duplicate address detection failed (or is still tentative) is no
+        // valid preferred source: the route goes in without it, and the kernel picks the source.
+        Err(e)
+            if e.raw_os_error() == Some(libc::EINVAL)
+                && spec.dst.is_ipv6()
+                && spec.prefsrc.is_some() =>
+        {
+            tracing::warn!(dst = %spec.dst, ifname, "net1's IPv6 address cannot be the preferred source (DAD failed?); adding the route without one");
+            add(
+                nl,
+                &RouteSpec {
+                    prefsrc: None,
+                    ..spec.clone()
+                },
+                ifname,
+            )
+        }
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             tracing::warn!(dst = %spec.dst, table = spec.table, ifname,
                 "the pod already has this route (a second iotlan network? set multicastRoutes: false on it); keeping it");

@@ -385,6 +385,7 @@ fn try_driver(
             let extras = pod::Extras {
                 multicast: conf.multicast_routes,
                 source_routing: conf.source_routing,
+                ipv6_dad: conf.conflict_check.is_some(),
                 before_addresses: if targets.is_empty() {
                     None
                 } else {
