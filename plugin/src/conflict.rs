@@ -22,6 +22,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::cni::env::Attachment;
+use crate::cni::result::CniResult;
+use crate::config::NetConf;
+use crate::error::{Error, Result};
+use crate::ipam::{Claim, IN_PROCESS_TYPE};
+use crate::mac::Mac;
+use crate::netlink::Link;
 use crate::packet::ArpSocket;
 
 /// How long a conflicting address stays out of the pool.
@@ -95,7 +102,9 @@ fn verified_path(state_dir: &Path, network: &str, ip: IpAddr) -> PathBuf {
         .join(format!("{ip}.json"))
 }
 
-fn write_atomic(path: &Path, value: &impl Serialize) -> io::Result<()> {
+/// Writes `value` to `path` by rename; `durable` adds an fsync (the verified notes need none: a lost
+/// one costs one probe).
+fn write_atomic(path: &Path, value: &impl Serialize, durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("no parent directory"))?;
@@ -107,7 +116,9 @@ fn write_atomic(path: &Path, value: &impl Serialize) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     let mut f = fs::File::create(&tmp)?;
     f.write_all(&serde_json::to_vec_pretty(value).map_err(io::Error::other)?)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     fs::rename(&tmp, path)
 }
 
@@ -116,6 +127,7 @@ pub fn record(state_dir: &Path, network: &str, c: &Conflict) -> io::Result<()> {
     write_atomic(
         &conflicts_dir(state_dir, network).join(format!("{}.json", c.ip)),
         c,
+        true,
     )
 }
 
@@ -184,13 +196,25 @@ pub fn verified_recently(state_dir: &Path, network: &str, ip: IpAddr, identity: 
         })
 }
 
-/// Notes that `identity` holds `ip`, checked or known to be its own. Best effort.
+/// Notes that `identity` holds `ip`, checked or known to be its own (a note younger than a quarter
+/// of [`VERIFIED_FOR`] is left as it is). Best effort.
 pub fn mark_verified(state_dir: &Path, network: &str, ip: IpAddr, identity: &str) {
+    let path = verified_path(state_dir, network, ip);
+    let fresh = fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Verified>(&b).ok())
+        .is_some_and(|v| {
+            v.identity == identity
+                && now_unix().saturating_sub(v.at_unix) < VERIFIED_FOR.as_secs() / 4
+        });
+    if fresh {
+        return;
+    }
     let v = Verified {
         identity: identity.to_string(),
         at_unix: now_unix(),
     };
-    if let Err(e) = write_atomic(&verified_path(state_dir, network, ip), &v) {
+    if let Err(e) = write_atomic(&path, &v, false) {
         tracing::warn!(%ip, error = %e, "could not note the verified address");
     }
 }
@@ -212,6 +236,157 @@ pub fn probe(
         }
     }
     Ok(None)
+}
+
+/// Runs `attempt` (one ADD) and, when the conflict check finds a pool address in use, records the
+/// conflict and runs it again with that address excluded, up to [`MAX_RETRIES`] times. Every
+/// attempt undid its own allocation and link before it returned the conflict.
+pub fn with_retries(
+    conf: &NetConf,
+    att: &Attachment,
+    mut attempt: impl FnMut(&NetConf) -> Result<CniResult>,
+) -> Result<CniResult> {
+    let checking = conf.conflict_check.is_some();
+    let pool = conf.ipam_type == IN_PROCESS_TYPE;
+    let pinned = pinned(&conf.ipam, &conf.requested_ips);
+    let mut avoid: Vec<IpAddr> = if checking && pool {
+        // Only what lies in today's subnets: a record from before a subnet change must not make
+        // the pool config invalid.
+        let subnets = conf.ipam_subnets();
+        recent(&conf.state_dir, &conf.name)
+            .into_iter()
+            .map(|c| c.ip)
+            .filter(|ip| subnets.iter().any(|n| n.contains(*ip)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut tried = 0;
+    loop {
+        let outcome = if avoid.is_empty() {
+            attempt(conf)
+        } else {
+            let mut steered = conf.clone();
+            exclude(&mut steered.ipam, &avoid, &pinned);
+            attempt(&steered)
+        };
+        match outcome {
+            Ok(result) => {
+                if checking {
+                    for ip in &result.ips {
+                        mark_verified(
+                            &conf.state_dir,
+                            &conf.name,
+                            ip.address.ip(),
+                            &att.pool_identity(),
+                        );
+                    }
+                }
+                return Ok(result);
+            }
+            Err(Error::AddressInUseOnLan { ip, mac, .. }) => {
+                tracing::warn!(%ip, %mac, identity = %att.pool_identity(), "address already in use on the LAN");
+                let seen = Conflict {
+                    ip,
+                    mac: mac.clone(),
+                    seen_unix: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    identity: att.pool_identity(),
+                };
+                if let Err(e) = record(&conf.state_dir, &conf.name, &seen) {
+                    tracing::warn!(error = %e, "could not record the conflict");
+                }
+                let hint = if !pool {
+                    format!(
+                        "; ipam plugin {} handed it out: exclude it there, or give that device another address",
+                        conf.ipam_type
+                    )
+                } else if pinned.contains(&ip) {
+                    format!(
+                        "; it is reserved for or requested by this pod, so iotlan will not pick another: give that \
+                         device another address, or change the reservation (conflicts are remembered for {} min)",
+                        HOLD.as_secs() / 60
+                    )
+                } else if tried == MAX_RETRIES {
+                    format!(
+                        "; {} pool addresses in a row were in use ({}): the pool overlaps devices with static addresses",
+                        tried + 1,
+                        avoid.iter().chain([&ip]).map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    )
+                } else {
+                    avoid.push(ip);
+                    tried += 1;
+                    continue;
+                };
+                return Err(Error::AddressInUseOnLan { ip, mac, hint });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The IPv4 addresses of this allocation that the conflict check must probe: those it claimed new
+/// (not kept, not taken over from the same pod), unless this identity verified them lately here.
+pub fn targets(conf: &NetConf, att: &Attachment, r: &CniResult, claim: &Claim) -> Vec<Ipv4Addr> {
+    if conf.conflict_check.is_none() {
+        return Vec::new();
+    }
+    let identity = att.pool_identity();
+    r.ips
+        .iter()
+        .filter_map(|ip| match ip.address.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .filter(|v4| match claim {
+            Claim::Pool(grant) => grant
+                .claimed
+                .iter()
+                .any(|c| c.lease.ip == IpAddr::V4(*v4) && c.replaced.is_none()),
+            Claim::Delegated => true,
+        })
+        .filter(|v4| !verified_recently(&conf.state_dir, &conf.name, IpAddr::V4(*v4), &identity))
+        .collect()
+}
+
+/// The conflict check, with `link` up and no address on it yet. Opens the probe socket on the
+/// link unless the master's is given (ipvlan); it stays open for the announcement after.
+pub fn check(
+    sock: &mut Option<ArpSocket>,
+    link: &Link,
+    targets: &[Ipv4Addr],
+    timeout: Duration,
+) -> Result<()> {
+    let own = link.mac.unwrap_or_default();
+    if sock.is_none() {
+        *sock = Some(ArpSocket::open(link.index, own).map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot open an ARP socket on {} for the conflict check",
+                    link.name
+                ),
+                e,
+            )
+        })?);
+    }
+    let Some(s) = sock.as_ref() else {
+        return Ok(());
+    };
+    for ip in targets {
+        let started = std::time::Instant::now();
+        let answer = probe(s, *ip, own, timeout)
+            .map_err(|e| Error::io(format!("cannot probe {ip} on {}", link.name), e))?;
+        tracing::debug!(%ip, took_ms = started.elapsed().as_millis() as u64, conflict = answer.is_some(), "conflict check");
+        if let Some(mac) = answer {
+            return Err(Error::AddressInUseOnLan {
+                ip: IpAddr::V4(*ip),
+                mac: Mac(mac).to_string(),
+                hint: String::new(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

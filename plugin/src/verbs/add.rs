@@ -11,7 +11,7 @@
 //!   earlier sandbox is put back. A delegated IPAM plugin is called with DEL, except when
 //!   `CNI_IFNAME` already existed (its addresses are then the earlier ADD's).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Duration;
@@ -21,82 +21,14 @@ use crate::cni::result::{CniResult, Interface};
 use crate::config::{DriverChoice, NetConf};
 use crate::driver::{self, memory, Driver};
 use crate::error::{Error, Result};
-use crate::ipam::{Claim, Ipam, IN_PROCESS_TYPE};
+use crate::ipam::{Claim, Ipam};
 use crate::mac::Mac;
 use crate::netlink::{Link, Netlink};
 use crate::netns::Netns;
 use crate::{conflict, master, packet, pod, probe};
 
 pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<CniResult> {
-    let checking = conf.conflict_check.is_some();
-    let pool = conf.ipam_type == IN_PROCESS_TYPE;
-    let pinned = conflict::pinned(&conf.ipam, &conf.requested_ips);
-    let mut avoid: Vec<IpAddr> = if checking && pool {
-        conflict::recent(&conf.state_dir, &conf.name)
-            .into_iter()
-            .map(|c| c.ip)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut tried = 0;
-    loop {
-        let outcome = if avoid.is_empty() {
-            add_once(env, conf, att)
-        } else {
-            let mut steered = conf.clone();
-            conflict::exclude(&mut steered.ipam, &avoid, &pinned);
-            add_once(env, &steered, att)
-        };
-        match outcome {
-            Ok(result) => {
-                if checking {
-                    for ip in &result.ips {
-                        conflict::mark_verified(
-                            &conf.state_dir,
-                            &conf.name,
-                            ip.address.ip(),
-                            &att.pool_identity(),
-                        );
-                    }
-                }
-                return Ok(result);
-            }
-            Err(Error::AddressInUseOnLan { ip, mac, .. }) => {
-                tracing::warn!(%ip, %mac, identity = %att.pool_identity(), "address already in use on the LAN");
-                let record = conflict::Conflict {
-                    ip,
-                    mac: mac.clone(),
-                    seen_unix: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
-                    identity: att.pool_identity(),
-                };
-                if let Err(e) = conflict::record(&conf.state_dir, &conf.name, &record) {
-                    tracing::warn!(error = %e, "could not record the conflict");
-                }
-                let hint = if !pool || pinned.contains(&ip) {
-                    format!(
-                        "; it is reserved for or requested by this pod, so iotlan will not pick another: give that \
-                         device another address, or change the reservation (conflicts are remembered for {} min)",
-                        conflict::HOLD.as_secs() / 60
-                    )
-                } else if tried == conflict::MAX_RETRIES {
-                    format!(
-                        "; {} pool addresses in a row were in use ({}): the pool overlaps devices with static addresses",
-                        tried + 1,
-                        avoid.iter().chain([&ip]).map(ToString::to_string).collect::<Vec<_>>().join(", ")
-                    )
-                } else {
-                    avoid.push(ip);
-                    tried += 1;
-                    continue;
-                };
-                return Err(Error::AddressInUseOnLan { ip, mac, hint });
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    conflict::with_retries(conf, att, |c| add_once(env, c, att))
 }
 
 /// One ADD attempt with one allocation; a conflict found by the check undoes it like any failure.
@@ -345,7 +277,7 @@ fn try_driver(
     // socket for the probe, opened in this namespace.
     let targets = addrs
         .wait()
-        .map(|(r, c)| probe_targets(conf, att, r, c))
+        .map(|(r, c)| conflict::targets(conf, att, r, c))
         .unwrap_or_default();
     let mut sock = None;
     if drv == Driver::Ipvlan && !targets.is_empty() {
@@ -381,7 +313,7 @@ fn try_driver(
             };
             let timeout =
                 Duration::from_millis(conf.conflict_check.as_ref().map_or(0, |c| c.timeout_ms));
-            let mut check = |l: &Link| check_conflicts(&mut sock, l, &targets, timeout);
+            let mut check = |l: &Link| conflict::check(&mut sock, l, &targets, timeout);
             let extras = pod::Extras {
                 multicast: conf.multicast_routes,
                 source_routing: conf.source_routing,
@@ -439,71 +371,6 @@ fn try_driver(
         })
         .map_err(Attempt::Fatal)?;
     outcome.map_err(Attempt::Fatal)?
-}
-
-/// The IPv4 addresses of this allocation that the conflict check must probe: those it claimed new
-/// (not kept, not taken over from the same pod), unless this identity verified them lately here.
-fn probe_targets(conf: &NetConf, att: &Attachment, r: &CniResult, claim: &Claim) -> Vec<Ipv4Addr> {
-    if conf.conflict_check.is_none() {
-        return Vec::new();
-    }
-    let identity = att.pool_identity();
-    r.ips
-        .iter()
-        .filter_map(|ip| match ip.address.ip() {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
-        .filter(|v4| match claim {
-            Claim::Pool(grant) => grant
-                .claimed
-                .iter()
-                .any(|c| c.lease.ip == IpAddr::V4(*v4) && c.replaced.is_none()),
-            Claim::Delegated => true,
-        })
-        .filter(|v4| {
-            !conflict::verified_recently(&conf.state_dir, &conf.name, IpAddr::V4(*v4), &identity)
-        })
-        .collect()
-}
-
-/// The conflict check, with `link` up and no address on it yet. Opens the probe socket on the
-/// link unless the master's is given (ipvlan); it stays open for the announcement after.
-fn check_conflicts(
-    sock: &mut Option<packet::ArpSocket>,
-    link: &Link,
-    targets: &[Ipv4Addr],
-    timeout: Duration,
-) -> Result<()> {
-    let own = link.mac.unwrap_or_default();
-    if sock.is_none() {
-        *sock = Some(packet::ArpSocket::open(link.index, own).map_err(|e| {
-            Error::io(
-                format!(
-                    "cannot open an ARP socket on {} for the conflict check",
-                    link.name
-                ),
-                e,
-            )
-        })?);
-    }
-    let Some(s) = sock.as_ref() else {
-        return Ok(());
-    };
-    for ip in targets {
-        let started = std::time::Instant::now();
-        let answer = conflict::probe(s, *ip, own, timeout)
-            .map_err(|e| Error::io(format!("cannot probe {ip} on {}", link.name), e))?;
-        tracing::debug!(%ip, took_ms = started.elapsed().as_millis() as u64, conflict = answer.is_some(), "conflict check");
-        if let Some(mac) = answer {
-            return Err(Error::AddressInUseOnLan {
-                ip: IpAddr::V4(*ip),
-                mac: Mac(mac).to_string(),
-                hint: String::new(),
-            });
-        }
-    }
-    Ok(())
 }
 
 enum ProbeFailure {
