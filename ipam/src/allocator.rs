@@ -268,11 +268,7 @@ impl Takeover<'_> {
             format!("node {node} is not known to be lost (it exists and was Ready within the grace period)")
         };
         Err(Error::StillInUse {
-            ip: holder.ip,
-            identity: holder.identity.clone(),
-            holder_container: holder.container_id.clone(),
-            holder_ifname: holder.ifname.clone(),
-            holder_node: holder.node.clone(),
+            holder: Box::new(holder.clone()),
             why,
         })
     }

@@ -12,7 +12,7 @@ pub const DEFAULT_STORE_DIR: &str = "/var/lib/cni/iotlan";
 /// How long an operation waits for the file store's lock when `store.lockTimeoutMs` is not given.
 pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 10_000;
 /// The longest `store.lockTimeoutMs` accepted: every wait of an ADD has a bound.
-pub const MAX_LOCK_TIMEOUT_MS: u64 = 30_000;
+pub const MAX_LOCK_TIMEOUT_MS: u64 = 60_000;
 /// CNI GC leaves a lease younger than this alone (an ADD may still be in flight), unless
 /// `store.gcGraceSeconds` says otherwise.
 pub const DEFAULT_GC_GRACE_SECONDS: u64 = 60;

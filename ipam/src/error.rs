@@ -38,14 +38,12 @@ pub enum Error {
     /// The address belongs to an earlier sandbox of the same pod that may still be on the wire (its
     /// link still carries the address, or its node is not known to be gone). Taking it over would
     /// put one address on two devices, so the ADD waits for that sandbox's DEL. A retry can help.
-    #[error("{ip} is still in use by an earlier sandbox of {identity} (container {holder_container}, interface {holder_ifname}{}): {why}; \
-             retry once that sandbox is deleted", holder_node.as_ref().map(|n| format!(", node {n}")).unwrap_or_default())]
+    #[error("{} is still in use by an earlier sandbox of {} (container {}, interface {}{}): {why}; \
+             retry once that sandbox is deleted", holder.ip, holder.identity, holder.container_id, holder.ifname,
+             holder.node.as_ref().map(|n| format!(", node {n}")).unwrap_or_default())]
     StillInUse {
-        ip: IpAddr,
-        identity: String,
-        holder_container: String,
-        holder_ifname: String,
-        holder_node: Option<String>,
+        /// The earlier sandbox's lease (boxed: the error type stays small).
+        holder: Box<crate::lease::Lease>,
         why: String,
     },
 

@@ -66,6 +66,7 @@ pub mod error;
 pub mod lease;
 pub mod names;
 pub mod node;
+pub mod orphan;
 pub mod pool;
 pub mod store;
 

@@ -15,6 +15,8 @@
 mod apiserver;
 #[path = "support/driver.rs"]
 mod driver;
+#[path = "support/rbac.rs"]
+mod rbac;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,7 @@ struct Setup {
 fn setup(size: u32) -> Setup {
     let server = ApiServer::start();
     server.set_token(Some("mp-token"));
+    server.enforce(rbac::shipped_rules());
     let dir = tempfile::tempdir().unwrap();
     let kc = server.kubeconfig(dir.path(), NS, "mp-token");
     let last =
@@ -53,7 +56,7 @@ fn setup(size: u32) -> Setup {
         "subnet": "10.30.0.0/16",
         "gateway": "10.30.0.1",
         "pool": [format!("10.30.1.0-{last}")],
-        "store": { "kind": "kubernetes", "namespace": NS, "kubeconfig": kc }
+        "store": { "kind": "kubernetes", "namespace": NS, "kubeconfig": kc, "gcGraceSeconds": 0 }
     });
     let config = dir.path().join("ipam.json");
     std::fs::write(&config, serde_json::to_vec(&cfg).unwrap()).unwrap();

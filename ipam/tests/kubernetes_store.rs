@@ -1,7 +1,7 @@
 //! The `kubernetes` store against the API server test double (support/apiserver.rs): the shared
 //! store contract (support/contract.rs, the same suite the file store passes), then the cases only
 //! a lock-free, networked store has: lost races, conditional deletes, an unreachable or refusing
-//! API server, the objects it writes, and the reconcile loop.
+//! API server, the objects it writes. The reconcile loop is in kubernetes_reconcile.rs.
 //!
 //! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_store`.
 
@@ -10,88 +10,25 @@
 mod contract;
 #[path = "support/apiserver.rs"]
 mod apiserver;
+#[path = "support/kubefix.rs"]
+mod kubefix;
+#[path = "support/rbac.rs"]
+mod rbac;
 #[path = "support/tls.rs"]
 mod tls;
 
 use std::collections::HashSet;
-use std::net::{IpAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::net::TcpListener;
+use std::path::Path;
 
-use apiserver::ApiServer;
 use contract::{ip, ips, req, req_ip, v4_pool};
-use iotlan_ipam::store::kubernetes::{objects, KubernetesStore, Reconciler};
-use iotlan_ipam::{open_store, Attachment, Error, Lease, Store, StoreConfig};
+use iotlan_ipam::store::kubernetes::{objects, KubernetesStore};
+use iotlan_ipam::{Attachment, Error, Lease, Store};
 use serde_json::{json, Value};
 
-const NS: &str = "iotlan-system";
-const TOKEN: &str = "t0ken";
-
-struct KubeFixture {
-    server: ApiServer,
-    _dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-}
-
-impl KubeFixture {
-    fn new() -> KubeFixture {
-        let server = ApiServer::start();
-        server.set_token(Some(TOKEN));
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = server.kubeconfig(dir.path(), "default", TOKEN);
-        KubeFixture {
-            server,
-            _dir: dir,
-            kubeconfig,
-        }
-    }
-
-    fn config(&self) -> StoreConfig {
-        store_config(&self.kubeconfig, json!({}))
-    }
-
-    fn open(&self) -> KubernetesStore {
-        KubernetesStore::open("iot", &self.config()).unwrap()
-    }
-}
-
-fn store_config(kubeconfig: &Path, extra: Value) -> StoreConfig {
-    let mut v = json!({ "kind": "kubernetes", "namespace": NS, "kubeconfig": kubeconfig });
-    for (k, x) in extra.as_object().unwrap() {
-        v[k] = x.clone();
-    }
-    serde_json::from_value(v).unwrap()
-}
-
-impl contract::Fixture for KubeFixture {
-    fn store(&self) -> Box<dyn Store> {
-        // Through open_store, as the plugin opens it; every handle has its own client.
-        let pool = v4_pool();
-        open_store("iot", &self.config(), &pool).unwrap()
-    }
-}
+use kubefix::{lease, name, object, store_config, Gone, KubeFixture, NS, TOKEN};
 
 store_contract_tests!(kubernetes, Box::new(super::KubeFixture::new()));
-
-fn lease(ip_: &str, identity: &str, cid: &str) -> Lease {
-    Lease {
-        ip: ip(ip_),
-        identity: identity.into(),
-        container_id: cid.into(),
-        ifname: "net1".into(),
-        node: Some("other-node".into()),
-        created_unix: 1_700_000_000,
-        sandbox: Default::default(),
-    }
-}
-
-fn object(l: &Lease) -> Value {
-    serde_json::to_value(objects::address_object("iot", "iot", NS, l)).unwrap()
-}
-
-fn name(ip_: &str) -> String {
-    objects::address_name("iot", ip(ip_))
-}
 
 #[test]
 fn each_address_is_one_lease_object_and_the_identity_is_remembered() {
@@ -349,16 +286,19 @@ fn release_of_an_object_deleted_meanwhile_is_idempotent() {
 fn a_takeover_loses_to_a_concurrent_change_and_reports_it() {
     let f = KubeFixture::new();
     let pool = v4_pool();
-    let s = f.open();
+    let s = f.open().with_node(Some("node-a".into()));
     s.allocate(&pool, &req("home-assistant/home-assistant-0", "old"))
         .unwrap();
-    // The pod is recreated, but just before our replace someone else's sandbox of it took over.
-    let other = lease("192.168.20.100", "home-assistant/home-assistant-0", "other");
+    // The pod is recreated, but just before our replace another sandbox of it on this node took over.
+    let mut other = lease("192.168.20.100", "home-assistant/home-assistant-0", "other");
+    other.node = Some("node-a".into());
     f.server
         .interfere("PUT", NS, &name("192.168.20.100"), object(&other));
+    // The old sandboxes on this node have left the wire (what the CNI layer's check tells).
     let got = s
-        .allocate(&pool, &req("home-assistant/home-assistant-0", "new"))
-        .unwrap();
+        .grant(&pool, &req("home-assistant/home-assistant-0", "new"), &Gone)
+        .unwrap()
+        .leases;
     // It retries against the current holder (a stale sandbox of the same pod) and takes over.
     assert_eq!(ips(&got), vec![ip("192.168.20.100")]);
     assert_eq!(s.find(&Attachment::new("new", "net1")).unwrap().len(), 1);
@@ -467,190 +407,6 @@ fn networks_are_kept_apart() {
     assert_eq!(b.leases().unwrap(), lb);
     assert_eq!(b.release(&Attachment::new("x", "net1")).unwrap(), lb);
     assert_eq!(a.leases().unwrap(), la);
-}
-
-fn reconciler(f: &KubeFixture, grace_secs: u64) -> Reconciler {
-    Reconciler::new(&f.kubeconfig, Some(NS), Duration::from_secs(grace_secs)).unwrap()
-}
-
-#[test]
-fn reconcile_frees_leases_of_deleted_pods_after_the_grace_period() {
-    let f = KubeFixture::new();
-    let pool = v4_pool();
-    let s = f.open();
-    f.server.add_pod("ns", "alive");
-    f.server.add_pod("ns", "gone");
-    let alive = s.allocate(&pool, &req("ns/alive", "a")).unwrap();
-    let gone = s.allocate(&pool, &req("ns/gone", "g")).unwrap();
-    let young = s.allocate(&pool, &req("ns/starting", "y")).unwrap(); // pod not listed yet
-    let podless = s.allocate(&pool, &req("0123abcd", "0123abcd")).unwrap(); // ctr/podman: no pod
-    f.server.delete_pod("ns", "gone");
-    for l in [&alive, &gone, &podless] {
-        f.server.backdate(NS, &name(&l[0].ip.to_string()), 3600);
-    }
-    let report = reconciler(&f, 300).run_once().unwrap();
-    assert_eq!(report.freed, vec![("iot".to_string(), gone[0].clone())]);
-    assert_eq!(
-        (report.checked, report.young, report.podless),
-        (4, 1, 1),
-        "{report}"
-    );
-    let left: Vec<IpAddr> = s.leases().unwrap().iter().map(|l| l.ip).collect();
-    assert_eq!(left.len(), 3);
-    for l in [&alive, &young, &podless] {
-        assert!(left.contains(&l[0].ip));
-    }
-    // A second reconciler (another node) finds nothing more to free.
-    assert!(reconciler(&f, 300).run_once().unwrap().freed.is_empty());
-    // Once past the grace period, the pod that never appeared loses its lease too.
-    f.server.backdate(NS, &name(&young[0].ip.to_string()), 3600);
-    let report = reconciler(&f, 300).run_once().unwrap();
-    assert_eq!(report.freed.len(), 1);
-    assert_eq!(report.freed[0].1.identity, "ns/starting");
-    // Every pass listed pod metadata only, never whole Pod objects.
-    let lists = f.server.pod_lists();
-    assert_eq!(lists.len(), 3);
-    assert!(
-        lists.iter().all(|k| k == "PartialObjectMetadataList"),
-        "{lists:?}"
-    );
-}
-
-/// The sticky identity objects of the network `iot`: identity -> annotations.
-fn identity_records(f: &KubeFixture) -> std::collections::BTreeMap<String, Value> {
-    f.server
-        .leases(NS)
-        .into_iter()
-        .filter(|o| o["metadata"]["labels"][objects::LABEL_KIND] == objects::KIND_IDENTITY)
-        .map(|o| {
-            let ann = o["metadata"]["annotations"].clone();
-            (
-                ann[objects::ANN_IDENTITY]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                ann,
-            )
-        })
-        .collect()
-}
-
-#[test]
-fn reconcile_prunes_sticky_records_unused_for_the_retention() {
-    let f = KubeFixture::new();
-    let pool = v4_pool();
-    let s = f.open();
-    f.server.add_pod("ns", "alive");
-    f.server.add_pod("ns", "holding");
-    for (id, cid) in [
-        ("ns/alive", "a"),
-        ("ns/gone", "g"),
-        ("ns/holding", "h"),
-        ("0123abcd", "0123abcd"),
-    ] {
-        s.allocate(&pool, &req(id, cid)).unwrap();
-    }
-    // DELs: "alive" still has its pod, "gone" and the container identity have nothing left.
-    for cid in ["a", "g", "0123abcd"] {
-        s.release(&Attachment::new(cid, "net1")).unwrap();
-    }
-    assert_eq!(identity_records(&f).len(), 4);
-    let reconcile = |retention: Option<Duration>| {
-        reconciler(&f, 300)
-            .with_identity_retention(retention)
-            .run_once()
-            .unwrap()
-    };
-
-    // Retention off: nothing is marked or pruned.
-    let report = reconcile(None);
-    assert_eq!(
-        (report.identities_marked, report.identities_pruned.len()),
-        (0, 0)
-    );
-
-    // First pass: the two unused records are marked with the time they were first seen unused.
-    let report = reconcile(Some(Duration::from_secs(3600)));
-    assert_eq!(report.identities_marked, 2, "{report}");
-    let records = identity_records(&f);
-    for id in ["ns/gone", "0123abcd"] {
-        assert!(
-            records[id][objects::ANN_UNUSED_SINCE].is_string(),
-            "{id}: {}",
-            records[id]
-        );
-    }
-    for id in ["ns/alive", "ns/holding"] {
-        assert!(
-            records[id][objects::ANN_UNUSED_SINCE].is_null(),
-            "{id}: {}",
-            records[id]
-        );
-    }
-    // Within the retention they stay, and are not marked again.
-    let report = reconcile(Some(Duration::from_secs(3600)));
-    assert_eq!(
-        (report.identities_marked, report.identities_pruned.len()),
-        (0, 0)
-    );
-
-    // The container comes back (podman restart keeps its ID): in use again, the mark goes, and its
-    // sticky address is still there.
-    let back = s.allocate(&pool, &req("0123abcd", "0123abcd")).unwrap();
-    reconcile(Some(Duration::from_secs(3600)));
-    assert!(identity_records(&f)["0123abcd"][objects::ANN_UNUSED_SINCE].is_null());
-
-    // Past the retention (zero here), the unused record of the deleted pod is pruned, and only it.
-    let report = reconcile(Some(Duration::ZERO));
-    assert_eq!(
-        report.identities_pruned,
-        vec![("iot".to_string(), "ns/gone".to_string())],
-        "{report}"
-    );
-    let records = identity_records(&f);
-    assert_eq!(
-        records.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["0123abcd", "ns/alive", "ns/holding"]
-    );
-    assert_eq!(s.find(&Attachment::new("0123abcd", "net1")).unwrap(), back);
-    // The pruned identity allocates again normally and is remembered again.
-    s.allocate(&pool, &req("ns/gone", "g2")).unwrap();
-    assert!(identity_records(&f).contains_key("ns/gone"));
-}
-
-#[test]
-fn reconcile_never_frees_a_lease_that_changed_under_it() {
-    let f = KubeFixture::new();
-    let s = f.open();
-    let got = s.allocate(&v4_pool(), &req("ns/web-0", "old")).unwrap();
-    let addr = got[0].ip.to_string();
-    f.server.backdate(NS, &name(&addr), 3600);
-    // Between the reconciler's list and its delete, the recreated pod takes the address over.
-    let newer = Lease {
-        container_id: "new".into(),
-        ..got[0].clone()
-    };
-    f.server
-        .interfere("DELETE", NS, &name(&addr), object(&newer));
-    let report = reconciler(&f, 60).run_once().unwrap();
-    assert!(report.freed.is_empty(), "{report}");
-    assert_eq!(
-        s.find(&Attachment::new("new", "net1")).unwrap(),
-        vec![newer]
-    );
-}
-
-#[test]
-fn reconcile_fails_loudly_when_pods_cannot_be_listed() {
-    let f = KubeFixture::new();
-    let s = f.open();
-    let got = s.allocate(&v4_pool(), &req("ns/a", "a")).unwrap();
-    f.server.backdate(NS, &name(&got[0].ip.to_string()), 3600);
-    // No RBAC for pods: an empty pod list must never be assumed.
-    f.server.forbid("/pods");
-    let e = reconciler(&f, 0).run_once().unwrap_err();
-    assert!(e.is_retryable() && e.to_string().contains("403"), "{e}");
-    assert_eq!(s.leases().unwrap(), got);
 }
 
 #[test]

@@ -45,7 +45,7 @@ fn setup(size: u32) -> Setup {
         "gateway": "10.20.0.1",
         "pool": [format!("10.20.1.0-{last}")],
         "reservations": { "mp/reserved-0": "10.20.0.100" },
-        "store": { "kind": "file", "dir": dir.path().join("state"), "lockTimeoutMs": 60000 }
+        "store": { "kind": "file", "dir": dir.path().join("state"), "lockTimeoutMs": 60000, "gcGraceSeconds": 0 }
     });
     fs::write(&config, serde_json::to_vec(&cfg).unwrap()).unwrap();
     let store_dir = dir.path().join("state").join("mp");

@@ -111,6 +111,8 @@ enum Expect {
     Exhausted,
     Conflict,
     NotAllowed,
+    /// An earlier sandbox of the same pod holds the address, and nothing says it has left the wire.
+    StillInUse,
 }
 
 fn model_add(
@@ -171,8 +173,10 @@ fn model_add(
         }
         if let Some(ip) = fixed {
             match held.get(&ip) {
-                Some(h) if !stale_self(h) => return Expect::Conflict,
-                _ => out.push(ip),
+                // An earlier sandbox of this pod that may still be up: never taken over blindly.
+                Some(h) if stale_self(h) => return Expect::StillInUse,
+                Some(_) => return Expect::Conflict,
+                None => out.push(ip),
             }
             continue;
         }
@@ -183,9 +187,13 @@ fn model_add(
             .copied()
             .find(|ip| Family::of(ip) == fam && pool.check_assignable(*ip, &req.identity).is_ok());
         if let Some(ip) = sticky {
-            if held.get(&ip).is_none_or(stale_self) {
-                out.push(ip);
-                continue;
+            match held.get(&ip) {
+                None => {
+                    out.push(ip);
+                    continue;
+                }
+                Some(h) if stale_self(h) => return Expect::StillInUse,
+                Some(_) => {}
             }
         }
         match pool
@@ -244,6 +252,7 @@ fn run(pool: &Pool, store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> 
                     }
                     (Expect::Exhausted, Err(Error::Exhausted { .. }))
                     | (Expect::Conflict, Err(Error::Conflict { .. }))
+                    | (Expect::StillInUse, Err(Error::StillInUse { .. }))
                     | (Expect::NotAllowed, Err(Error::NotAllowed { .. })) => {
                         prop_assert_eq!(&after, &before, "a failed ADD changed the store");
                     }

@@ -22,7 +22,11 @@ pub fn run(command: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_j
         Command::Add => Ok(Some(
             ipam.add(conf, att()?, None)?.0.to_json(conf.cni_version),
         )),
-        Command::Del => ipam.del(conf, att()?).map(|_| None),
+        // DEL never gets here: it is served leniently, before the configuration is parsed whole.
+        Command::Del => {
+            crate::verbs::del::release(env, &crate::config::DelConf::parse(&conf.raw), att()?)
+                .map(|_| None)
+        }
         Command::Check => {
             let prev = conf.prev_result.as_ref().ok_or_else(|| {
                 Error::InvalidConfig("CHECK needs prevResult in the configuration".into())

@@ -72,9 +72,6 @@ enum Namespace {
     Unknown,
 }
 
-/// The magic number of the namespace file system (`NSFS_MAGIC`).
-const NSFS_MAGIC: i64 = 0x6e73_6673;
-
 fn namespace(path: &Path) -> Namespace {
     match File::open(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Namespace::Gone,
@@ -82,7 +79,7 @@ fn namespace(path: &Path) -> Namespace {
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Namespace::Gone,
         Err(_) => Namespace::Unknown,
         Ok(file) => match nix::sys::statfs::fstatfs(file.as_fd()) {
-            Ok(st) if st.filesystem_type().0 as i64 == NSFS_MAGIC => {
+            Ok(st) if st.filesystem_type() == nix::sys::statfs::NSFS_MAGIC => {
                 Namespace::Open(Netns::from_file(file))
             }
             // The runtime unmounted the namespace: the empty file it bound it to is all that is left.

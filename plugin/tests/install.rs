@@ -583,10 +583,34 @@ fn the_reconcile_loop_frees_leases_of_deleted_pods() {
     let alive = add("esphome-0", "c1");
     let gone = add("jellyfin-0", "c2");
     let starting = add("music-0", "c3");
-    for l in [&alive, &gone] {
-        let name = iotlan_ipam::store::kubernetes::objects::address_name("iot", l[0].ip);
-        server.backdate("iotlan-system", &name, 3600);
-    }
+    // Once the loop has seen a lease's pod missing, its mark is moved an hour back, past the
+    // grace, as if that much time had passed.
+    let age_mark = |ip: std::net::IpAddr| {
+        use iotlan_ipam::store::kubernetes::objects;
+        let name = objects::address_name("iot", ip);
+        let mark = || {
+            server
+                .leases("iotlan-system")
+                .into_iter()
+                .find(|o| o["metadata"]["name"] == name.as_str())
+                .and_then(|o| {
+                    o["metadata"]["annotations"][objects::ANN_MISSING_SINCE]
+                        .as_str()
+                        .and_then(|t| t.parse::<u64>().ok())
+                })
+        };
+        wait_for(30, "the lease of the missing pod to be marked", || {
+            mark().is_some()
+        });
+        let t = mark().unwrap_or_default().saturating_sub(3600);
+        server.annotate(
+            "iotlan-system",
+            &name,
+            objects::ANN_MISSING_SINCE,
+            &t.to_string(),
+        );
+    };
+    age_mark(gone[0].ip);
 
     wait_for(
         30,
@@ -623,6 +647,7 @@ fn the_reconcile_loop_frees_leases_of_deleted_pods() {
     });
     let store = KubernetesStore::open("iot", &store_cfg).unwrap();
     server.delete_pod("home", "esphome-0");
+    age_mark(alive[0].ip);
     wait_for(30, "the reconcile loop, with the new token", || {
         store.leases().unwrap().len() == 1
     });
@@ -630,4 +655,161 @@ fn the_reconcile_loop_frees_leases_of_deleted_pods() {
     let log = stderr(&o);
     assert!(o.status.success(), "{log}");
     assert!(log.contains("freed"), "{log}");
+}
+
+/// `<conf dir>/iotlan.d/node-name` on each flavor's host.
+fn node_name_file(h: &Host, flavor: Flavor) -> PathBuf {
+    let conf = match flavor {
+        Flavor::Kubeadm => "etc/cni/net.d",
+        Flavor::K3s | Flavor::K3sLegacy => "var/lib/rancher/k3s/agent/etc/cni/net.d",
+    };
+    h.root().join(conf).join("iotlan.d/node-name")
+}
+
+#[test]
+fn the_node_name_from_the_downward_api_is_written_for_the_plugin() {
+    for flavor in [Flavor::Kubeadm, Flavor::K3s, Flavor::K3sLegacy] {
+        let h = Host::new(flavor);
+        let o = h
+            .command(&["--once", "--no-kubeconfig"])
+            .env("NODE_NAME", "pi-radio-1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{flavor:?}: {}", stderr(&o));
+        let file = node_name_file(&h, flavor);
+        assert_eq!(
+            fs::read_to_string(&file).unwrap(),
+            "pi-radio-1\n",
+            "{flavor:?}"
+        );
+        assert_eq!(mode(&file), 0o644);
+        no_temp_files(file.parent().unwrap());
+        // What the plugin on this host records in its leases.
+        assert_eq!(
+            iotlan_ipam::node::local_name(&[file.parent().unwrap()]).as_deref(),
+            Some("pi-radio-1")
+        );
+    }
+}
+
+#[test]
+fn the_node_name_flag_wins_and_an_unchanged_name_is_not_rewritten() {
+    let h = Host::new(Flavor::Kubeadm);
+    let file = node_name_file(&h, Flavor::Kubeadm);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--once", "--no-kubeconfig"];
+        args.extend_from_slice(extra);
+        let o = h
+            .command(&args)
+            .env("NODE_NAME", "from-env")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    run(&["--node-name", "node-a.lan"]);
+    assert_eq!(fs::read_to_string(&file).unwrap(), "node-a.lan\n");
+    let inode = fs::metadata(&file).unwrap().ino();
+    run(&["--node-name", "node-a.lan"]);
+    assert_eq!(
+        fs::metadata(&file).unwrap().ino(),
+        inode,
+        "rewritten unchanged"
+    );
+    // A wrong file (a cloned image's, a hand edit) is put right, atomically (a new inode).
+    fs::write(&file, "other\n").unwrap();
+    run(&[]);
+    assert_eq!(fs::read_to_string(&file).unwrap(), "from-env\n");
+}
+
+#[test]
+fn an_invalid_node_name_fails_and_none_writes_nothing() {
+    let h = Host::new(Flavor::Kubeadm);
+    let file = node_name_file(&h, Flavor::Kubeadm);
+    let o = h
+        .command(&["--once", "--no-kubeconfig"])
+        .env("NODE_NAME", "Not_A_Node")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("Not_A_Node") && stderr(&o).contains("NODE_NAME"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!file.exists());
+    // No name given at all: nothing written (the plugin falls back to the host name), and fine.
+    let o = h
+        .command(&["--once", "--no-kubeconfig"])
+        .env_remove("NODE_NAME")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!file.exists());
+}
+
+#[cfg(feature = "kubernetes")]
+#[test]
+fn the_agent_frees_file_store_leases_of_pods_no_longer_on_its_node() {
+    use iotlan_ipam::{AllocRequest, Attachment, FileStore, Pool, PoolConfig, Store};
+
+    let server = apiserver::ApiServer::start();
+    server.set_token(Some("token-1"));
+    let h = Host::new(Flavor::K3s);
+    // The plugin's file store on this host, as the NAD's `"store": {"kind": "file"}` keeps it.
+    let iot = FileStore::open(
+        &h.root().join("var/lib/cni/iotlan/iot"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let cfg: PoolConfig = serde_json::from_value(serde_json::json!({
+        "subnet": "192.168.20.0/24", "pool": ["192.168.20.200-192.168.20.239"],
+    }))
+    .unwrap();
+    let pool = Pool::new("iot", &cfg).unwrap();
+    let add = |pod: &str, cid: &str| {
+        iot.allocate(
+            &pool,
+            &AllocRequest {
+                identity: format!("home/{pod}"),
+                attachment: Attachment::new(cid, "net1"),
+                ..AllocRequest::default()
+            },
+        )
+        .unwrap()
+    };
+    server.add_pod_on("home", "esphome-0", Some("pi-radio-1"));
+    server.add_pod_on("home", "jellyfin-0", Some("other-node"));
+    let here = add("esphome-0", "c1");
+    add("jellyfin-0", "c2"); // its DEL never came; the pod now runs elsewhere
+    add("music-0", "c3"); // deleted pod
+
+    let api = server.url();
+    let mut cmd = h.command(&[
+        "--interval",
+        "1",
+        "--api-server",
+        &api,
+        "--reconcile-interval",
+        "1",
+        "--reconcile-grace",
+        "0",
+    ]);
+    let child = cmd
+        .env("NODE_NAME", "pi-radio-1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon(Some(child));
+    // The pass that first sees them missing marks them; the next one frees them.
+    wait_for(
+        30,
+        "the file-store leases of the pods not on this node to be freed",
+        || iot.leases().unwrap().len() == 1,
+    );
+    assert_eq!(iot.leases().unwrap(), here);
+    let o = daemon.terminate();
+    let log = stderr(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("no longer on this node"), "{log}");
 }

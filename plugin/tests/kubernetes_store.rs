@@ -7,6 +7,8 @@
 
 #[path = "../../ipam/tests/support/apiserver.rs"]
 mod apiserver;
+#[path = "../../ipam/tests/support/rbac.rs"]
+mod rbac;
 
 use std::io::Write;
 use std::path::Path;
@@ -93,6 +95,7 @@ fn address(o: &Output) -> String {
 fn the_ipam_plugin_shares_one_pool_through_the_api() {
     let server = apiserver::ApiServer::start();
     server.set_token(Some("tok"));
+    server.enforce(rbac::shipped_rules());
     let dir = tempfile::tempdir().unwrap();
     let kc = server.kubeconfig(dir.path(), NS, "tok");
     let conf = config(&kc, json!({}));
@@ -127,8 +130,9 @@ fn the_ipam_plugin_shares_one_pool_through_the_api() {
     assert!(cni("DEL", &conf, "c1", "iot/esphome-0").status.success());
     assert_eq!(address(&cni("ADD", &conf, "c1b", "iot/esphome-0")), a);
 
-    // GC (CNI 1.1) frees every lease not listed as valid.
+    // GC (CNI 1.1) frees every lease not listed as valid (of any age, here).
     let mut gc = conf.clone();
+    gc["ipam"]["store"]["gcGraceSeconds"] = json!(0);
     gc["cni.dev/valid-attachments"] = json!([
         { "containerID": "ha1", "ifname": "net1" },
         { "containerID": "c1b", "ifname": "net1" }
@@ -174,4 +178,58 @@ fn an_unreachable_api_server_is_cni_code_11() {
         "ns/p-0",
     );
     assert_eq!(json_out(&o)["code"], 11);
+}
+
+/// A kubeconfig for `server` in its own dir with the node agent's `node-name` file beside it: the
+/// plugin run with it records `node` in its leases.
+fn node_kubeconfig(server: &apiserver::ApiServer, root: &Path, node: &str) -> std::path::PathBuf {
+    let dir = root.join(node).join("iotlan.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("node-name"), format!("{node}\n")).unwrap();
+    server.kubeconfig(&dir, NS, "tok")
+}
+
+#[test]
+fn a_pod_recreated_on_another_node_waits_for_the_old_node_to_be_lost() {
+    let server = apiserver::ApiServer::start();
+    server.set_token(Some("tok"));
+    server.enforce(rbac::shipped_rules());
+    let root = tempfile::tempdir().unwrap();
+    let on_b = config(&node_kubeconfig(&server, root.path(), "node-b"), json!({}));
+    let on_a = config(&node_kubeconfig(&server, root.path(), "node-a"), json!({}));
+    let pod = "iot/esphome-0";
+    let old = address(&cni("ADD", &on_b, "old", pod));
+    let node_of = |cid: &str| -> Vec<String> {
+        server
+            .leases(NS)
+            .iter()
+            .filter(|l| l["metadata"]["annotations"]["iotlan/container-id"] == cid)
+            .map(|l| {
+                l["metadata"]["annotations"]["iotlan/node"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(node_of("old"), ["node-b"]);
+
+    // Node B is Ready: its sandbox may still carry the address. Try again later (code 11).
+    server.put_node("node-b", "True", 3600);
+    let o = cni("ADD", &on_a, "new", pod);
+    assert!(!o.status.success());
+    let err = json_out(&o);
+    assert_eq!(err["code"], 11, "{err}");
+    assert!(err.to_string().contains("node-b"), "{err}");
+    assert_eq!(node_of("old"), ["node-b"]);
+    assert!(node_of("new").is_empty());
+
+    // Node B went NotReady more than the grace ago: lost. The pod's new sandbox gets its address.
+    server.put_node("node-b", "Unknown", 600);
+    assert_eq!(address(&cni("ADD", &on_a, "new", pod)), old);
+    assert_eq!(node_of("new"), ["node-a"]);
+    assert!(node_of("old").is_empty());
+    // The old sandbox's DEL, when node B comes back, leaves the new one's address alone.
+    assert!(cni("DEL", &on_b, "old", pod).status.success());
+    assert_eq!(node_of("new"), ["node-a"]);
 }

@@ -5,29 +5,37 @@
 //!
 //! - `coordination.k8s.io/v1` Leases, namespaced: create (POST), get, list with a label
 //!   selector (`k=v`, `k==v`, `k!=v`, `k`, `!k`), replace (PUT) and delete;
-//! - create of an existing name: 409 `AlreadyExists`; get/replace/delete of a missing one: 404
+//! - create of an existing name: 409 `AlreadyExists`; get/delete of a missing one: 404
 //!   `NotFound`; a name that is not a DNS subdomain or a bad label: 422 `Invalid`;
 //! - every write bumps one global `resourceVersion`; create sets `uid` and
 //!   `creationTimestamp`, which replace keeps;
-//! - replace with a stale `metadata.resourceVersion` or another `metadata.uid`: 409 `Conflict`
-//!   (an empty resourceVersion is an unconditional update, as Leases allow);
+//! - replace (PUT) as the real registry does it for Leases (`pkg/registry/coordination/lease/
+//!   strategy.go`: `AllowCreateOnUpdate` true, `AllowUnconditionalUpdate` false; the generic
+//!   store's `Update`): a `metadata.uid` in the body is a precondition, so another uid, or any uid
+//!   when the object is missing, is 409 `Conflict`; a missing object without one is created (201);
+//!   on an existing object, no `metadata.resourceVersion` is 422 `Invalid` ("must be specified
+//!   for an update") and a stale one is 409 `Conflict`;
 //! - delete with `preconditions` (uid, resourceVersion) that do not match: 409 `Conflict`;
+//! - `GET /api/v1/nodes/{name}`: the nodes a test put in (with a `Ready` condition), else 404;
 //! - `GET /api/v1/pods` and `/api/v1/namespaces/{ns}/pods` list the pods a test put in, as a
 //!   `PartialObjectMetadataList` when the client's `Accept` asks for one (`as=...;g=meta.k8s.io`);
-//! - with a token set, a request without `Authorization: Bearer <token>` gets 401.
+//! - with a token set, a request without `Authorization: Bearer <token>` gets 401;
+//! - with RBAC rules set ([`ApiServer::enforce`], e.g. the shipped ones from support/rbac.rs), a
+//!   request none of them allows gets 403, judged on verb, API group, resource and namespace as
+//!   the RBAC authorizer does.
 //!
 //! Each request runs under one mutex, so every single-object operation is atomic, as etcd's
 //! transactions make them on a real server. Anything else gets a 404 or 400 Status, so a
 //! client call the double does not know fails loudly instead of passing by accident.
 //!
-//! Not modelled: watches, patches, field selectors, set-based selectors, pagination, admission,
+//! Not modelled: watches, patches, field selectors other than pods' `spec.nodeName`, set-based selectors, pagination, admission,
 //! managedFields, generation, TLS (the double speaks plain HTTP; the store's TLS path is the
 //! kube crate's), and the apiserver's watch cache (a real list may be served slightly stale
 //! from it; ours is always current).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +43,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
+
+#[path = "apiserver/authz.rs"]
+mod authz;
+#[path = "apiserver/http.rs"]
+mod http;
+#[path = "apiserver/leases.rs"]
+mod leases;
+
+pub use authz::RbacRule;
+use authz::{attributes, forbidden_message};
+use http::{serve, serve_stream, Request};
+use leases::{create, delete, list, list_leases, put_as_other, replace};
 
 type Key = (String, String); // (namespace, name)
 
@@ -45,6 +65,8 @@ struct State {
     uid_seq: u64,
     leases: BTreeMap<Key, Value>,
     pods: BTreeMap<Key, Value>,
+    /// Nodes (cluster-scoped), by name.
+    nodes: BTreeMap<String, Value>,
     token: Option<String>,
     /// (method, path) of every request, in order.
     log: Vec<(String, String)>,
@@ -53,6 +75,9 @@ struct State {
     interfere: BTreeMap<(String, Key), Value>,
     /// Path parts answered with 403.
     forbidden: Vec<String>,
+    /// With rules set, every request they do not allow is 403 (RBAC), and logged here.
+    rbac: Option<Vec<RbacRule>>,
+    denied: Vec<(String, String)>,
     /// The kind of every pod list served (`PodList` or `PartialObjectMetadataList`).
     pod_lists: Vec<String>,
 }
@@ -112,12 +137,29 @@ impl ApiServer {
         path
     }
 
+    /// From now on, answers 403 Forbidden to every request that none of `rules` allows, as the
+    /// API server's RBAC authorizer does for a ServiceAccount bound to exactly these rules.
+    pub fn enforce(&self, rules: Vec<RbacRule>) {
+        lock(&self.state).rbac = Some(rules);
+    }
+
+    /// Every (method, path) refused by [`ApiServer::enforce`]'s rules so far.
+    pub fn denied(&self) -> Vec<(String, String)> {
+        lock(&self.state).denied.clone()
+    }
+
     /// Answers 403 Forbidden to every request whose path contains `part` (missing RBAC).
     pub fn forbid(&self, part: &str) {
         lock(&self.state).forbidden.push(part.to_string());
     }
 
-    pub fn add_pod(&self, namespace: &str, name: &str) {
+    /// Puts a pod and returns its UID (a pod recreated under the same name gets a new one).
+    pub fn add_pod(&self, namespace: &str, name: &str) -> String {
+        self.add_pod_on(namespace, name, None)
+    }
+
+    /// [`ApiServer::add_pod`], bound to `node` (its `spec.nodeName`) when given.
+    pub fn add_pod_on(&self, namespace: &str, name: &str, node: Option<&str>) -> String {
         let mut s = lock(&self.state);
         let uid = s.next_uid();
         let pod = json!({
@@ -126,14 +168,66 @@ impl ApiServer {
                           "creationTimestamp": rfc3339(now_unix()) },
             "spec": { "containers": [{ "name": "c", "image": "scratch" }] }
         });
+        let mut pod = pod;
+        if let Some(n) = node {
+            pod["spec"]["nodeName"] = json!(n);
+        }
         s.next_rv();
         s.pods
             .insert((namespace.to_string(), name.to_string()), pod);
+        uid
+    }
+
+    /// Puts node `name` with its `Ready` condition `ready` ("True", "False" or "Unknown") last
+    /// changed `since_secs` ago, as the node controller keeps it.
+    pub fn put_node(&self, name: &str, ready: &str, since_secs: u64) {
+        let mut s = lock(&self.state);
+        let uid = s.next_uid();
+        let rv = s.next_rv();
+        let since = rfc3339(now_unix().saturating_sub(since_secs));
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": { "name": name, "uid": uid, "resourceVersion": rv,
+                          "creationTimestamp": rfc3339(now_unix().saturating_sub(since_secs + 60)) },
+            "status": { "conditions": [
+                { "type": "MemoryPressure", "status": "False", "lastTransitionTime": since,
+                  "lastHeartbeatTime": since, "reason": "KubeletHasSufficientMemory", "message": "" },
+                { "type": "Ready", "status": ready, "lastTransitionTime": since,
+                  "lastHeartbeatTime": since, "reason": "KubeletReady", "message": "" }
+            ] }
+        });
+        s.nodes.insert(name.to_string(), node);
+    }
+
+    pub fn delete_node(&self, name: &str) {
+        let mut s = lock(&self.state);
+        s.next_rv();
+        s.nodes.remove(name);
     }
 
     /// The kind of every pod list served so far.
     pub fn pod_lists(&self) -> Vec<String> {
         lock(&self.state).pod_lists.clone()
+    }
+
+    /// Takes a pod out of the pod list (to put it back later with [`ApiServer::restore_pod`]).
+    pub fn take_pod(&self, namespace: &str, name: &str) -> Value {
+        lock(&self.state)
+            .pods
+            .remove(&(namespace.to_string(), name.to_string()))
+            .unwrap_or(Value::Null)
+    }
+
+    /// Puts back a pod [`ApiServer::take_pod`] took, the same object (same UID).
+    pub fn restore_pod(&self, pod: Value) {
+        let (Some(ns), Some(name)) = (
+            pod["metadata"]["namespace"].as_str(),
+            pod["metadata"]["name"].as_str(),
+        ) else {
+            return;
+        };
+        let key = (ns.to_string(), name.to_string());
+        lock(&self.state).pods.insert(key, pod);
     }
 
     pub fn delete_pod(&self, namespace: &str, name: &str) {
@@ -157,6 +251,17 @@ impl ApiServer {
         let mut s = lock(&self.state);
         if let Some(obj) = s.leases.get_mut(&(namespace.to_string(), name.to_string())) {
             obj["metadata"]["creationTimestamp"] = json!(rfc3339(now_unix().saturating_sub(secs)));
+        }
+    }
+
+    /// Sets annotation `key` of Lease `namespace/name` to `value`, as another client would (a
+    /// replace: the resourceVersion changes).
+    pub fn annotate(&self, namespace: &str, name: &str, key: &str, value: &str) {
+        let mut s = lock(&self.state);
+        let rv = s.next_rv();
+        if let Some(obj) = s.leases.get_mut(&(namespace.to_string(), name.to_string())) {
+            obj["metadata"]["annotations"][key] = json!(value);
+            obj["metadata"]["resourceVersion"] = json!(rv);
         }
     }
 
@@ -272,129 +377,6 @@ pub fn rfc3339(unix: u64) -> String {
     )
 }
 
-struct Request {
-    method: String,
-    path: String,
-    query: BTreeMap<String, String>,
-    auth: Option<String>,
-    accept: String,
-    body: Vec<u8>,
-}
-
-/// Reads one request; `None` at end of stream or on a malformed request.
-fn read_request<S: Read>(r: &mut BufReader<S>) -> Option<Request> {
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_string();
-    let target = parts.next()?.to_string();
-    let mut len = 0usize;
-    let mut auth = None;
-    let mut accept = String::new();
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        match k.trim().to_ascii_lowercase().as_str() {
-            "content-length" => len = v.trim().parse().ok()?,
-            "authorization" => auth = Some(v.trim().to_string()),
-            "accept" => accept = v.trim().to_string(),
-            "transfer-encoding" => return None, // chunked bodies: not spoken here
-            _ => {}
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    let (path, q) = target.split_once('?').unwrap_or((&target, ""));
-    let query = q
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect();
-    Some(Request {
-        method,
-        path: path.to_string(),
-        query,
-        auth,
-        accept,
-        body,
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
-    let _ = conn.set_nodelay(true);
-    serve_stream(conn, state, stop);
-}
-
-/// Serves HTTP/1.1 requests from one connection (plain TCP, or a TLS stream wrapped around one).
-fn serve_stream<S: Read + Write>(conn: S, state: &Mutex<State>, stop: &AtomicBool) {
-    let mut r = BufReader::new(conn);
-    while let Some(req) = read_request(&mut r) {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let (code, body) = handle(state, &req);
-        let text = body.to_string();
-        let reason = match code {
-            200 => "OK",
-            201 => "Created",
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            403 => "Forbidden",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            409 => "Conflict",
-            422 => "Unprocessable Entity",
-            _ => "Error",
-        };
-        let head = format!(
-            "HTTP/1.1 {code} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            text.len()
-        );
-        // One write per response: a split head and body would meet Nagle and delayed ACKs.
-        let w = r.get_mut();
-        if w.write_all((head + &text).as_bytes())
-            .and_then(|()| w.flush())
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
 fn status(code: u16, reason: &str, message: String, name: Option<&str>) -> (u16, Value) {
     let mut v = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -441,6 +423,21 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
         );
     }
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    if let Some(rules) = &s.rbac {
+        let attrs = attributes(&req.method, &segs, &req.query);
+        if !attrs
+            .as_ref()
+            .is_some_and(|a| rules.iter().any(|r| r.allows(a)))
+        {
+            s.denied.push((req.method.clone(), req.path.clone()));
+            return status(
+                403,
+                "Forbidden",
+                forbidden_message(attrs.as_ref(), req),
+                None,
+            );
+        }
+    }
     // The Lease a request addresses: by URL, or for a create by the name in its body.
     let target = match segs.as_slice() {
         ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name] => {
@@ -490,6 +487,15 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
         ("DELETE", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
             delete(&mut s, ns, name, req)
         }
+        ("GET", ["api", "v1", "nodes", name]) => match s.nodes.get(*name) {
+            Some(node) => (200, node.clone()),
+            None => {
+                let (code, mut v) =
+                    status(404, "NotFound", format!("nodes \"{name}\" not found"), None);
+                v["details"] = json!({ "name": name, "kind": "nodes" });
+                (code, v)
+            }
+        },
         ("GET", ["api", "v1", "pods"]) => list_pods(&mut s, None, req),
         ("GET", ["api", "v1", "namespaces", ns, "pods"]) => list_pods(&mut s, Some(ns), req),
         _ => status(
@@ -504,333 +510,40 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
     }
 }
 
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
-
-/// A label key (optional DNS-subdomain prefix, `/`, name of at most 63) and value (at most 63,
-/// alphanumeric at both ends, `-_.` inside).
-fn valid_label(k: &str, v: &str) -> bool {
-    let name_ok = |n: &str| {
-        n.len() <= 63
-            && n.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            && n.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
-            && n.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
-    };
-    let key_ok = match k.split_once('/') {
-        Some((prefix, name)) => is_dns_subdomain(prefix) && !name.is_empty() && name_ok(name),
-        None => !k.is_empty() && name_ok(k),
-    };
-    key_ok && name_ok(v)
-}
-
-fn validate(obj: &Value) -> Result<(), String> {
-    let name = obj["metadata"]["name"].as_str().unwrap_or("");
-    if !is_dns_subdomain(name) {
-        return Err(format!("metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'"));
-    }
-    if let Some(labels) = obj["metadata"]["labels"].as_object() {
-        for (k, v) in labels {
-            let v = v
-                .as_str()
-                .ok_or(format!("metadata.labels[{k}]: must be a string"))?;
-            if !valid_label(k, v) {
-                return Err(format!("metadata.labels: Invalid value: {k}={v}"));
-            }
-        }
-    }
-    if let Some(ann) = obj["metadata"]["annotations"].as_object() {
-        if ann.values().any(|v| !v.is_string()) {
-            return Err("metadata.annotations: values must be strings".into());
-        }
-    }
-    Ok(())
-}
-
-fn put_as_other(s: &mut State, ns: &str, mut obj: Value) {
-    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-    let key = (ns.to_string(), name);
-    let (uid, created) = match s.leases.get(&key) {
-        Some(cur) => (
-            cur["metadata"]["uid"].clone(),
-            cur["metadata"]["creationTimestamp"].clone(),
-        ),
-        None => (json!(s.next_uid()), json!(rfc3339(now_unix()))),
-    };
-    let rv = s.next_rv();
-    obj["apiVersion"] = json!("coordination.k8s.io/v1");
-    obj["kind"] = json!("Lease");
-    let meta = obj["metadata"].as_object_mut().expect("metadata");
-    meta.insert("namespace".into(), json!(ns));
-    meta.insert("uid".into(), uid);
-    meta.insert("resourceVersion".into(), json!(rv));
-    meta.insert("creationTimestamp".into(), created);
-    s.leases.insert(key, obj);
-}
-
-fn parse_body(req: &Request) -> Result<Value, (u16, Value)> {
-    serde_json::from_slice(&req.body)
-        .map_err(|e| status(400, "BadRequest", format!("invalid JSON body: {e}"), None))
-}
-
-fn create(s: &mut State, ns: &str, req: &Request) -> (u16, Value) {
-    let mut obj = match parse_body(req) {
-        Ok(v) => v,
-        Err(e) => return e,
-    };
-    if obj["kind"] != "Lease" || obj["apiVersion"] != "coordination.k8s.io/v1" {
-        return status(
-            400,
-            "BadRequest",
-            format!(
-                "expected a coordination.k8s.io/v1 Lease, got {} {}",
-                obj["apiVersion"], obj["kind"]
-            ),
-            None,
-        );
-    }
-    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-    if let Err(e) = validate(&obj) {
-        return status(
-            422,
-            "Invalid",
-            format!("Lease.coordination.k8s.io \"{name}\" is invalid: {e}"),
-            Some(&name),
-        );
-    }
-    match obj["metadata"]["namespace"].as_str() {
-        Some(n) if n != ns => return status(
-            400,
-            "BadRequest",
-            "the namespace of the provided object does not match the namespace sent on the request"
-                .into(),
-            None,
-        ),
-        _ => {}
-    }
-    if obj["metadata"]["resourceVersion"]
-        .as_str()
-        .is_some_and(|rv| !rv.is_empty())
-    {
-        return status(
-            400,
-            "BadRequest",
-            "resourceVersion should not be set on objects to be created".into(),
-            None,
-        );
-    }
-    let key = (ns.to_string(), name.clone());
-    if s.leases.contains_key(&key) {
-        return status(
-            409,
-            "AlreadyExists",
-            format!("leases.coordination.k8s.io \"{name}\" already exists"),
-            Some(&name),
-        );
-    }
-    let uid = s.next_uid();
-    let rv = s.next_rv();
-    let meta = obj["metadata"].as_object_mut().unwrap();
-    meta.insert("namespace".into(), json!(ns));
-    meta.insert("uid".into(), json!(uid));
-    meta.insert("resourceVersion".into(), json!(rv));
-    meta.insert("creationTimestamp".into(), json!(rfc3339(now_unix())));
-    s.leases.insert(key, obj.clone());
-    (201, obj)
-}
-
-fn replace(s: &mut State, ns: &str, name: &str, req: &Request) -> (u16, Value) {
-    let mut obj = match parse_body(req) {
-        Ok(v) => v,
-        Err(e) => return e,
-    };
-    if obj["metadata"]["name"].as_str() != Some(name) {
-        return status(
-            400,
-            "BadRequest",
-            "the name of the object does not match the name on the URL".into(),
-            None,
-        );
-    }
-    if let Err(e) = validate(&obj) {
-        return status(
-            422,
-            "Invalid",
-            format!("Lease.coordination.k8s.io \"{name}\" is invalid: {e}"),
-            Some(name),
-        );
-    }
-    let key = (ns.to_string(), name.to_string());
-    let Some(current) = s.leases.get(&key) else {
-        return not_found(name);
-    };
-    let cur_rv = current["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    let cur_uid = current["metadata"]["uid"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    let created = current["metadata"]["creationTimestamp"].clone();
-    match obj["metadata"]["uid"].as_str() {
-        Some(u) if !u.is_empty() && u != cur_uid => {
-            return conflict(
-                name,
-                format!(
-                    "Precondition failed: UID in precondition: {u}, UID in object meta: {cur_uid}"
-                ),
-            )
-        }
-        _ => {}
-    }
-    match obj["metadata"]["resourceVersion"].as_str() {
-        Some(rv) if !rv.is_empty() && rv != cur_rv => {
-            return conflict(name, "the object has been modified; please apply your changes to the latest version and try again".into())
-        }
-        _ => {}
-    }
-    let rv = s.next_rv();
-    let meta = obj["metadata"].as_object_mut().unwrap();
-    meta.insert("namespace".into(), json!(ns));
-    meta.insert("uid".into(), json!(cur_uid));
-    meta.insert("resourceVersion".into(), json!(rv));
-    meta.insert("creationTimestamp".into(), created);
-    s.leases.insert(key, obj.clone());
-    (200, obj)
-}
-
-fn delete(s: &mut State, ns: &str, name: &str, req: &Request) -> (u16, Value) {
-    let opts: Value = if req.body.is_empty() {
-        json!({})
-    } else {
-        match parse_body(req) {
-            Ok(v) => v,
-            Err(e) => return e,
-        }
-    };
-    let key = (ns.to_string(), name.to_string());
-    let Some(current) = s.leases.get(&key) else {
-        return not_found(name);
-    };
-    let pre = &opts["preconditions"];
-    let cur_uid = current["metadata"]["uid"].as_str().unwrap_or("");
-    let cur_rv = current["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("");
-    if let Some(u) = pre["uid"].as_str() {
-        if u != cur_uid {
-            return conflict(
-                name,
-                format!(
-                    "Precondition failed: UID in precondition: {u}, UID in object meta: {cur_uid}"
-                ),
-            );
-        }
-    }
-    if let Some(rv) = pre["resourceVersion"].as_str() {
-        if rv != cur_rv {
-            return conflict(name, format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {cur_rv}"));
-        }
-    }
-    s.next_rv();
-    let obj = s.leases.remove(&key).unwrap_or_default();
-    (200, obj)
-}
-
-/// Parses an equality-based selector into (key, op, value) terms; set-based ones are refused.
-fn parse_selector(sel: &str) -> Result<Vec<(String, &'static str, String)>, String> {
-    let mut terms = Vec::new();
-    for t in sel.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        if t.contains(" in ") || t.contains(" notin ") || t.contains('(') {
-            return Err(format!(
-                "set-based selector {t:?} is not supported by the test double"
-            ));
-        }
-        let term = if let Some((k, v)) = t.split_once("!=") {
-            (k.trim().to_string(), "!=", v.trim().to_string())
-        } else if let Some((k, v)) = t.split_once("==") {
-            (k.trim().to_string(), "=", v.trim().to_string())
-        } else if let Some((k, v)) = t.split_once('=') {
-            (k.trim().to_string(), "=", v.trim().to_string())
-        } else if let Some(k) = t.strip_prefix('!') {
-            (k.trim().to_string(), "!", String::new())
-        } else {
-            (t.to_string(), "exists", String::new())
-        };
-        terms.push(term);
-    }
-    Ok(terms)
-}
-
-fn matches(obj: &Value, terms: &[(String, &'static str, String)]) -> bool {
-    let empty = Map::new();
-    let labels = obj["metadata"]["labels"].as_object().unwrap_or(&empty);
-    terms.iter().all(|(k, op, v)| {
-        let have = labels.get(k).and_then(Value::as_str);
-        match *op {
-            "=" => have == Some(v.as_str()),
-            "!=" => have != Some(v.as_str()),
-            "!" => have.is_none(),
-            _ => have.is_some(),
-        }
-    })
-}
-
-fn list_leases(s: &State, ns: &str, req: &Request) -> (u16, Value) {
-    let terms = match parse_selector(req.query.get("labelSelector").map_or("", String::as_str)) {
-        Ok(t) => t,
-        Err(e) => return status(400, "BadRequest", e, None),
-    };
-    let items = s
-        .leases
-        .iter()
-        .filter(|((n, _), obj)| n == ns && matches(obj, &terms))
-        .map(|(_, obj)| obj);
-    list(s, "LeaseList", "coordination.k8s.io/v1", items)
-}
-
-/// A list answer: its items carry neither kind nor apiVersion, as a real list's do.
-fn list<'a>(
-    s: &State,
-    kind: &str,
-    api_version: &str,
-    objects: impl Iterator<Item = &'a Value>,
-) -> (u16, Value) {
-    let items: Vec<Value> = objects
-        .map(|obj| {
-            let mut o = obj.clone();
-            if let Some(m) = o.as_object_mut() {
-                m.remove("kind");
-                m.remove("apiVersion");
-            }
-            o
-        })
-        .collect();
-    (
-        200,
-        json!({
-            "kind": kind, "apiVersion": api_version,
-            "metadata": { "resourceVersion": s.resource_version.to_string() }, "items": items
-        }),
-    )
-}
-
 fn list_pods(s: &mut State, ns: Option<&str>, req: &Request) -> (u16, Value) {
     let metadata_only = req.accept.contains("as=PartialObjectMetadataList");
+    // Field selectors: `spec.nodeName` (what the node agent uses), as the pod registry supports it.
+    let mut on_node: Option<String> = None;
+    for term in req
+        .query
+        .get("fieldSelector")
+        .map_or("", String::as_str)
+        .split(',')
+        .filter(|t| !t.is_empty())
+    {
+        let (k, v) = term
+            .split_once("==")
+            .or_else(|| term.split_once('='))
+            .unwrap_or((term, ""));
+        if k != "spec.nodeName" {
+            return status(
+                400,
+                "BadRequest",
+                format!("field label not supported by the test double: {k}"),
+                None,
+            );
+        }
+        on_node = Some(v.to_string());
+    }
     let items: Vec<Value> = s
         .pods
         .iter()
         .filter(|((n, _), _)| ns.is_none_or(|want| n == want))
+        .filter(|(_, p)| {
+            on_node
+                .as_deref()
+                .is_none_or(|want| p["spec"]["nodeName"].as_str().unwrap_or("") == want)
+        })
         .map(|(_, p)| {
             if metadata_only {
                 json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",

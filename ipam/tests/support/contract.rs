@@ -389,15 +389,31 @@ pub fn ipv6_only(f: &dyn Fixture) {
 }
 
 pub fn stale_sandbox_is_taken_over(f: &dyn Fixture) {
+    /// The CNI layer's verdict: the old sandbox's link is gone.
+    struct Gone;
+    impl iotlan_ipam::SandboxCheck for Gone {
+        fn is_gone(&self, _: &iotlan_ipam::Lease) -> bool {
+            true
+        }
+    }
     let pool = v4_pool();
     let s = f.store();
     let old = s
         .allocate(&pool, &req("home-assistant/home-assistant-0", "old"))
         .unwrap();
-    // The pod is recreated before the old sandbox's DEL arrived.
+    // The pod is recreated while the old sandbox may still be up: nothing is taken over.
+    match s.allocate(&pool, &req("home-assistant/home-assistant-0", "new")) {
+        Err(iotlan_ipam::Error::StillInUse { holder, .. }) => {
+            assert_eq!(holder.container_id, "old")
+        }
+        other => panic!("expected StillInUse, got {other:?}"),
+    }
+    assert_eq!(s.find(&Attachment::new("old", "net1")).unwrap(), old);
+    // The old sandbox is gone (its DEL did not come): the new one takes the address over.
     let new = s
-        .allocate(&pool, &req("home-assistant/home-assistant-0", "new"))
-        .unwrap();
+        .grant(&pool, &req("home-assistant/home-assistant-0", "new"), &Gone)
+        .unwrap()
+        .leases;
     assert_eq!(ips(&new), ips(&old));
     assert_eq!(new[0].container_id, "new");
     // The late DEL of the old sandbox must not free the new sandbox's address.
@@ -408,8 +424,12 @@ pub fn stale_sandbox_is_taken_over(f: &dyn Fixture) {
     assert_eq!(s.find(&Attachment::new("new", "net1")).unwrap(), new);
     // A pool address of a recreated pod is taken over as well (sticky).
     let a = s.allocate(&pool, &req("ns/web-0", "w1")).unwrap();
-    let b = s.allocate(&pool, &req("ns/web-0", "w2")).unwrap();
-    assert_eq!(ips(&a), ips(&b));
+    let b = s.grant(&pool, &req("ns/web-0", "w2"), &Gone).unwrap();
+    assert_eq!(ips(&a), ips(&b.leases));
+    // Reverting that grant puts the old lease back, never frees the address.
+    s.revert(&b).unwrap();
+    assert_eq!(s.find(&Attachment::new("w1", "net1")).unwrap(), a);
+    assert!(s.find(&Attachment::new("w2", "net1")).unwrap().is_empty());
     assert_eq!(s.leases().unwrap().len(), 2);
     assert_consistent(&pool, &*s);
 }

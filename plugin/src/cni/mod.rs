@@ -65,12 +65,10 @@ fn dispatch(
             }
         }
     }
-    // DEL of the main plugin reads only what it needs: a config that changed since ADD must not keep
-    // a pod in Terminating.
-    if plugin == Plugin::Main && env.command == Command::Del {
-        let conf = crate::config::DelConf::parse(stdin);
-        crate::logging::init(conf.log_file.as_deref(), conf.log_level.as_deref());
-        return crate::verbs::del::run(&env, &conf, attachment(&env)?).map(|_| None);
+    // DEL reads only what it needs, before the full parse: a config that changed since ADD must not
+    // keep a pod in Terminating.
+    if env.command == Command::Del {
+        return del(plugin, &env, stdin);
     }
     let mut conf = NetConf::parse(stdin)?;
     if let Some(att) = &env.attachment {
@@ -93,7 +91,7 @@ fn dispatch(
             let att = attachment(&env)?;
             Ok(Some(crate::verbs::add::run(&env, &conf, att)?.to_json(v)))
         }
-        (Plugin::Main, Command::Del) => Err(Error::InvalidEnv("DEL is served above".into())),
+        (_, Command::Del) => del(plugin, &env, stdin),
         (Plugin::Main, Command::Check) => {
             crate::verbs::check::run(&env, &conf, attachment(&env)?).map(|_| None)
         }
@@ -102,6 +100,18 @@ fn dispatch(
         (Plugin::Ipam, command) => crate::ipam_plugin::run(command, &env, &conf),
         (_, Command::Version) => Ok(Some(version::version_reply(Some(&conf.cni_version_str)))),
     }
+}
+
+/// DEL, leniently: the main plugin takes the link off and releases; the IPAM plugin only releases.
+fn del(plugin: Plugin, env: &Env, stdin: &[u8]) -> Result<Option<serde_json::Value>> {
+    let conf = crate::config::DelConf::parse(stdin);
+    crate::logging::init(conf.log_file.as_deref(), conf.log_level.as_deref());
+    let att = attachment(env)?;
+    match plugin {
+        Plugin::Main => crate::verbs::del::run(env, &conf, att),
+        Plugin::Ipam => crate::verbs::del::release(env, &conf, att),
+    }
+    .map(|_| None)
 }
 
 fn attachment(env: &Env) -> Result<&env::Attachment> {

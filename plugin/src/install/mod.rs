@@ -6,16 +6,21 @@
 //! - Writes `<conf dir>/iotlan.d/iotlan.kubeconfig` (mode 0600, dir 0700) from the
 //!   ServiceAccount's token and CA, and rewrites it when the projected token rotates: every
 //!   tick it compares the file with what it should be.
+//! - Writes `<conf dir>/iotlan.d/node-name` (mode 0644) from `--node-name` or `NODE_NAME` (the
+//!   downward API's `spec.nodeName`): the node the plugin records in its leases.
 //! - Every tick it also re-checks the binaries (a k3s upgrade switches its data dir) and
 //!   touches a health file; `iotlan install --check-health` is the exec liveness probe.
 //! - With the `kubernetes` store compiled in, it runs the reconcile loop: leases whose pod no
-//!   longer exists (after a grace period) are freed.
+//!   longer exists (after a grace period) are freed; and, knowing its node name, the same for the
+//!   file store's leases on this node whose pod is not on this node any more.
 //! - SIGTERM or SIGINT ends it at once with status 0; installed files stay, because pods on
 //!   the node keep using them while the DaemonSet rolls.
 
 mod files;
 mod kubeconfig;
 mod layout;
+mod node_name;
+mod reconcile_files;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -44,9 +49,11 @@ usage: iotlan install [options]          install binaries and kubeconfig, then k
   --health-file PATH        touched every tick (default /run/iotlan/healthy)
   --max-age SECS            --check-health: oldest acceptable health file (default 60)
   --reconcile-interval SECS free leases of deleted pods this often; 0 disables (default 60)
-  --reconcile-grace SECS    never free a lease younger than this (default 300)
+  --reconcile-grace SECS    free a lease only once its pod has been missing this long (default 300)
   --identity-retention DAYS delete a sticky identity record (a pod's latest addresses) unused
                             this long; 0 keeps them all (default 30)
+  --node-name NAME          this node's Kubernetes name, written to <conf dir>/iotlan.d/node-name
+                            for the plugin (default $NODE_NAME)
   --once                    do one pass and exit
 ";
 
@@ -66,6 +73,7 @@ struct Options {
     reconcile_interval: Duration,
     reconcile_grace: Duration,
     identity_retention_days: u64,
+    node_name: Option<String>,
     once: bool,
     check_health: bool,
 }
@@ -87,6 +95,7 @@ impl Default for Options {
             reconcile_interval: Duration::from_secs(60),
             reconcile_grace: Duration::from_secs(300),
             identity_retention_days: 30,
+            node_name: None,
             once: false,
             check_health: false,
         }
@@ -103,6 +112,8 @@ enum InstallError {
     File(#[from] files::FileError),
     #[error(transparent)]
     Kubeconfig(#[from] kubeconfig::KubeconfigError),
+    #[error(transparent)]
+    NodeName(#[from] node_name::NodeNameError),
     #[error("cannot find our own binary dir: {0}")]
     SelfPath(std::io::Error),
     #[error("signal setup: {0}")]
@@ -162,6 +173,7 @@ fn parse_args(args: &[String]) -> Result<Options, InstallError> {
                     InstallError::Usage(format!("{flag} needs a number of days, not {v:?}"))
                 })?
             }
+            "--node-name" => o.node_name = Some(value()?),
             "--once" => o.once = true,
             "--check-health" => o.check_health = true,
             "-h" | "--help" => return Err(InstallError::Usage(String::new())),
@@ -240,6 +252,8 @@ struct Agent {
     /// (host path, path under the host root) of the kubeconfig, unless disabled.
     kubeconfig: Option<(PathBuf, PathBuf)>,
     server: Option<String>,
+    /// This node's Kubernetes name, for the plugin's leases.
+    node_name: Option<String>,
 }
 
 impl Agent {
@@ -276,12 +290,17 @@ impl Agent {
             (Some(_), Some(s)) => Some(s.clone()),
             (Some(_), None) => Some(kubeconfig::server_from_env()?),
         };
+        let node_name = node_name::choose(opts.node_name.as_deref())?;
+        if node_name.is_none() {
+            tracing::warn!("no node name (NODE_NAME or --node-name): the plugin records the host name in its leases");
+        }
         Ok(Agent {
             opts: opts.clone(),
             layout,
             source_dir,
             kubeconfig,
             server,
+            node_name,
         })
     }
 
@@ -305,6 +324,11 @@ impl Agent {
                 }
                 files::write_atomic(local, text.as_bytes(), 0o600)?;
                 tracing::info!(path = %host.display(), "kubeconfig written");
+            }
+        }
+        if let Some(name) = &self.node_name {
+            if node_name::write(&self.layout.conf_dir, name)? {
+                tracing::info!(node = %name, path = %node_name::path(&self.layout.host_conf_dir).display(), "node name written");
             }
         }
         touch(&self.opts.health_file)?;
@@ -361,12 +385,16 @@ fn run(opts: &Options) -> Result<(), InstallError> {
         return Ok(());
     }
     let mut reconciler = reconcile::Reconciler::new(&agent, opts);
+    let mut file_reconciler = reconcile_files::FileReconciler::new(&agent, opts);
     let mut last_reconcile: Option<Instant> = None;
     loop {
-        let due = reconciler.is_some()
+        let due = (reconciler.is_some() || file_reconciler.is_some())
             && last_reconcile.is_none_or(|t| t.elapsed() >= opts.reconcile_interval);
         if due {
             if let Some(r) = reconciler.as_mut() {
+                r.run_once();
+            }
+            if let Some(r) = file_reconciler.as_mut() {
                 r.run_once();
             }
             last_reconcile = Some(Instant::now());

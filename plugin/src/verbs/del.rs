@@ -79,7 +79,7 @@ pub fn run(env: &Env, conf: &DelConf, att: &Attachment) -> Result<()> {
 }
 
 /// Releases what the attachment holds in its network's pool (or through the delegated plugin).
-fn release(env: &Env, conf: &DelConf, att: &Attachment) -> Result<()> {
+pub fn release(env: &Env, conf: &DelConf, att: &Attachment) -> Result<()> {
     let (Some(name), Some(ipam_type)) = (&conf.name, &conf.ipam_type) else {
         tracing::error!(container = %att.container_id, ifname = %att.ifname,
             "DEL's configuration names no network or ipam.type: nothing can be released \

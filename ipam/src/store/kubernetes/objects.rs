@@ -47,6 +47,10 @@ pub const ANN_POD_UID: &str = "iotlan/pod-uid";
 /// On an identity object: since when (Unix seconds) the reconciler has seen it unused (no address
 /// held, no pod). ADD rewrites the object without it.
 pub const ANN_UNUSED_SINCE: &str = "iotlan/unused-since-unix";
+/// On an address object: since when (Unix seconds) the reconciler has seen its pod missing, or
+/// replaced by another pod object of the same name. Cleared when the pod is seen again; a takeover
+/// rewrites the object without it.
+pub const ANN_MISSING_SINCE: &str = "iotlan/missing-since-unix";
 
 /// The network's part of object names and its label value.
 pub fn network_key(network: &str) -> String {

@@ -1,0 +1,60 @@
+//! A failed API request, and how it maps onto the pool's [`Error`].
+
+use crate::error::Error;
+
+/// A failed API request, before it becomes an [`Error`].
+#[derive(Debug)]
+pub(super) enum ApiError {
+    Status {
+        what: String,
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    Transport {
+        what: String,
+        message: String,
+    },
+    /// A 2xx answer that is not the API object asked for (not an API server, or a proxy page).
+    BadAnswer {
+        what: String,
+        message: String,
+    },
+}
+
+impl ApiError {
+    pub(super) fn is(&self, want: u16) -> bool {
+        matches!(self, ApiError::Status { code, .. } if *code == want)
+    }
+
+    pub(super) fn into_error(self) -> Error {
+        let reason = match self {
+            ApiError::Status {
+                what,
+                code,
+                reason,
+                message,
+            } => {
+                let hint = match code {
+                    401 => " (the kubeconfig's token may have expired: is the iotlan DaemonSet running?)",
+                    403 => " (check the iotlan RBAC: leases in the store's namespace, get on nodes)",
+                    _ => "",
+                };
+                format!("API server: {what}: {code} {reason}: {message}{hint}")
+            }
+            ApiError::Transport { what, message } => {
+                format!("API server unreachable: {what}: {message}")
+            }
+            ApiError::BadAnswer { what, message } => {
+                format!("API server gave an unexpected answer: {what}: {message}")
+            }
+        };
+        Error::Unavailable { reason }
+    }
+}
+
+impl From<ApiError> for Error {
+    fn from(e: ApiError) -> Error {
+        e.into_error()
+    }
+}

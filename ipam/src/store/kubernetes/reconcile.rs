@@ -1,0 +1,362 @@
+//! The reconcile loop: frees leases whose pod no longer exists (or is another pod object of the
+//! same name) once they have been seen so for longer than the grace, and prunes unused sticky
+//! records.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::coordination::v1::Lease as KLease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::core::PartialObjectMeta;
+
+use super::conn::Conn;
+use super::objects;
+use super::settings::DEFAULT_TIMEOUT_MS;
+use crate::error::Error;
+use crate::lease::Lease;
+use crate::orphan::{self, LivePods, PodState};
+
+/// What one reconcile pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Address objects looked at (all networks in the namespace).
+    pub checked: usize,
+    /// Leases freed because their pod no longer exists: (network, lease).
+    pub freed: Vec<(String, Lease)>,
+    /// Leases of missing (or replaced) pods newly seen so this pass: marked missing since now.
+    pub marked: usize,
+    /// Leases of missing (or replaced) pods kept because they have been missing for less than the
+    /// grace period.
+    pub young: usize,
+    /// Leases whose identity is a bare container ID (no pod to look up): never touched.
+    pub podless: usize,
+    /// Sticky identity records newly seen unused (no address held, no pod): marked this pass.
+    pub identities_marked: usize,
+    /// Sticky identity records deleted after being unused for the retention: (network, identity).
+    pub identities_pruned: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for ReconcileReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} leases checked, {} freed",
+            self.checked,
+            self.freed.len()
+        )?;
+        write_freed(f, &self.freed)?;
+        write!(
+            f,
+            ", {} of missing pods newly marked, {} within the grace period, {} without a pod identity; \
+             sticky records: {} newly unused, {} pruned",
+            self.marked,
+            self.young,
+            self.podless,
+            self.identities_marked,
+            self.identities_pruned.len()
+        )
+    }
+}
+
+/// ` [network ip of identity (container)]` for each freed lease.
+pub(super) fn write_freed(
+    f: &mut std::fmt::Formatter<'_>,
+    freed: &[(String, Lease)],
+) -> std::fmt::Result {
+    for (net, l) in freed {
+        write!(
+            f,
+            " [{net} {} of {} ({})]",
+            l.ip, l.identity, l.container_id
+        )?;
+    }
+    Ok(())
+}
+
+/// The pods of a metadata list, by namespace/name, with their UIDs.
+pub(super) fn live_pods(items: &[PartialObjectMeta<Pod>]) -> LivePods {
+    LivePods::new(items.iter().filter_map(|p| {
+        Some((
+            p.metadata.namespace.as_deref()?,
+            p.metadata.name.as_deref()?,
+            p.metadata.uid.as_deref(),
+        ))
+    }))
+}
+
+/// Frees leases whose pod no longer exists (or was replaced by another pod of the same name):
+/// the safety net for DELs that never came (a node
+/// that died, a runtime that lost its state). Run by the DaemonSet on every node; deletes are
+/// conditional, so several reconcilers never free more than once, and never free a lease that
+/// changed hands.
+pub struct Reconciler {
+    kubeconfig: PathBuf,
+    namespace: Option<String>,
+    grace: Duration,
+    identity_retention: Option<Duration>,
+}
+
+/// The label selector of every object of `kind` (all networks) that iotlan manages.
+fn kind_selector(kind: &str) -> String {
+    format!(
+        "{}={},{}={kind}",
+        objects::MANAGED_BY,
+        objects::MANAGER,
+        objects::LABEL_KIND
+    )
+}
+
+/// Deletes exactly the object as it was listed: not if it changed or was recreated since.
+fn exactly(obj: &KLease) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: obj.metadata.uid.clone(),
+            resource_version: obj.metadata.resource_version.clone(),
+        }),
+        ..DeleteParams::default()
+    }
+}
+
+/// `obj` with the Unix-time mark `key` set to `at`, or removed for `None`. Keeps the listed uid
+/// and resourceVersion, so the write is conditional on the object being unchanged.
+fn with_mark(obj: &KLease, key: &str, at: Option<u64>) -> KLease {
+    let mut marked = obj.clone();
+    let annotations = marked
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    match at {
+        Some(t) => annotations.insert(key.to_string(), t.to_string()),
+        None => annotations.remove(key),
+    };
+    marked
+}
+
+/// How long an unused sticky identity record is kept by default: 30 days.
+pub const DEFAULT_IDENTITY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl Reconciler {
+    /// `namespace` of the Lease objects defaults to the kubeconfig context's namespace. A lease is
+    /// freed only once its pod has been seen missing (no pod of that name, or another pod object
+    /// of that name than the one the lease recorded) for longer than `grace`, counted from the
+    /// `iotlan/missing-since-unix` mark the first pass that saw it so writes on its object
+    /// ([`crate::orphan`]); a pod seen again clears the mark. The kubeconfig is read again on every pass, so a
+    /// rotated token is picked up; `new` checks that it can be read now.
+    pub fn new(
+        kubeconfig: &Path,
+        namespace: Option<&str>,
+        grace: Duration,
+    ) -> Result<Reconciler, Error> {
+        Conn::open(kubeconfig, Duration::from_millis(DEFAULT_TIMEOUT_MS))?;
+        Ok(Reconciler {
+            kubeconfig: kubeconfig.to_path_buf(),
+            namespace: namespace.map(str::to_string),
+            grace,
+            identity_retention: Some(DEFAULT_IDENTITY_RETENTION),
+        })
+    }
+
+    /// How long a sticky identity record (an identity's latest addresses) may stay unused (no
+    /// address held, and no pod, for pod identities) before it is deleted; `None` keeps them all.
+    /// Without this, every pod name ever seen (a Deployment's pods get new ones on every rollout)
+    /// would leave an object behind for good.
+    pub fn with_identity_retention(mut self, retention: Option<Duration>) -> Reconciler {
+        self.identity_retention = retention;
+        self
+    }
+
+    /// One pass. Lists the leases first, then the pods: a pod always exists in the API before its
+    /// sandbox (and so its lease) is created, so a lease in the first list whose pod is missing
+    /// from the later one really lost its pod.
+    pub fn run_once(&mut self) -> Result<ReconcileReport, Error> {
+        let conn = Conn::open(&self.kubeconfig, Duration::from_millis(DEFAULT_TIMEOUT_MS))?;
+        let ns = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| conn.default_namespace.clone());
+        let leases_api: Api<KLease> = Api::namespaced(conn.client.clone(), &ns);
+        let pods_api: Api<Pod> = Api::all(conn.client.clone());
+        let sel = kind_selector(objects::KIND_ADDRESS);
+        let leases = conn.run(
+            "list leases",
+            leases_api.list(&ListParams::default().labels(&sel)),
+        )?;
+        // Names and UIDs are all it needs: metadata only, a fraction of the full Pod objects.
+        let pods = conn.run("list pods", pods_api.list_metadata(&ListParams::default()))?;
+        let live = live_pods(&pods.items);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut report = ReconcileReport {
+            checked: leases.items.len(),
+            ..ReconcileReport::default()
+        };
+        for obj in &leases.items {
+            self.judge_address(&conn, &leases_api, obj, &live, now, &mut report)?;
+        }
+        if let Some(retention) = self.identity_retention {
+            self.prune_identities(
+                &conn,
+                &leases_api,
+                &leases.items,
+                &live,
+                now,
+                retention,
+                &mut report,
+            )?;
+        }
+        Ok(report)
+    }
+
+    /// One address object: freed when its pod has been missing (or replaced by another pod of
+    /// the same name) for longer than the grace, counted from the `missing-since` mark the first
+    /// pass that saw it so wrote; the mark goes when the pod is seen again. Every write is
+    /// conditional on the object as listed, so a takeover in between wins.
+    fn judge_address(
+        &self,
+        conn: &Conn,
+        api: &Api<KLease>,
+        obj: &KLease,
+        live: &LivePods,
+        now: u64,
+        report: &mut ReconcileReport,
+    ) -> Result<(), Error> {
+        let ann = obj.metadata.annotations.clone().unwrap_or_default();
+        let Some(network) = ann.get(objects::ANN_NETWORK) else {
+            return Ok(());
+        };
+        let Ok(lease) = objects::lease_of(network, obj) else {
+            return Ok(());
+        };
+        let state = live.state(&lease);
+        let since = ann
+            .get(objects::ANN_MISSING_SINCE)
+            .and_then(|s| s.parse::<u64>().ok());
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let outcome = match (state, since) {
+            (PodState::Podless, _) => {
+                report.podless += 1;
+                return Ok(());
+            }
+            (PodState::Live, None) => return Ok(()),
+            (PodState::Live, Some(_)) | (_, None) => {
+                let marked = state.is_orphaned();
+                if marked {
+                    report.marked += 1;
+                }
+                let obj = with_mark(obj, objects::ANN_MISSING_SINCE, marked.then_some(now));
+                conn.run(
+                    &format!("replace lease {name}"),
+                    api.replace(&name, &PostParams::default(), &obj),
+                )
+                .map(|_| ())
+            }
+            (_, Some(t)) if !orphan::due(t, now, self.grace) => {
+                report.young += 1;
+                return Ok(());
+            }
+            (_, Some(_)) => {
+                let r = conn.run(
+                    &format!("delete lease {name}"),
+                    api.delete(&name, &exactly(obj)),
+                );
+                if r.is_ok() {
+                    tracing::info!(network = %network, ip = %lease.ip, identity = %lease.identity,
+                        container = %lease.container_id, pod = ?state,
+                        "freed the lease of a pod that no longer exists");
+                    report.freed.push((network.clone(), lease));
+                }
+                r.map(|_| ())
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            // Changed or gone since the list: the next pass judges what it is now.
+            Err(e) if e.is(404) || e.is(409) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sticky identity records: one unused (no address held; for a pod identity, no pod) is marked
+    /// with the time it was first seen so, and deleted once it has been unused for `retention`.
+    /// One in use again loses its mark. Every write is conditional on the resourceVersion listed,
+    /// so an ADD that rewrote the record in between wins.
+    #[allow(clippy::too_many_arguments)]
+    fn prune_identities(
+        &self,
+        conn: &Conn,
+        api: &Api<KLease>,
+        addresses: &[KLease],
+        live: &LivePods,
+        now: u64,
+        retention: Duration,
+        report: &mut ReconcileReport,
+    ) -> Result<(), Error> {
+        let freed: std::collections::HashSet<(&str, IpAddr)> = report
+            .freed
+            .iter()
+            .map(|(net, l)| (net.as_str(), l.ip))
+            .collect();
+        let in_use: std::collections::HashSet<(String, String)> = addresses
+            .iter()
+            .filter_map(|obj| {
+                let ann = obj.metadata.annotations.as_ref()?;
+                let network = ann.get(objects::ANN_NETWORK)?;
+                let lease = objects::lease_of(network, obj).ok()?;
+                (!freed.contains(&(network.as_str(), lease.ip)))
+                    .then(|| (network.clone(), lease.identity))
+            })
+            .collect();
+        let sel = kind_selector(objects::KIND_IDENTITY);
+        let records = conn.run("list leases", api.list(&ListParams::default().labels(&sel)))?;
+        for obj in records.items {
+            let ann = obj.metadata.annotations.clone().unwrap_or_default();
+            let (Some(network), Some(identity)) = (
+                ann.get(objects::ANN_NETWORK),
+                ann.get(objects::ANN_IDENTITY),
+            ) else {
+                continue;
+            };
+            let used =
+                in_use.contains(&(network.clone(), identity.clone())) || live.has_pod(identity);
+            let since = ann
+                .get(objects::ANN_UNUSED_SINCE)
+                .and_then(|s| s.parse::<u64>().ok());
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            let outcome = match (used, since) {
+                (true, None) => continue,
+                (false, Some(t)) if now.saturating_sub(t) < retention.as_secs() => continue,
+                (false, Some(_)) => {
+                    let dp = exactly(&obj);
+                    let r = conn.run(&format!("delete lease {name}"), api.delete(&name, &dp));
+                    if r.is_ok() {
+                        tracing::info!(%network, %identity, "pruned an unused sticky identity record");
+                        report
+                            .identities_pruned
+                            .push((network.clone(), identity.clone()));
+                    }
+                    r.map(|_| ())
+                }
+                (used, _) => {
+                    if !used {
+                        report.identities_marked += 1;
+                    }
+                    let marked = with_mark(&obj, objects::ANN_UNUSED_SINCE, (!used).then_some(now));
+                    conn.run(
+                        &format!("replace lease {name}"),
+                        api.replace(&name, &PostParams::default(), &marked),
+                    )
+                    .map(|_| ())
+                }
+            };
+            match outcome {
+                Ok(()) => {}
+                Err(e) if e.is(404) || e.is(409) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}

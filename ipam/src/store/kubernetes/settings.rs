@@ -1,0 +1,121 @@
+//! The `store` keys of the kubernetes kind (table in the parent module's docs).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::StoreConfig;
+use crate::error::Error;
+
+/// Where the Lease objects live when `store.namespace` is not given.
+pub const DEFAULT_NAMESPACE: &str = "iotlan-system";
+/// The kubeconfigs tried, in order, when `store.kubeconfig` is not given: kubeadm's and k3s's CNI
+/// config dir, where `iotlan install` writes it.
+pub const DEFAULT_KUBECONFIGS: [&str; 2] = [
+    "/etc/cni/net.d/iotlan.d/iotlan.kubeconfig",
+    "/var/lib/rancher/k3s/agent/etc/cni/net.d/iotlan.d/iotlan.kubeconfig",
+];
+/// Connect and per-request timeout when `store.timeoutMs` is not given.
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// How long a node must have been not Ready before it counts as lost, when
+/// `store.nodeLossGraceSeconds` is not given: 5 minutes, the pod eviction timeout Kubernetes
+/// itself has long used for NotReady nodes.
+pub const DEFAULT_NODE_LOSS_GRACE_SECONDS: u64 = 300;
+/// The bounds of `store.nodeLossGraceSeconds`.
+pub const NODE_LOSS_GRACE_SECONDS: std::ops::RangeInclusive<u64> = 30..=86_400;
+
+/// The `store` keys this kind reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub namespace: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub timeout: Duration,
+    /// How long a node must have been not Ready before its sandboxes count as gone.
+    pub node_loss_grace: Duration,
+}
+
+impl Settings {
+    /// Reads the kubernetes keys of `cfg`; unknown keys are an error naming them.
+    pub fn from_config(cfg: &StoreConfig) -> Result<Settings, Error> {
+        let mut s = Settings {
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            kubeconfig: None,
+            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            node_loss_grace: Duration::from_secs(DEFAULT_NODE_LOSS_GRACE_SECONDS),
+        };
+        for (key, value) in &cfg.extra {
+            let field = format!("store.{key}");
+            match key.as_str() {
+                "namespace" => {
+                    let ns = value.as_str().ok_or_else(|| Error::config(&field, "must be a string"))?;
+                    if !is_dns_label(ns) {
+                        return Err(Error::config(&field, format!("{ns:?} is not a namespace name (a DNS label)")));
+                    }
+                    s.namespace = ns.to_string();
+                }
+                "kubeconfig" => {
+                    let p = value.as_str().ok_or_else(|| Error::config(&field, "must be a string"))?;
+                    if !Path::new(p).is_absolute() {
+                        return Err(Error::config(&field, "must be an absolute path"));
+                    }
+                    s.kubeconfig = Some(PathBuf::from(p));
+                }
+                "timeoutMs" => {
+                    let ms = value
+                        .as_u64()
+                        .filter(|ms| *ms > 0)
+                        .ok_or_else(|| Error::config(&field, "must be a positive integer"))?;
+                    s.timeout = Duration::from_millis(ms);
+                }
+                "nodeLossGraceSeconds" => {
+                    let secs = value
+                        .as_u64()
+                        .filter(|s| NODE_LOSS_GRACE_SECONDS.contains(s))
+                        .ok_or_else(|| {
+                            Error::config(
+                                &field,
+                                format!(
+                                    "must be an integer from {} to {} (seconds)",
+                                    NODE_LOSS_GRACE_SECONDS.start(),
+                                    NODE_LOSS_GRACE_SECONDS.end()
+                                ),
+                            )
+                        })?;
+                    s.node_loss_grace = Duration::from_secs(secs);
+                }
+                _ => {
+                    return Err(Error::config(
+                        &field,
+                        "unknown key for the kubernetes store (known: namespace, kubeconfig, timeoutMs, nodeLossGraceSeconds)",
+                    ))
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// The kubeconfig to use: the configured one, else the first default that exists.
+    pub(super) fn kubeconfig_path(&self) -> Result<PathBuf, Error> {
+        if let Some(p) = &self.kubeconfig {
+            return Ok(p.clone());
+        }
+        DEFAULT_KUBECONFIGS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or_else(|| Error::Unavailable {
+                reason: format!(
+                    "no kubeconfig at {} or {}; it is written by the iotlan DaemonSet (`iotlan install`): is it running on this node?",
+                    DEFAULT_KUBECONFIGS[0], DEFAULT_KUBECONFIGS[1]
+                ),
+            })
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
