@@ -62,6 +62,9 @@ fn main() {
                   "store": { "kind": "file", "dir": state.path() } }
     })
     .to_string();
+    let mut unchecked: serde_json::Value = serde_json::from_str(&iotlan_conf).expect("conf");
+    unchecked["conflictCheck"] = json!({ "enabled": false });
+    let unchecked_conf = unchecked.to_string();
     let reference_conf = json!({
         "cniVersion": "1.0.0", "name": "bench-ref", "type": "macvlan", "master": NODE_IF, "mode": "bridge",
         "ipam": { "type": "static", "addresses": [{ "address": "10.77.0.10/24", "gateway": GATEWAY_IP }] }
@@ -70,7 +73,7 @@ fn main() {
 
     // Everything below runs in the node's namespace, as kubelet would.
     enter(&lan.node.ns.path());
-    let env = |cid: &str, command: &str| -> Vec<(String, String)> {
+    let env_of = |cid: &str, command: &str, pod_name: &str| -> Vec<(String, String)> {
         vec![
             ("CNI_COMMAND".into(), command.into()),
             ("CNI_CONTAINERID".into(), cid.into()),
@@ -87,9 +90,10 @@ fn main() {
                     reference_plugin_dir().display()
                 ),
             ),
-            ("CNI_ARGS".into(), k8s_args("bench", "pod-0", cid)),
+            ("CNI_ARGS".into(), k8s_args("bench", pod_name, cid)),
         ]
     };
+    let env = |cid: &str, command: &str| env_of(cid, command, "pod-0");
     let pod_path = pod.path().to_string_lossy().into_owned();
     let floor_add = [
         vec![
@@ -125,6 +129,27 @@ fn main() {
                 t.iotlan[i].1.push(d);
             }
         }
+        // The judged build again, for a pod that never had an address: the conflict check probes
+        // its new pool address (the rounds above are the sticky restart, which is not probed).
+        let fresh = format!("fresh-{round}");
+        let fcid = format!("fresh{round}");
+        let fa = exec(&builds[0].1, &env_of(&fcid, "ADD", &fresh), &iotlan_conf);
+        exec(&builds[0].1, &env_of(&fcid, "DEL", &fresh), &iotlan_conf);
+        // And with the conflict check off, to show what the probe costs.
+        let oa = exec(
+            &builds[0].1,
+            &env_of(&fcid, "ADD", &format!("off-{round}")),
+            &unchecked_conf,
+        );
+        exec(
+            &builds[0].1,
+            &env_of(&fcid, "DEL", &format!("off-{round}")),
+            &unchecked_conf,
+        );
+        if keep {
+            t.first_add.push(fa);
+            t.unchecked_add.push(oa);
+        }
         let ra = exec(&reference, &env(&cid, "ADD"), &reference_conf);
         let rd = exec(&reference, &env(&cid, "DEL"), &reference_conf);
         let fa: Duration = floor_add.iter().map(|args| ip(args)).sum();
@@ -148,6 +173,17 @@ fn main() {
     for ((label, _), (add, _)) in builds.iter().zip(&t.iotlan) {
         rows.push((format!("iotlan ADD ({label})"), add));
     }
+    rows.push((
+        format!("iotlan ADD, first-time address, probed ({})", builds[0].0),
+        &t.first_add,
+    ));
+    rows.push((
+        format!(
+            "iotlan ADD, first-time, conflictCheck off ({})",
+            builds[0].0
+        ),
+        &t.unchecked_add,
+    ));
     rows.push(("reference ADD (Debian macvlan + static)".into(), &t.ref_add));
     rows.push((
         "floor ADD (ip link add netns + addr + up)".into(),
@@ -167,6 +203,16 @@ fn main() {
         println!("{name:<52} {:>8.2}ms {:>8.2}ms", ms(median(v)), ms(p99(v)));
     }
     let ratio = |a: &Vec<Duration>, b: &Vec<Duration>| ms(median(a)) / ms(median(b));
+    println!(
+        "\nthe conflict check (on by default), {}:\n  sticky restart ADD / reference ADD      = {:.3}   (not probed; target <= 0.333: {})\n  first-time address ADD / reference ADD  = {:.3}   (probed)\n  first-time, check off / reference ADD   = {:.3}\n  probe cost (first-time minus check off) = {:.1} ms (budget <= 200 ms: {})",
+        builds[0].0,
+        ratio(&t.iotlan[0].0, &t.ref_add),
+        verdict(ratio(&t.iotlan[0].0, &t.ref_add) <= 1.0 / 3.0),
+        ratio(&t.first_add, &t.ref_add),
+        ratio(&t.unchecked_add, &t.ref_add),
+        ms(median(&t.first_add)) - ms(median(&t.unchecked_add)),
+        verdict(ms(median(&t.first_add)) - ms(median(&t.unchecked_add)) <= 200.0)
+    );
     for (i, ((label, _), (add, del))) in builds.iter().zip(&t.iotlan).enumerate() {
         let add_vs_ref = ratio(add, &t.ref_add);
         let del_vs_ref = ratio(del, &t.ref_del);
@@ -200,6 +246,9 @@ fn verdict(met: bool) -> &'static str {
 struct Timings {
     /// Per iotlan build: (ADD, DEL).
     iotlan: Vec<(Vec<Duration>, Vec<Duration>)>,
+    /// The judged build's ADD for a pod's first address (probed), and with the check off.
+    first_add: Vec<Duration>,
+    unchecked_add: Vec<Duration>,
     ref_add: Vec<Duration>,
     ref_del: Vec<Duration>,
     floor_add: Vec<Duration>,

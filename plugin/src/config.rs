@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cni::version::Version;
+pub use crate::conflict::ConflictCheck;
 use crate::error::{Error, Result};
 use crate::mac::Mac;
 
@@ -19,6 +20,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/iotlan";
 pub const MAX_PROBE_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_ANNOUNCE_COUNT: u32 = 10;
 pub const MAX_ANNOUNCE_INTERVAL_MS: u64 = 1_000;
+/// The conflict check's wait for an answer (per attempt; at most [`crate::conflict::MAX_RETRIES`] + 1).
+pub const MAX_CONFLICT_TIMEOUT_MS: u64 = 1_000;
 
 /// Which link driver to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -53,6 +56,10 @@ pub struct Probe {
 
 fn default_probe_timeout() -> u64 {
     800
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Gratuitous ARP / unsolicited NA after ADD: `count` rounds, `intervalMs` apart. The kernel sends the
@@ -123,6 +130,11 @@ struct RawConf {
     probe: Option<Probe>,
     announce: Option<Announce>,
     ipv6: Option<Ipv6>,
+    #[serde(default = "default_true")]
+    multicast_routes: bool,
+    #[serde(default)]
+    source_routing: bool,
+    conflict_check: Option<ConflictCheck>,
     state_dir: Option<PathBuf>,
     log_file: Option<PathBuf>,
     log_level: Option<String>,
@@ -157,6 +169,12 @@ pub struct NetConf {
     pub probe: Option<Probe>,
     pub announce: Announce,
     pub ipv6: Ipv6,
+    /// Multicast (224.0.0.0/4, ff00::/8) through net1, so that discovery uses it.
+    pub multicast_routes: bool,
+    /// A table and rule of net1's own, so replies from its address leave through it.
+    pub source_routing: bool,
+    /// The conflict check; None when disabled.
+    pub conflict_check: Option<ConflictCheck>,
     pub state_dir: PathBuf,
     pub log_file: Option<PathBuf>,
     pub log_level: Option<String>,
@@ -261,6 +279,14 @@ impl NetConf {
                 )));
             }
         }
+        if let Some(c) = raw.conflict_check.as_ref().filter(|c| c.enabled) {
+            if !(1..=MAX_CONFLICT_TIMEOUT_MS).contains(&c.timeout_ms) {
+                return Err(Error::InvalidConfig(format!(
+                    "conflictCheck.timeoutMs {} is out of range (1-{MAX_CONFLICT_TIMEOUT_MS})",
+                    c.timeout_ms
+                )));
+            }
+        }
         for (key, path) in [("stateDir", &raw.state_dir), ("logFile", &raw.log_file)] {
             if let Some(p) = path.as_ref().filter(|p| !p.is_absolute()) {
                 return Err(Error::InvalidConfig(format!(
@@ -308,6 +334,9 @@ impl NetConf {
             probe: raw.probe.filter(|p| p.gateway),
             announce: raw.announce.unwrap_or_default(),
             ipv6: raw.ipv6.unwrap_or_default(),
+            multicast_routes: raw.multicast_routes,
+            source_routing: raw.source_routing,
+            conflict_check: Some(raw.conflict_check.unwrap_or_default()).filter(|c| c.enabled),
             state_dir: raw
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
@@ -435,6 +464,13 @@ mod tests {
         assert_eq!(c.driver, DriverChoice::Auto);
         assert_eq!(c.macvlan_mode, MacvlanMode::Bridge);
         assert!(c.probe.is_none());
+        assert!(c.multicast_routes);
+        assert!(!c.source_routing);
+        assert_eq!(c.conflict_check.as_ref().map(|c| c.timeout_ms), Some(150));
+        let off = conf(r#""multicastRoutes":false,"conflictCheck":{"enabled":false},"#).unwrap();
+        assert!(!off.multicast_routes && off.conflict_check.is_none());
+        let err = conf(r#""conflictCheck":{"timeoutMs":5000},"#).unwrap_err();
+        assert_eq!(err.code(), 7);
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.ipam_subnets(), vec!["192.168.20.0/24".parse().unwrap()]);
     }

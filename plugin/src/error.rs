@@ -28,6 +28,7 @@ pub mod code {
     pub const ADDRESS_NOT_ALLOWED: u32 = 112;
     pub const STORE_CORRUPT: u32 = 113;
     pub const IPAM_DELEGATE: u32 = 114;
+    pub const ADDRESS_IN_USE_ON_LAN: u32 = 115;
 }
 
 /// A failure, with the context a person needs to act on it.
@@ -78,6 +79,14 @@ pub enum Error {
     },
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// The conflict check found `ip` in use on the LAN: a device with MAC `mac` answered its probe.
+    #[error("{ip} is already in use on the LAN by the device with MAC {mac}: it answered an RFC 5227 ARP probe{hint}")]
+    AddressInUseOnLan {
+        ip: std::net::IpAddr,
+        mac: String,
+        /// What the user can do about it.
+        hint: String,
+    },
     /// A delegated IPAM plugin answered with an error: its code and message are passed on.
     #[error("ipam plugin {plugin}: {msg}")]
     Delegate {
@@ -110,6 +119,7 @@ impl Error {
             Error::CheckFailed(_) => CHECK_FAILED,
             Error::Netlink { .. } => NETLINK,
             Error::Delegate { code, .. } => *code,
+            Error::AddressInUseOnLan { .. } => ADDRESS_IN_USE_ON_LAN,
             Error::Pool(e) => pool_code(e),
         }
     }

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod cni;
 pub mod config;
+pub mod conflict;
 pub mod driver;
 pub mod error;
 pub mod ipam;
@@ -16,6 +17,8 @@ pub mod netns;
 pub mod packet;
 pub mod pod;
 pub mod probe;
+pub mod routing;
+pub mod rules;
 pub mod sandbox;
 pub mod sysctl;
 pub mod verbs;

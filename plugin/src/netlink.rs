@@ -110,7 +110,7 @@ impl Netlink {
     }
 
     /// Sends a request and collects replies until the ack (or the end of a dump).
-    fn exchange(
+    pub(crate) fn exchange(
         &mut self,
         msg: RouteNetlinkMessage,
         flags: u16,
@@ -235,8 +235,9 @@ impl Netlink {
             .map(drop)
     }
 
-    /// Adds an address. `nodad` skips IPv6 duplicate address detection (the pool guarantees
-    /// uniqueness, and a tentative address would delay the pod's first packets by seconds).
+    /// Adds an address. `nodad` skips IPv6 duplicate address detection; without it an IPv6 address
+    /// is optimistic (RFC 4429: usable at once while DAD runs; needs the link's `optimistic_dad`), so
+    /// a tentative address never delays the pod's first packets by seconds.
     pub fn add_address(&mut self, index: u32, address: IpNetwork, nodad: bool) -> io::Result<()> {
         let mut msg = AddressMessage::default();
         msg.header.family = family(address.ip());
@@ -250,9 +251,12 @@ impl Netlink {
                     .push(AddressAttribute::Broadcast(v4.broadcast()));
             }
         }
-        if nodad && address.is_ipv6() {
-            msg.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        if address.is_ipv6() {
+            msg.attributes.push(AddressAttribute::Flags(if nodad {
+                AddressFlags::Nodad
+            } else {
+                AddressFlags::Optimistic
+            }));
         }
         self.exchange(
             RouteNetlinkMessage::NewAddress(msg),
@@ -441,7 +445,7 @@ impl Netlink {
     }
 }
 
-fn family(ip: IpAddr) -> AddressFamily {
+pub(crate) fn family(ip: IpAddr) -> AddressFamily {
     if ip.is_ipv4() {
         AddressFamily::Inet
     } else {
@@ -449,14 +453,14 @@ fn family(ip: IpAddr) -> AddressFamily {
     }
 }
 
-fn route_address(ip: IpAddr) -> RouteAddress {
+pub(crate) fn route_address(ip: IpAddr) -> RouteAddress {
     match ip {
         IpAddr::V4(v4) => RouteAddress::Inet(v4),
         IpAddr::V6(v6) => RouteAddress::Inet6(v6),
     }
 }
 
-fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+pub(crate) fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),

@@ -95,6 +95,29 @@ impl ArpSocket {
         from: Ipv4Addr,
         deadline: std::time::Instant,
     ) -> io::Result<Option<[u8; 6]>> {
+        self.wait_for(deadline, |p| {
+            p[6..8] == 2u16.to_be_bytes() && p[14..18] == from.octets()
+        })
+    }
+
+    /// Waits until `deadline` for any ARP packet (reply or request) whose sender IP is `ip` and
+    /// whose sender MAC is not `own`: someone uses `ip` (RFC 5227's conflict). Returns that MAC.
+    pub fn wait_claim(
+        &self,
+        ip: Ipv4Addr,
+        own: [u8; 6],
+        deadline: std::time::Instant,
+    ) -> io::Result<Option<[u8; 6]>> {
+        self.wait_for(deadline, |p| p[14..18] == ip.octets() && p[8..14] != own)
+    }
+
+    /// Waits until `deadline` for an ARP packet (28 bytes or more) that `wanted` accepts; returns its
+    /// sender MAC.
+    fn wait_for(
+        &self,
+        deadline: std::time::Instant,
+        wanted: impl Fn(&[u8]) -> bool,
+    ) -> io::Result<Option<[u8; 6]>> {
         let mut buf = [0u8; 256];
         loop {
             let now = std::time::Instant::now();
@@ -128,7 +151,7 @@ impl ArpSocket {
                     libc::MSG_DONTWAIT,
                 )
             };
-            if n >= 28 && buf[6..8] == 2u16.to_be_bytes() && buf[14..18] == from.octets() {
+            if n >= 28 && wanted(&buf[..n as usize]) {
                 let mut mac = [0u8; 6];
                 mac.copy_from_slice(&buf[8..14]);
                 return Ok(Some(mac));

@@ -11,8 +11,26 @@ use crate::config::Ipv6;
 use crate::error::{Error, Result};
 use crate::netlink::{Link, Netlink};
 
+/// A step run with the link up and no address on it yet.
+pub type BeforeAddresses<'a> = &'a mut dyn FnMut(&Link) -> Result<()>;
+
+/// What [`configure`] adds beyond the addresses and the subnet's routes.
+pub struct Extras<'a> {
+    /// Multicast routes through the link ([`crate::routing`]).
+    pub multicast: bool,
+    /// Source-based routing for the link's addresses ([`crate::routing`]).
+    pub source_routing: bool,
+    /// Runs once the link is up and before any address is on it (the conflict check); an error
+    /// stops the configuration. None: the addresses go on before the link comes up, so the kernel
+    /// announces them itself at link-up.
+    pub before_addresses: Option<BeforeAddresses<'a>>,
+    /// IPv6 duplicate address detection on the link's IPv6 addresses (optimistic, so they are usable
+    /// at once); off, they are added with `nodad`.
+    pub ipv6_dad: bool,
+}
+
 /// Renames the freshly created link `made` to `ifname`, applies the IPv6 policy, adds the addresses,
-/// brings it up and adds the routes. Returns the configured link.
+/// brings it up and adds the routes (and the [`Extras`]). Returns the configured link.
 pub fn configure(
     nl: &mut Netlink,
     made: &Link,
@@ -20,6 +38,7 @@ pub fn configure(
     ips: &[IpConfig],
     routes: &[Route],
     ipv6: &Ipv6,
+    extras: Extras,
 ) -> Result<Link> {
     let link = made;
     let temp_name = &made.name;
@@ -50,11 +69,28 @@ pub fn configure(
             e,
         )
     })?;
+    if extras.ipv6_dad && ips.iter().any(|ip| ip.address.is_ipv6()) {
+        crate::sysctl::enable_optimistic_dad(ifname)
+            .map_err(|e| Error::io(format!("cannot enable optimistic DAD on {ifname}"), e))?;
+    }
+    let probed = match extras.before_addresses {
+        Some(check) => {
+            bring_up(nl, link, ifname)?;
+            check(&Link {
+                name: ifname.to_string(),
+                ..link.clone()
+            })?;
+            true
+        }
+        None => false,
+    };
     for ip in ips {
-        nl.add_address(link.index, ip.address, true)
+        nl.add_address(link.index, ip.address, !extras.ipv6_dad)
             .map_err(|e| Error::netlink(format!("cannot add {} to {ifname}", ip.address), e))?;
     }
-    bring_up(nl, link, ifname)?;
+    if !probed {
+        bring_up(nl, link, ifname)?;
+    }
     for r in routes {
         if r.dst.prefix() == 0 {
             return Err(Error::InvalidConfig(format!(
@@ -78,9 +114,18 @@ pub fn configure(
             }
         }
     }
-    nl.link_by_index(link.index)
+    let link = nl
+        .link_by_index(link.index)
         .map_err(|e| Error::netlink(format!("cannot read {ifname} back"), e))?
-        .ok_or_else(|| Error::Link(format!("{ifname} vanished from the pod's namespace")))
+        .ok_or_else(|| Error::Link(format!("{ifname} vanished from the pod's namespace")))?;
+    if extras.multicast {
+        crate::routing::add_multicast(nl, &link, ips)?;
+    }
+    if extras.source_routing {
+        let table = crate::routing::add_source_routing(nl, &link, ips, routes, extras.multicast)?;
+        tracing::debug!(table, ifname, "source routing");
+    }
+    Ok(link)
 }
 
 /// Brings the link up. A macvlan whose MAC another link on the same master still uses cannot come

@@ -46,6 +46,14 @@ pub fn enable_announcements(ifname: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Lets IPv6 duplicate address detection run on `ifname` with optimistic addresses (RFC 4429):
+/// a duplicate is found by the kernel (the address turns `dadfailed`) while the pod can already use it.
+pub fn enable_optimistic_dad(ifname: &str) -> std::io::Result<()> {
+    let dir = Path::new("/proc/sys/net/ipv6/conf").join(ifname);
+    write_if_present(&dir.join("optimistic_dad"), "1")?;
+    write_if_present(&dir.join("use_optimistic"), "1")
+}
+
 /// Writes a sysctl; one that does not exist (no IPv6 on this host, an older kernel) is skipped.
 fn write_if_present(path: &Path, value: &str) -> std::io::Result<()> {
     match std::fs::OpenOptions::new().write(true).open(path) {

@@ -25,9 +25,14 @@ use crate::ipam::{Claim, Ipam};
 use crate::mac::Mac;
 use crate::netlink::{Link, Netlink};
 use crate::netns::Netns;
-use crate::{master, packet, pod, probe};
+use crate::{conflict, master, packet, pod, probe};
 
 pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<CniResult> {
+    conflict::with_retries(conf, att, |c| add_once(env, c, att))
+}
+
+/// One ADD attempt with one allocation; a conflict found by the check undoes it like any failure.
+fn add_once(env: &Env, conf: &NetConf, att: &Attachment) -> Result<CniResult> {
     let netns_path = att
         .netns
         .as_ref()
@@ -129,7 +134,7 @@ impl<'scope> Allocation<'scope> {
     }
 
     /// Waits for the allocation; `None` when it failed (`finish` returns the error).
-    fn wait(&mut self) -> Option<&CniResult> {
+    fn wait(&mut self) -> Option<(&CniResult, &Claim)> {
         if let Some(job) = self.job.take() {
             self.outcome = Some(job.join().unwrap_or_else(|_| {
                 Err(Error::InvalidConfig(
@@ -137,7 +142,7 @@ impl<'scope> Allocation<'scope> {
                 ))
             }));
         }
-        self.outcome.as_ref()?.as_ref().ok().map(|(r, _)| r)
+        self.outcome.as_ref()?.as_ref().ok().map(|(r, c)| (r, c))
     }
 
     /// The allocation's outcome, waiting for it if nobody did yet.
@@ -268,6 +273,27 @@ fn try_driver(
         });
     }
 
+    // The allocation is needed from here on: which addresses to probe, and (ipvlan) the master's
+    // socket for the probe, opened in this namespace.
+    let targets = addrs
+        .wait()
+        .map(|(r, c)| conflict::targets(conf, att, r, c))
+        .unwrap_or_default();
+    let mut sock = None;
+    if drv == Driver::Ipvlan && !targets.is_empty() {
+        match packet::ArpSocket::open(master.index, master.mac.unwrap_or_default()) {
+            Ok(s) => sock = Some(s),
+            Err(e) => {
+                return Err(Attempt::Fatal(Error::io(
+                    format!(
+                        "cannot open an ARP socket on {} for the conflict check",
+                        master.name
+                    ),
+                    e,
+                )))
+            }
+        }
+    }
     let outcome = pod_ns
         .run(home, || -> Result<Result<Link, Attempt>> {
             let mut pnl = Netlink::open()
@@ -281,9 +307,22 @@ fn try_driver(
                         "the new link {temp} vanished from the pod's namespace"
                     ))
                 })?;
-            let Some(addrs) = addrs.wait() else {
+            let Some((addrs, _)) = addrs.wait() else {
                 delete_made(&mut pnl, &made);
                 return Ok(Err(Attempt::NoAddresses));
+            };
+            let timeout =
+                Duration::from_millis(conf.conflict_check.as_ref().map_or(0, |c| c.timeout_ms));
+            let mut check = |l: &Link| conflict::check(&mut sock, l, &targets, timeout);
+            let extras = pod::Extras {
+                multicast: conf.multicast_routes,
+                source_routing: conf.source_routing,
+                ipv6_dad: conf.conflict_check.is_some(),
+                before_addresses: if targets.is_empty() {
+                    None
+                } else {
+                    Some(&mut check)
+                },
             };
             let link = match pod::configure(
                 &mut pnl,
@@ -292,6 +331,7 @@ fn try_driver(
                 &addrs.ips,
                 &addrs.routes,
                 &conf.ipv6,
+                extras,
             ) {
                 Ok(link) => link,
                 Err(e) => {
@@ -299,6 +339,16 @@ fn try_driver(
                     return Ok(Err(Attempt::Fatal(e)));
                 }
             };
+            // The link came up before its address: the kernel's own announcement had none to send.
+            if let Some(sock) = &sock {
+                for ip in &targets {
+                    if let Err(e) = sock.send_request(*ip, *ip) {
+                        tracing::warn!(%ip, error = %e, "could not announce the address");
+                    }
+                }
+            }
+            // The gateway probe runs only now, after the conflict check: a gateway ARP from a
+            // conflicting address would overwrite the router's entry for the real device.
             if let Some(probe) = &conf.probe {
                 if let Err(msg) = probe_gateway(
                     &mut pnl,

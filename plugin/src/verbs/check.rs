@@ -1,5 +1,5 @@
-//! CHECK: the link, its MAC, its addresses and its routes still match prevResult, and the
-//! addresses are still held.
+//! CHECK: the link, its MAC, its addresses and its routes still match prevResult, the multicast
+//! routes and source-routing rules the config asks for are there, and the addresses are still held.
 
 use crate::cni::env::{Attachment, Env};
 use crate::cni::result::CniResult;
@@ -112,6 +112,16 @@ pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<()> {
                 {
                     return fail(format!("route {} via {} is missing", want.dst, att.ifname));
                 }
+            }
+        }
+        if conf.multicast_routes {
+            if let Some(m) = crate::routing::check_multicast(&mut nl, &link, &mine)? {
+                return fail(m);
+            }
+        }
+        if conf.source_routing {
+            if let Some(m) = crate::routing::check_source_routing(&mut nl, &link, &mine)? {
+                return fail(m);
             }
         }
         Ok(())

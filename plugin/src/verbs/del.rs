@@ -11,6 +11,8 @@
 //! - the store is opened only after the link part started, and its failure (an unreachable API
 //!   server) never keeps the link: DEL then fails with the store's error, the runtime retries, and
 //!   the retry only has the release left to do.
+//! - iotlan's source-routing rules for the link's addresses are removed whatever the config says now
+//!   (best effort: the namespace's teardown takes them anyway);
 //! - Idempotent.
 
 use std::sync::mpsc;
@@ -54,6 +56,9 @@ pub fn run(env: &Env, conf: &DelConf, att: &Attachment) -> Result<()> {
                 .map_err(|e| Error::netlink("cannot open a netlink socket in the pod", e))?;
             let link = pod::find_ours(&mut nl, &att.ifname)?;
             if let Some(link) = &link {
+                // Rules outlive the link (its routes do not): iotlan's go while the addresses
+                // still say which are this link's.
+                crate::routing::remove_source_routing(&mut nl, link);
                 pod::withdraw_addresses(&mut nl, link)?;
             }
             let _ = withdrawn.send(());
