@@ -18,7 +18,9 @@ setup() {
     for t in "${TARGETS[@]}"; do
         grep -qx "$t" <<<"$installed" || rustup target add "$t" >/dev/null
     done
-    scripts/apt-install gcc-aarch64-linux-gnu qemu-user-static file
+    # libc6-dev-arm64-cross (the target libc headers ring's C includes) is only a Recommends of
+    # gcc-aarch64-linux-gnu, and apt-install skips Recommends: it is named (scripts/needs.txt).
+    scripts/apt-install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static file
 }
 
 setup
