@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Static (musl) builds of the one `iotlan` executable for amd64 and arm64 (Raspberry Pi), with the `dist`
-# profile (Cargo.toml: lto, one codegen unit, stripped), copied to dist/linux-amd64/ and dist/linux-arm64/
+# profile (Cargo.toml: fat LTO, one codegen unit, stripped), copied to dist/linux-amd64/ and dist/linux-arm64/
 # for the image (Containerfile), with `iotlan-ipam` and `kubectl-iotlan` as hard links of it: the binary
 # dispatches on argv[0] (CNI IPAM plugin, kubectl plugin).
 #
