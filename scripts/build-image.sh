@@ -30,9 +30,7 @@ image=localhost/iotlan:$version
 
 ((build)) && bash scripts/build-static.sh
 for arch in amd64 arm64; do
-    for b in iotlan iotlan-ipam; do
-        [ -x "dist/linux-$arch/$b" ] || { echo "build-image: dist/linux-$arch/$b missing (run scripts/build-static.sh)" >&2; exit 1; }
-    done
+    [ -x "dist/linux-$arch/iotlan" ] || { echo "build-image: dist/linux-$arch/iotlan missing (run scripts/build-static.sh)" >&2; exit 1; }
 done
 
 "$tool" manifest rm "$image" >/dev/null 2>&1 || true

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Static (musl) release builds of `iotlan` and `iotlan-ipam` for amd64 and arm64 (Raspberry Pi),
-# copied to dist/linux-amd64/ and dist/linux-arm64/ for the image (Containerfile).
+# Static (musl) builds of the one `iotlan` executable for amd64 and arm64 (Raspberry Pi), with the `dist`
+# profile (Cargo.toml: fat LTO, one codegen unit, stripped), copied to dist/linux-amd64/ and dist/linux-arm64/
+# for the image (Containerfile), with `iotlan-ipam` and `kubectl-iotlan` as hard links of it: the binary
+# dispatches on argv[0] (CNI IPAM plugin, kubectl plugin).
 #
 #   scripts/build-static.sh               install what is missing, build both, copy to dist/
 #   scripts/build-static.sh --setup-only  only install: rustup targets, gcc-aarch64-linux-gnu
@@ -18,7 +20,9 @@ setup() {
     for t in "${TARGETS[@]}"; do
         grep -qx "$t" <<<"$installed" || rustup target add "$t" >/dev/null
     done
-    scripts/apt-install gcc-aarch64-linux-gnu qemu-user-static file
+    # libc6-dev-arm64-cross (the target libc headers ring's C includes) is only a Recommends of
+    # gcc-aarch64-linux-gnu, and apt-install skips Recommends: it is named (scripts/needs.txt).
+    scripts/apt-install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static file
 }
 
 setup
@@ -28,14 +32,16 @@ target_dir=${CARGO_TARGET_DIR:-target}
 args=()
 for t in "${TARGETS[@]}"; do args+=(--target "$t"); done
 start=$(date +%s)
-# Stripped: the node agent copies these to every node, and nobody debugs a CNI plugin with its symbols.
-CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked -p iotlan --bins "${args[@]}"
+cargo build --profile dist --locked -p iotlan --bin iotlan "${args[@]}"
 echo "build-static: built in $(( $(date +%s) - start ))s"
 for t in "${TARGETS[@]}"; do
     case $t in x86_64-*) arch=amd64 ;; aarch64-*) arch=arm64 ;; esac
-    mkdir -p "dist/linux-$arch"
-    for b in iotlan iotlan-ipam; do
-        install -m 0755 "$target_dir/$t/release/$b" "dist/linux-$arch/$b"
+    dir=dist/linux-$arch
+    mkdir -p "$dir"
+    install -m 0755 "$target_dir/$t/dist/iotlan" "$dir/.iotlan.tmp"
+    mv -f "$dir/.iotlan.tmp" "$dir/iotlan"
+    for name in iotlan-ipam kubectl-iotlan; do
+        ln -f "$dir/iotlan" "$dir/$name"
     done
-    echo "build-static: dist/linux-$arch: $(du -b "dist/linux-$arch/iotlan" | cut -f1) bytes (iotlan), $(du -b "dist/linux-$arch/iotlan-ipam" | cut -f1) bytes (iotlan-ipam)"
+    echo "build-static: $dir: iotlan $(stat -c %s "$dir/iotlan") bytes (iotlan-ipam and kubectl-iotlan: hard links of it)"
 done

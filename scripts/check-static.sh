@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the static binaries (scripts/build-static.sh) and checks them: statically linked, for the right
-# machine, and they run: `iotlan --help`, `iotlan install --help`, and the CNI VERSION verb of `iotlan` and
-# `iotlan-ipam` with empty stdin. amd64 runs natively; arm64 runs under qemu-aarch64-static (qemu-user-static).
+# Builds the static binaries (scripts/build-static.sh) and checks them: one executable per arch (iotlan-ipam
+# and kubectl-iotlan are hard links of iotlan), statically linked, for the right machine, and it runs under
+# each name: `iotlan --help`, `iotlan install --help`, `iotlan leases --help`, `kubectl-iotlan leases --help`
+# (as `kubectl iotlan`), and the CNI VERSION verb of `iotlan` and `iotlan-ipam` with empty stdin. amd64 runs natively; arm64 runs under qemu-aarch64-static (qemu-user-static).
 # Then, per arch, the node agent installs into a fake kubeadm host root, and `iotlan-ipam` ADD with the
 # kubernetes store completes a TLS handshake (ring) with `openssl s_server` through the kubeconfig the agent
 # wrote: the server's HTTP answer is no API object, so ADD fails with code 11 after TLS, never on TLS itself.
@@ -24,13 +25,20 @@ for arch in amd64 arm64; do
         bad "$arch: qemu-aarch64-static missing (scripts/build-static.sh --setup-only installs qemu-user-static)"
         continue
     fi
-    for b in iotlan iotlan-ipam; do
-        desc=$(file -b "$dir/$b" 2>&1 || true)
-        if [[ $desc == *"$machine"* && ( $desc == *"statically linked"* || $desc == *"static-pie linked"* ) ]]; then
-            ok "$arch $b: static $machine, $(stat -c %s "$dir/$b") bytes"
+    desc=$(file -b "$dir/iotlan" 2>&1 || true)
+    if [[ $desc == *"$machine"* && ( $desc == *"statically linked"* || $desc == *"static-pie linked"* ) ]]; then
+        ok "$arch iotlan: static $machine, $(stat -c %s "$dir/iotlan") bytes"
+    else
+        bad "$arch iotlan: $desc"
+    fi
+    for b in iotlan-ipam kubectl-iotlan; do
+        if [ "$(stat -c %d:%i "$dir/$b" 2>&1)" = "$(stat -c %d:%i "$dir/iotlan")" ]; then
+            ok "$arch $b: a hard link of iotlan (one executable)"
         else
-            bad "$arch $b: $desc"
+            bad "$arch $b: not a hard link of $dir/iotlan"
         fi
+    done
+    for b in iotlan iotlan-ipam; do
         out=$(env -i PATH=/usr/bin:/bin CNI_COMMAND=VERSION "${run[@]}" "$dir/$b" </dev/null 2>&1) && rc=0 || rc=$?
         if [ "$rc" = 0 ] && python3 -c 'import json,sys; v=json.loads(sys.argv[1]); assert {"0.3.1","1.0.0","1.1.0"} <= set(v["supportedVersions"]), v' "$out" 2>/dev/null; then
             ok "$arch $b: CNI VERSION -> $out"
@@ -38,13 +46,16 @@ for arch in amd64 arm64; do
             bad "$arch $b: CNI VERSION (exit $rc): $out"
         fi
     done
-    for args in "--help" "install --help"; do
+    for args in "iotlan --help" "iotlan install --help" "iotlan leases --help" "kubectl-iotlan leases --help"; do
+        bin=${args%% *} want="Usage: iotlan"
+        [ "$bin" = kubectl-iotlan ] && want="Usage: kubectl iotlan leases"
+        [ "$args" = "iotlan install --help" ] && want="usage: iotlan install"
         # shellcheck disable=SC2086
-        out=$(env -i PATH=/usr/bin:/bin "${run[@]}" "$dir/iotlan" $args 2>&1) && rc=0 || rc=$?
-        if [ "$rc" = 0 ] && grep -q "iotlan" <<<"$out"; then
-            ok "$arch iotlan $args: $(head -n1 <<<"$out")"
+        out=$(env -i PATH=/usr/bin:/bin "${run[@]}" "$dir/$bin" ${args#* } 2>&1) && rc=0 || rc=$?
+        if [ "$rc" = 0 ] && grep -q "$want" <<<"$out"; then
+            ok "$arch $args: $(grep -m1 "$want" <<<"$out")"
         else
-            bad "$arch iotlan $args (exit $rc): $out"
+            bad "$arch $args (exit $rc, wanted \"$want\"): $out"
         fi
     done
 done
@@ -76,9 +87,11 @@ for arch in amd64 arm64; do
         --serviceaccount-dir "$sa" --health-file "$work/$arch/healthy" \
         --api-server "https://127.0.0.1:$port" 2>&1) && rc=0 || rc=$?
     kc=$root/etc/cni/net.d/iotlan.d/iotlan.kubeconfig
-    if [ "$rc" = 0 ] && cmp -s "$dir/iotlan" "$root/opt/cni/bin/iotlan" &&
-        cmp -s "$dir/iotlan-ipam" "$root/opt/cni/bin/iotlan-ipam" && [ "$(stat -c %a "$kc")" = 600 ]; then
-        ok "$arch iotlan install --once: binaries and kubeconfig (0600) on a kubeadm host root"
+    bin=$root/opt/cni/bin
+    if [ "$rc" = 0 ] && cmp -s "$dir/iotlan" "$bin/iotlan" &&
+        [ "$(stat -c %d:%i "$bin/iotlan-ipam")" = "$(stat -c %d:%i "$bin/iotlan")" ] &&
+        [ "$(stat -c %a "$kc")" = 600 ]; then
+        ok "$arch iotlan install --once: iotlan, iotlan-ipam (a hard link of it) and kubeconfig (0600) on a kubeadm host root"
     else
         bad "$arch iotlan install --once (exit $rc): $out"
         continue
@@ -88,7 +101,7 @@ for arch in amd64 arm64; do
       "store":{"kind":"kubernetes","namespace":"iotlan-system","kubeconfig":"'"$kc"'","timeoutMs":20000}}}'
     out=$(env -i PATH=/usr/bin:/bin CNI_COMMAND=ADD CNI_CONTAINERID=c1 CNI_NETNS=/x CNI_IFNAME=net1 \
         CNI_PATH=/opt/cni/bin CNI_ARGS="K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p" \
-        "${run[@]}" "$dir/iotlan-ipam" <<<"$conf" 2>/dev/null) && rc=0 || rc=$?
+        "${run[@]}" "$bin/iotlan-ipam" <<<"$conf" 2>/dev/null) && rc=0 || rc=$?
     if python3 -c 'import json,sys; e=json.loads(sys.argv[1]); assert e["code"] == 11 and "deserializ" in e["msg"] + e.get("details", ""), e' "$out" 2>/dev/null; then
         ok "$arch iotlan-ipam ADD: TLS to the kubeconfig's server verified with its CA (ring), then code 11"
     else

@@ -232,6 +232,60 @@ fn main() {
             verdict(del_vs_floor <= 1.25)
         );
     }
+    cli_cost(&builds[0].1, rounds);
+}
+
+/// The operator CLI's parsing (clap) must stay off the CNI path: `main()` dispatches a
+/// `CNI_COMMAND` exec before any parsing. Prints the in-process cost of one parse, and an exec of
+/// the CNI VERSION verb against one of `iotlan version` (the CLI path) of the same binary.
+fn cli_cost(bin: &Path, rounds: usize) {
+    use clap::Parser;
+    let argv = [
+        "iotlan",
+        "leases",
+        "--config=/etc/iotlan/iot.json",
+        "--json",
+    ];
+    let n = 2000;
+    let start = Instant::now();
+    for _ in 0..n {
+        let cli = iotlan::cli::Cli::try_parse_from(argv).expect("parses");
+        std::hint::black_box(cli);
+    }
+    let parse = start.elapsed() / n;
+    let run = |envs: &[(&str, &str)], args: &[&str]| {
+        let start = Instant::now();
+        let out = Command::new(bin)
+            .env_clear()
+            .envs(envs.iter().copied())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{} {args:?}: {out:?}", bin.display());
+        start.elapsed()
+    };
+    let (mut cni, mut cli) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        cni.push(run(&[("CNI_COMMAND", "VERSION")], &[]));
+        cli.push(run(&[], &["version"]));
+    }
+    println!(
+        "
+operator CLI parsing, kept off the CNI path ({}):",
+        bin.display()
+    );
+    println!(
+        "  one clap parse of `{}`, in-process: {:.1}us",
+        argv.join(" "),
+        parse.as_secs_f64() * 1e6
+    );
+    println!(
+        "  exec CNI_COMMAND=VERSION {:.2}ms, exec `iotlan version` (CLI) {:.2}ms (medians); CLI / CNI = {:.2}",
+        ms(median(&cni)),
+        ms(median(&cli)),
+        ms(median(&cli)) / ms(median(&cni))
+    );
 }
 
 fn verdict(met: bool) -> &'static str {

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Installs what vm-tests/run needs (Debian 12) and caches Debian's cloud kernel. Idempotent and quiet.
-#   qemu-system-x86 + vde2: the VMs and their shared L2 segment (TCG, no host privileges needed)
+#   qemu-system-x86 + vde2: the VMs and their shared L2 segment (TCG, no host privileges needed). qemu-system-x86
+#     comes from the release the machine's qemu-utils comes from: an image with bookworm-backports' qemu-utils
+#     (>= 1:8.0+dfsg-5~, which Breaks bookworm's qemu-system-common) gets it from bookworm-backports, whose
+#     source is added if missing (scripts/apt-backports); a machine without qemu-utils, or with bookworm's,
+#     gets bookworm's.
 #   busybox-static, iproute2, nftables, socat: copied into the guests' initramfs
 #   containernetworking-plugins: Debian's reference plugins (vm-tests/run --reference)
 # The kernel lands in ${VMT_CACHE_DIR:-<repo>/.cache/vm}/kernel -> kernel-<version>/{vmlinuz,lib/modules/<version>}.
@@ -8,9 +12,16 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${VMT_CACHE_DIR:-$(dirname "$here")/.cache/vm}
-packages=(qemu-system-x86 vde2 busybox-static iproute2 nftables socat cpio python3 containernetworking-plugins)
+packages=(vde2 busybox-static iproute2 nftables socat cpio python3 containernetworking-plugins)
 
 "$here/../scripts/apt-install" "${packages[@]}"
+qemu_release=()
+if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q 'install ok installed' &&
+    utils=$(dpkg-query -W -f='${Status} ${Version}' qemu-utils 2>/dev/null) &&
+    [[ $utils == "install ok installed "* ]] && dpkg --compare-versions "${utils##* }" ge '1:8.0+dfsg-5~'; then
+    qemu_release=(--target-release "$("$here/../scripts/apt-backports")")
+fi
+"$here/../scripts/apt-install" "${qemu_release[@]}" qemu-system-x86
 
 if [[ -e $cache/kernel/vmlinuz ]]; then
     exit 0

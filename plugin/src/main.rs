@@ -1,43 +1,78 @@
-//! `iotlan`: the CNI plugin when CNI_COMMAND is set, else the operator's command line.
+//! `iotlan`: one executable for every role, chosen before any argument parsing:
+//!
+//! - `CNI_COMMAND` set: the CNI plugin; the main plugin, or the IPAM plugin when run as
+//!   `iotlan-ipam` (a hard link or copy the node agent installs beside `iotlan`);
+//! - run as `iotlan-ipam` without `CNI_COMMAND`: a one-line hint;
+//! - otherwise the operator's command line (clap), also as `kubectl iotlan` (a link named
+//!   `kubectl-iotlan` on PATH).
+//!
+//! A CNI exec pays for one environment lookup and argv[0]'s file name, never for the CLI.
 
+use std::ffi::OsStr;
+use std::path::Path;
+
+use clap::CommandFactory;
+use iotlan::cli::{self, Cli, Command};
 use iotlan::cni::{self, Plugin};
 
 mod install;
 
-const USAGE: &str = "\
-iotlan: a CNI plugin for the home/IoT LAN (macvlan with ipvlan L2 fallback, static IoT address pool)
-
-As a CNI plugin, the runtime runs it with CNI_COMMAND=ADD|DEL|CHECK|VERSION|STATUS|GC and the network
-configuration on stdin.
-
-Commands:
-  iotlan validate [FILE|-]   check a CNI config (a NAD's config) with iotlan's own parser and pool rules
-  iotlan status [--config FILE]... [--state-dir DIR] [--json]
-                             networks on this node (or in the cluster store of the configs given): held and
-                             free addresses, and the driver chosen per master
-  iotlan leases [--config FILE]... [--state-dir DIR] [--json]
-                             every lease: address, pod, container, interface, node, age
-  iotlan doctor [--master IF] [--gateway IP] [--seconds N] [--json]
-                             which driver works on this LAN, and does discovery multicast reach a pod?
-                             (a temporary namespace and link; cleans up; bounded in time)
-  iotlan install [--help]    the node agent the DaemonSet runs: installs the binaries into the host's CNI dir
-                             (kubeadm or k3s, detected), keeps the plugin's kubeconfig current, frees the
-                             leases of deleted pods
-  iotlan version             print the plugin version and the CNI versions it speaks
-  iotlan help                this text
-";
+/// The name the IPAM plugin is installed and configured under (`"ipam": {"type": "iotlan-ipam"}`).
+const IPAM_NAME: &str = "iotlan-ipam";
+/// kubectl runs `kubectl-iotlan` for `kubectl iotlan`.
+const KUBECTL_PLUGIN_NAME: &str = "kubectl-iotlan";
 
 fn main() {
+    let argv0 = std::env::args_os().next();
+    let name = argv0
+        .as_deref()
+        .and_then(|a| Path::new(a).file_name())
+        .and_then(OsStr::to_str)
+        .unwrap_or("iotlan");
     if std::env::var_os("CNI_COMMAND").is_some() {
-        std::process::exit(cni::main(Plugin::Main));
+        let plugin = if name == IPAM_NAME {
+            Plugin::Ipam
+        } else {
+            Plugin::Main
+        };
+        std::process::exit(cni::main(plugin));
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match args.first().map(String::as_str) {
-        None | Some("help") | Some("--help") | Some("-h") => {
-            print!("{USAGE}");
-            0
-        }
-        Some("version") | Some("--version") => {
+    if name == IPAM_NAME {
+        eprintln!(
+            "iotlan-ipam {}: a CNI IPAM plugin; run by a CNI runtime with CNI_COMMAND set and the network \
+             configuration on stdin (the operator commands are `iotlan --help`)",
+            env!("CARGO_PKG_VERSION")
+        );
+        std::process::exit(2);
+    }
+    std::process::exit(operator(name == KUBECTL_PLUGIN_NAME));
+}
+
+/// The operator's command line; returns the exit code.
+fn operator(as_kubectl_plugin: bool) -> i32 {
+    let bin_name = if as_kubectl_plugin {
+        "kubectl iotlan"
+    } else {
+        "iotlan"
+    };
+    let mut command = Cli::command().bin_name(bin_name);
+    if std::env::args_os().len() < 2 {
+        // Bare `iotlan`: the overview, as `iotlan help` prints it.
+        let _ = command.print_help();
+        return 0;
+    }
+    let matches = command.get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match cli.command {
+        Command::Validate { file } => cli::validate(file.as_deref()),
+        Command::Status(a) => cli::status::run(cli::status::View::Status, &a),
+        Command::Leases(a) => cli::status::run(cli::status::View::Leases, &a),
+        Command::Doctor(a) => cli::doctor::run(&a),
+        Command::Install { args } => install::main(&args),
+        Command::Version => {
             println!(
                 "iotlan {} (CNI {})",
                 env!("CARGO_PKG_VERSION"),
@@ -45,15 +80,14 @@ fn main() {
             );
             0
         }
-        Some("validate") => iotlan::cli::validate(args.get(1).map(String::as_str)),
-        Some("install") => install::main(&args[1..]),
-        Some("status") => iotlan::cli::status::run(iotlan::cli::status::View::Status, &args[1..]),
-        Some("leases") => iotlan::cli::status::run(iotlan::cli::status::View::Leases, &args[1..]),
-        Some("doctor") => iotlan::cli::doctor::run(&args[1..]),
-        Some(other) => {
-            eprintln!("iotlan: unknown command {other:?}\n\n{USAGE}");
-            2
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                bin_name.replace(' ', "-"),
+                &mut std::io::stdout(),
+            );
+            0
         }
-    };
-    std::process::exit(code);
+    }
 }

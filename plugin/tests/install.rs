@@ -75,7 +75,7 @@ impl Host {
             }
         }
         mkdir(&h.src());
-        h.set_source(b"#!/bin/sh\necho iotlan v1\n", b"#!/bin/sh\necho ipam v1\n");
+        h.set_source(b"#!/bin/sh\necho iotlan v1\n");
         mkdir(&h.sa());
         h.write_serviceaccount("token-1", CA_PEM);
         h
@@ -94,13 +94,12 @@ impl Host {
         self.dir.path().join("run/healthy")
     }
 
-    fn set_source(&self, iotlan: &[u8], ipam: &[u8]) {
-        // Replaced atomically, so the installer never reads a half-written source.
-        for (name, data) in [("iotlan", iotlan), ("iotlan-ipam", ipam)] {
-            let tmp = self.src().join(format!(".{name}.tmp"));
-            fs::write(&tmp, data).unwrap();
-            fs::rename(&tmp, self.src().join(name)).unwrap();
-        }
+    /// The image carries one executable, `iotlan` (`iotlan-ipam` is the same file under another
+    /// name, made on the node). Replaced atomically, so the installer never reads a half-written source.
+    fn set_source(&self, iotlan: &[u8]) {
+        let tmp = self.src().join(".iotlan.tmp");
+        fs::write(&tmp, iotlan).unwrap();
+        fs::rename(&tmp, self.src().join("iotlan")).unwrap();
     }
 
     /// Writes token, CA and namespace the way kubelet's atomic writer does: a new timestamped
@@ -236,15 +235,16 @@ fn no_temp_files(dir: &Path) {
 fn assert_installed(h: &Host, bin: &str, conf: &str) {
     let root = h.root();
     let bin = root.join(bin.trim_start_matches('/'));
-    for (name, want) in [("iotlan", "iotlan v1"), ("iotlan-ipam", "ipam v1")] {
+    for name in ["iotlan", "iotlan-ipam"] {
         let p = bin.join(name);
         assert!(
-            fs::read_to_string(&p).unwrap().contains(want),
+            fs::read_to_string(&p).unwrap().contains("iotlan v1"),
             "{}",
             p.display()
         );
         assert_eq!(mode(&p), 0o755, "{}", p.display());
     }
+    assert_one_file(&bin);
     no_temp_files(&bin);
     let d = root.join(conf.trim_start_matches('/')).join("iotlan.d");
     assert_eq!(mode(&d), 0o700);
@@ -262,6 +262,18 @@ fn assert_installed(h: &Host, bin: &str, conf: &str) {
         .trim_matches('"');
     assert_eq!(base64_decode(b64), CA_PEM.as_bytes());
     assert!(h.health().exists());
+}
+
+/// `iotlan-ipam` is a hard link of `iotlan` in `bin`: one file on the node, under both names.
+fn assert_one_file(bin: &Path) {
+    let a = fs::metadata(bin.join("iotlan")).unwrap();
+    let b = fs::metadata(bin.join("iotlan-ipam")).unwrap();
+    assert_eq!(
+        (a.dev(), a.ino()),
+        (b.dev(), b.ino()),
+        "iotlan-ipam is not a link of iotlan in {}",
+        bin.display()
+    );
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -395,7 +407,7 @@ fn binaries_land_atomically_while_being_read() {
     const SIZE: usize = 16 << 20;
     let version = |c: u8| vec![c; SIZE];
     let versions: Vec<Vec<u8>> = b"abcdef".iter().map(|&c| version(c)).collect();
-    h.set_source(&version(b'a'), b"ipam");
+    h.set_source(&version(b'a'));
     assert!(h.once(&[]).status.success());
     let dest = h.root().join("opt/cni/bin/iotlan");
     let daemon = h.daemon(&["--reconcile-interval", "0"]);
@@ -428,7 +440,7 @@ fn binaries_land_atomically_while_being_read() {
         {
             let _stop = StopOnDrop(&stop);
             for c in [b'b', b'c', b'd', b'e', b'f'] {
-                h.set_source(&version(c), b"ipam");
+                h.set_source(&version(c));
                 wait_for(20, "the daemon to install the new version", || {
                     reader.is_finished() || fs::read(&dest).is_ok_and(|d| d.first() == Some(&c))
                 });
@@ -438,6 +450,11 @@ fn binaries_land_atomically_while_being_read() {
     });
     assert!(reads > 10, "only {reads} reads");
     assert!(seen.len() >= 2, "the reader saw only {seen:?}");
+    // Each new iotlan was linked as iotlan-ipam too.
+    wait_for(20, "iotlan-ipam to follow the last iotlan", || {
+        fs::read(dest.with_file_name("iotlan-ipam")).is_ok_and(|d| d.first() == Some(&b'f'))
+    });
+    assert_one_file(dest.parent().unwrap());
     no_temp_files(dest.parent().unwrap());
     assert!(daemon.terminate().status.success());
 }
@@ -449,8 +466,9 @@ fn a_running_old_binary_keeps_running() {
     // The old `iotlan` is a real executable (a copy of sleep), running while we install.
     fs::copy("/bin/sleep", bin.join("iotlan")).unwrap();
     let mut running = Command::new(bin.join("iotlan")).arg("2").spawn().unwrap();
-    // The old `iotlan-ipam` is a script a shell reads as it goes: rewriting it in place would
-    // make the shell run the new bytes from its old offset.
+    // The old `iotlan-ipam` (a separate file, as versions before the single binary installed it)
+    // is a script a shell reads as it goes: rewriting it in place would make the shell run the new
+    // bytes from its old offset.
     let script = "#!/bin/sh\nsleep 1\necho old-finished\n";
     fs::write(bin.join("iotlan-ipam"), script).unwrap();
     fs::set_permissions(bin.join("iotlan-ipam"), fs::Permissions::from_mode(0o755)).unwrap();
@@ -459,8 +477,8 @@ fn a_running_old_binary_keeps_running() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let new_script = format!("#!/bin/sh\n{}\necho new\n", "#".repeat(4096));
-    h.set_source(b"#!/bin/sh\necho iotlan v2\n", new_script.as_bytes());
+    let new_script = format!("#!/bin/sh\n# iotlan v2\n{}\necho new\n", "#".repeat(4096));
+    h.set_source(new_script.as_bytes());
     let o = h.once(&[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
@@ -473,9 +491,10 @@ fn a_running_old_binary_keeps_running() {
     assert!(fs::read_to_string(bin.join("iotlan"))
         .unwrap()
         .contains("v2"));
-    // A new exec runs the new binary.
+    // A new exec runs the new binary, under both names: one file.
     let o = Command::new(bin.join("iotlan-ipam")).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout), "new\n");
+    assert_one_file(&bin);
 }
 
 #[test]

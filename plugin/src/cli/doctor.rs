@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sched::{setns, unshare, CloneFlags};
 use serde_json::{json, Value};
 
+use super::args::DoctorArgs;
 use crate::config::MacvlanMode;
 use crate::driver::{self, Driver};
 use crate::error::{Error, Result};
@@ -22,63 +23,9 @@ use crate::packet::ArpSocket;
 
 const TEMP_LINK: &str = "iotdoctor0";
 
-struct Options {
-    master: Option<String>,
-    gateway: Option<Ipv4Addr>,
-    seconds: u64,
-    timeout_ms: u64,
-    json: bool,
-}
-
-fn parse(args: &[String]) -> std::result::Result<Options, String> {
-    let mut o = Options {
-        master: None,
-        gateway: None,
-        seconds: 5,
-        timeout_ms: 1000,
-        json: false,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |what: &str| it.next().cloned().ok_or(format!("{a} needs {what}"));
-        match a.as_str() {
-            "--json" => o.json = true,
-            "--master" => o.master = Some(value("an interface")?),
-            "--gateway" => {
-                o.gateway = Some(
-                    value("an IPv4 address")?
-                        .parse()
-                        .map_err(|e| format!("--gateway: {e}"))?,
-                )
-            }
-            "--seconds" => {
-                o.seconds = value("a number")?
-                    .parse()
-                    .map_err(|e| format!("--seconds: {e}"))?
-            }
-            "--timeout-ms" => {
-                o.timeout_ms = value("a number")?
-                    .parse()
-                    .map_err(|e| format!("--timeout-ms: {e}"))?
-            }
-            other => return Err(format!("unknown option {other:?}")),
-        }
-    }
-    if o.seconds > 300 || o.timeout_ms > 60_000 {
-        return Err("--seconds is at most 300 and --timeout-ms at most 60000".into());
-    }
-    Ok(o)
-}
-
-pub fn run(args: &[String]) -> i32 {
-    let o = match parse(args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("iotlan doctor: {e}\nusage: iotlan doctor [--master IF] [--gateway IP] [--seconds N] [--timeout-ms MS] [--json]");
-            return 2;
-        }
-    };
-    match diagnose(&o) {
+/// Runs `iotlan doctor`; returns the exit code.
+pub fn run(o: &DoctorArgs) -> i32 {
+    match diagnose(o) {
         Ok(report) => {
             if o.json {
                 println!(
@@ -101,7 +48,7 @@ pub fn run(args: &[String]) -> i32 {
     }
 }
 
-fn diagnose(o: &Options) -> Result<Value> {
+fn diagnose(o: &DoctorArgs) -> Result<Value> {
     let mut nl = Netlink::open().map_err(|e| Error::netlink("cannot open a netlink socket", e))?;
     let master = crate::master::resolve_with(&mut nl, o.master.as_deref(), &[])?;
     let gateway = match o.gateway {

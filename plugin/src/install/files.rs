@@ -81,6 +81,42 @@ pub fn install_binary(src: &Path, dest: &Path) -> Result<bool, FileError> {
     Ok(true)
 }
 
+/// Makes `dest` a hard link of `target` (same directory), atomically: a temp link renamed over
+/// `dest`, so a new exec sees the old or the new file, never none. Where the file system refuses
+/// hard links, `dest` becomes an atomic copy instead. Returns whether it changed anything.
+pub fn install_link(target: &Path, dest: &Path) -> Result<bool, FileError> {
+    use std::os::unix::fs::MetadataExt;
+    let want = fs::metadata(target).map_err(err("stat", target))?;
+    if fs::symlink_metadata(dest).is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino()) {
+        return Ok(false);
+    }
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!("{TEMP_PREFIX}{name}.{}.link", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    if let Err(e) = fs::hard_link(target, &tmp) {
+        tracing::debug!(error = %e, dest = %dest.display(), "no hard link here; copying");
+        return install_binary(target, dest);
+    }
+    let result = fs::rename(&tmp, dest)
+        .map_err(err("rename into place", dest))
+        .and_then(|()| {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(err("fsync", dir))
+        });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| true)
+}
+
 /// True when `path` is a regular file holding exactly `want` with permission bits `mode`.
 pub fn same_contents(path: &Path, want: &[u8], mode: u32) -> bool {
     let Ok(mut f) = File::open(path) else {

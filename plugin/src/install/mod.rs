@@ -1,8 +1,9 @@
 //! `iotlan install`: the DaemonSet's node agent.
 //!
 //! - Detects the host's CNI dirs under a host root (kubeadm, k3s, k3s before 2024.10, or
-//!   given) and copies `iotlan` and `iotlan-ipam` there atomically (temp file in the same
-//!   dir, fsync, rename), so a running exec of the old binary is never broken.
+//!   given) and copies `iotlan` there atomically (temp file in the same dir, fsync, rename), so
+//!   a running exec of the old binary is never broken; `iotlan-ipam` is a hard link of it (a
+//!   copy where links are refused), swapped in the same way: one executable on the node.
 //! - Writes `<conf dir>/iotlan.d/iotlan.kubeconfig` (mode 0600, dir 0700) from the
 //!   ServiceAccount's token and CA, and rewrites it when the projected token rotates: every
 //!   tick it compares the file with what it should be.
@@ -28,8 +29,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use layout::{Flavor, Layout, Overrides};
 
-/// The binaries we install, looked up in the source dir.
-const BINARIES: [&str; 2] = ["iotlan", "iotlan-ipam"];
+/// The one executable we install, looked up in the source dir.
+const BINARY: &str = "iotlan";
+/// Its other names on the node (it dispatches on argv[0]): NADs name `"ipam": {"type": "iotlan-ipam"}`.
+const LINKS: [&str; 1] = ["iotlan-ipam"];
 
 const USAGE: &str = "\
 usage: iotlan install [options]          install binaries and kubeconfig, then keep them current
@@ -39,7 +42,8 @@ usage: iotlan install [options]          install binaries and kubeconfig, then k
   --flavor NAME             auto (default), kubeadm, k3s or k3s-legacy
   --bin-dir PATH            host path of the CNI binary dir (overrides detection)
   --conf-dir PATH           host path of the CNI config dir (overrides detection)
-  --source-dir DIR          where iotlan and iotlan-ipam are (default: this binary's dir)
+  --source-dir DIR          where iotlan is (default: this binary's dir); iotlan-ipam is installed
+                            as a hard link of it
   --serviceaccount-dir DIR  token, ca.crt, namespace (default /var/run/secrets/kubernetes.io/serviceaccount)
   --api-server URL          API server for the kubeconfig (default from KUBERNETES_SERVICE_HOST/PORT)
   --namespace NS            namespace of the lease objects (default: the ServiceAccount's)
@@ -307,9 +311,12 @@ impl Agent {
     /// One pass: binaries, kubeconfig, health file. Idempotent and cheap when nothing changed.
     fn tick(&mut self) -> Result<(), InstallError> {
         files::remove_stale_temps(&self.layout.bin_dir);
-        for name in BINARIES {
-            let dest = self.layout.bin_dir.join(name);
-            if files::install_binary(&self.source_dir.join(name), &dest)? {
+        let installed = self.layout.bin_dir.join(BINARY);
+        if files::install_binary(&self.source_dir.join(BINARY), &installed)? {
+            tracing::info!(path = %self.layout.host_bin_dir.join(BINARY).display(), "installed");
+        }
+        for name in LINKS {
+            if files::install_link(&installed, &self.layout.bin_dir.join(name))? {
                 tracing::info!(path = %self.layout.host_bin_dir.join(name).display(), "installed");
             }
         }

@@ -1,0 +1,250 @@
+//! The operator CLI against a cluster store, where a user runs it: from a workstation (only the
+//! user's `KUBECONFIG` or `--kubeconfig`) and from the iotlan DaemonSet's pod (in-cluster: the pod's
+//! ServiceAccount at its fixed path and KUBERNETES_SERVICE_HOST/PORT, over TLS with the
+//! ServiceAccount's CA). The API server is the test double (ipam/tests/support/apiserver.rs); the
+//! leases come from `iotlan-ipam` ADDs exec'd as a CNI runtime does.
+//!
+//! Run: `cargo test -p iotlan --test cli`. The pod case needs root (a private mount namespace puts
+//! the ServiceAccount at /var/run/secrets/kubernetes.io/serviceaccount) and the openssl command;
+//! without them it prints SKIP (and fails under CI=true).
+#![cfg(feature = "kubernetes")]
+
+#[path = "../../ipam/tests/support/apiserver.rs"]
+mod apiserver;
+#[path = "../../ipam/tests/support/tls.rs"]
+mod tls;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{json, Value};
+
+const IOTLAN: &str = env!("CARGO_BIN_EXE_iotlan");
+const IPAM: &str = env!("CARGO_BIN_EXE_iotlan-ipam");
+const NS: &str = "iotlan-system";
+const NODE_KUBECONFIG: &str = "/etc/cni/net.d/iotlan.d/iotlan.kubeconfig";
+
+/// A NAD config with the kubernetes store and no kubeconfig of its own, as users write them.
+fn config() -> Value {
+    json!({
+        "cniVersion": "1.1.0", "name": "iot", "type": "iotlan",
+        "ipam": { "type": "iotlan-ipam", "subnet": "192.168.20.0/24", "gateway": "192.168.20.1",
+                  "pool": ["192.168.20.210-192.168.20.239"],
+                  "store": { "kind": "kubernetes", "namespace": NS, "timeoutMs": 5000 } }
+    })
+}
+
+fn skip(why: &str) -> bool {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("requirement missing under CI=true: {why}");
+    }
+    eprintln!("SKIP: {why}");
+    false
+}
+
+/// `iotlan-ipam` ADD for pod `ns/name` through `kubeconfig`.
+fn add(kubeconfig: &Path, cid: &str, pod: &str) {
+    let (ns, name) = pod.split_once('/').unwrap();
+    let mut conf = config();
+    conf["ipam"]["store"]["kubeconfig"] = json!(kubeconfig);
+    let mut child = Command::new(IPAM)
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", "/var/run/netns/does-not-matter")
+        .env("CNI_IFNAME", "net1")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env(
+            "CNI_ARGS",
+            format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "ADD {pod}: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The lease rows of `leases` output: (address, pod, container).
+fn rows(o: &Output) -> Vec<(String, String, String)> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.starts_with("192.168.20."))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f[1].to_string(), f[2].to_string())
+        })
+        .collect()
+}
+
+/// A workstation: this machine must not be a node (no agent kubeconfig), or the node's would win.
+fn on_a_workstation() -> bool {
+    !Path::new(NODE_KUBECONFIG).exists()
+        || skip(&format!(
+            "{NODE_KUBECONFIG} exists: this machine is a node, not a workstation"
+        ))
+}
+
+#[test]
+fn from_a_workstation_with_kubeconfig_env_or_flag() {
+    if !on_a_workstation() {
+        return;
+    }
+    let server = apiserver::ApiServer::start();
+    server.set_token(Some("tok"));
+    let dir = tempfile::tempdir().unwrap();
+    let kc = server.kubeconfig(dir.path(), NS, "tok");
+    add(&kc, "c-ha", "home-assistant/home-assistant-0");
+    add(&kc, "c-esp", "iot/esphome-0");
+    let conf = dir.path().join("nad.json");
+    std::fs::write(&conf, config().to_string()).unwrap();
+
+    // kubectl's habit: KUBECONFIG names the cluster; HOME has no ~/.kube.
+    let o = Command::new(IOTLAN)
+        .env_clear()
+        .env("KUBECONFIG", &kc)
+        .env("HOME", dir.path())
+        .args(["leases", &format!("--config={}", conf.display())])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let r = rows(&o);
+    assert_eq!(r.len(), 2, "{}", text(&o));
+    let pods: Vec<&str> = r.iter().map(|(_, p, _)| p.as_str()).collect();
+    assert!(
+        pods.contains(&"home-assistant/home-assistant-0") && pods.contains(&"iot/esphome-0"),
+        "{}",
+        text(&o)
+    );
+    assert!(r.iter().any(|(_, _, c)| c == "c-ha"), "{}", text(&o));
+
+    // `--kubeconfig` (also relative to the working directory), as `kubectl iotlan`, config on stdin.
+    let link = dir.path().join("kubectl-iotlan");
+    std::os::unix::fs::symlink(IOTLAN, &link).unwrap();
+    let mut child = Command::new(&link)
+        .env_clear()
+        .env("HOME", dir.path())
+        .current_dir(dir.path())
+        .args(["status", "--config", "-", "--kubeconfig"])
+        .arg(kc.file_name().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config().to_string().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("network iot: 2 held, 28 free of 30"),
+        "{}",
+        text(&o)
+    );
+
+    // Neither: the error says what to give, instead of naming a node path.
+    let o = Command::new(IOTLAN)
+        .env_clear()
+        .env("HOME", dir.path())
+        .args(["leases", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--kubeconfig"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn from_the_daemonsets_pod_with_its_serviceaccount() {
+    if !nix::unistd::geteuid().is_root() {
+        skip("needs root: a private mount namespace for the pod's ServiceAccount path");
+        return;
+    }
+    if !tls::openssl_available() {
+        skip("the openssl command is missing (certificates for the TLS front)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = apiserver::ApiServer::start();
+    server.set_token(Some("sa-token"));
+    let front = tls::TlsFront::start(server.handle(), dir.path());
+    // The leases exist already (made by the plugin on some node, through its own kubeconfig).
+    let kc = server.kubeconfig(dir.path(), NS, "sa-token");
+    add(&kc, "c-ha", "home-assistant/home-assistant-0");
+
+    // The pod's ServiceAccount files, mounted where kubelet mounts them, in a private mount namespace.
+    let sa: PathBuf = dir.path().join("sa");
+    std::fs::create_dir(&sa).unwrap();
+    std::fs::write(sa.join("token"), "sa-token").unwrap();
+    std::fs::write(sa.join("ca.crt"), &front.ca_pem).unwrap();
+    std::fs::write(sa.join("namespace"), NS).unwrap();
+    let port = front.url().rsplit(':').next().unwrap().to_string();
+    let script = format!(
+        "set -e; mount --make-rprivate /; mount -t tmpfs tmpfs /run; \
+         mkdir -p /run/secrets/kubernetes.io/serviceaccount; \
+         mount --bind {sa} /run/secrets/kubernetes.io/serviceaccount; \
+         exec {IOTLAN} leases --config -",
+        sa = sa.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", &port)
+        .env("NODE_NAME", "pi-1")
+        .env("HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config().to_string().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let r = rows(&o);
+    assert_eq!(r.len(), 1, "{}", text(&o));
+    assert_eq!(r[0].1, "home-assistant/home-assistant-0", "{}", text(&o));
+    // (The double answers 401 without the ServiceAccount's token, and TLS was verified with its CA.)
+    // The node is the DaemonSet's NODE_NAME, not the pod's host name.
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("node pi-1\n"),
+        "{}",
+        text(&o)
+    );
+}
