@@ -202,11 +202,13 @@ fn render(view: View, r: &Value) -> String {
         s.push_str(" none chosen yet\n");
     } else {
         s.push('\n');
-        let mut rows = vec![["MASTER", "DRIVER", "WHY"].map(String::from)];
+        let mut rows = vec![["MASTER", "DRIVER", "CHOSEN", "WHY"].map(String::from)];
         for d in drivers {
+            let since = now.saturating_sub(d["sinceUnix"].as_u64().unwrap_or(now));
             rows.push([
                 d["master"].as_str().unwrap_or("?").to_string(),
                 d["driver"].as_str().unwrap_or("?").to_string(),
+                human(since),
                 d["reason"].as_str().unwrap_or("").to_string(),
             ]);
         }
