@@ -177,7 +177,8 @@ fn run(store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> {
                 s.on_wire = None;
                 s.exists = false;
                 if !lost {
-                    store.release(&s.att).unwrap();
+                    // As the CNI layer does: by the identity the ADD was granted for.
+                    store.release_for(&s.identity, &s.att).unwrap();
                 }
             }
             Op::Dies(i) => {

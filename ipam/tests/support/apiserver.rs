@@ -28,7 +28,8 @@
 //! transactions make them on a real server. Anything else gets a 404 or 400 Status, so a
 //! client call the double does not know fails loudly instead of passing by accident.
 //!
-//! Not modelled: watches, patches, field selectors other than pods' `spec.nodeName`, set-based selectors, pagination, admission,
+//! Lease lists page (`limit`, `continue`) and serve metadata only when asked. Not modelled:
+//! watches, patches, field selectors other than pods' `spec.nodeName`, set-based selectors, admission,
 //! managedFields, generation, TLS (the double speaks plain HTTP; the store's TLS path is the
 //! kube crate's), and the apiserver's watch cache (a real list may be served slightly stale
 //! from it; ours is always current).
@@ -70,6 +71,8 @@ struct State {
     token: Option<String>,
     /// (method, path) of every request, in order.
     log: Vec<(String, String)>,
+    /// Bytes of every response body, in the order of `log`.
+    sent: Vec<usize>,
     /// Races to stage: before the next `METHOD` on a Lease name, another client writes this
     /// object there (or deletes it, for `Value::Null`).
     interfere: BTreeMap<(String, Key), Value>,
@@ -80,6 +83,10 @@ struct State {
     denied: Vec<(String, String)>,
     /// The kind of every pod list served (`PodList` or `PartialObjectMetadataList`).
     pod_lists: Vec<String>,
+    /// The kind and item count of every Lease list (page) served.
+    lease_lists: Vec<(String, usize)>,
+    /// Events created, in order.
+    events: Vec<Value>,
 }
 
 /// A running double. Stops when dropped.
@@ -292,9 +299,69 @@ impl ApiServer {
         }
     }
 
+    /// Every Event created so far.
+    pub fn events(&self) -> Vec<Value> {
+        lock(&self.state).events.clone()
+    }
+
+    /// Deletes every Lease of `namespace`, as deleting the namespace (or `kubectl delete leases
+    /// --all`) does.
+    pub fn delete_all_leases(&self, namespace: &str) {
+        let mut s = lock(&self.state);
+        s.next_rv();
+        s.leases.retain(|(ns, _), _| ns != namespace);
+    }
+
+    /// The kind and item count of every Lease list page served so far.
+    pub fn lease_lists(&self) -> Vec<(String, usize)> {
+        lock(&self.state).lease_lists.clone()
+    }
+
     /// Every (method, path) served so far.
     pub fn requests(&self) -> Vec<(String, String)> {
         lock(&self.state).log.clone()
+    }
+
+    /// How many requests were served so far: a mark for [`ApiServer::verbs_since`].
+    pub fn mark(&self) -> usize {
+        lock(&self.state).log.len()
+    }
+
+    /// The requests served since `mark`, counted per Kubernetes verb (`list`, `get`, `create`,
+    /// `update`, `delete`), as the API server's audit log names them.
+    pub fn verbs_since(&self, mark: usize) -> Verbs {
+        let s = lock(&self.state);
+        let mut v = Verbs::default();
+        for (i, (method, path)) in s.log.iter().enumerate().skip(mark) {
+            let path = path.split('?').next().unwrap_or(path);
+            let collection = path.ends_with("/leases") || path.ends_with("/pods") || path.ends_with("/events");
+            let verb = match (method.as_str(), collection) {
+                ("GET", true) => "list",
+                ("GET", false) => "get",
+                ("POST", _) => "create",
+                ("PUT", _) => "update",
+                ("DELETE", _) => "delete",
+                _ => "other",
+            };
+            *v.by_verb.entry(verb.to_string()).or_default() += 1;
+            v.total += 1;
+            v.bytes += s.sent.get(i).copied().unwrap_or(0);
+        }
+        v
+    }
+}
+
+/// Requests counted per verb, and the response bytes they read.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Verbs {
+    pub total: usize,
+    pub by_verb: BTreeMap<String, usize>,
+    pub bytes: usize,
+}
+
+impl Verbs {
+    pub fn of(&self, verb: &str) -> usize {
+        self.by_verb.get(verb).copied().unwrap_or(0)
     }
 }
 
@@ -408,6 +475,14 @@ fn conflict(name: &str, why: String) -> (u16, Value) {
 
 fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
     let mut s = lock(state);
+    let (code, body) = handle_in(&mut s, req);
+    // Counted under the same lock as the log entry, so the two stay in step.
+    let bytes = body.to_string().len();
+    s.sent.push(bytes);
+    (code, body)
+}
+
+fn handle_in(s: &mut State, req: &Request) -> (u16, Value) {
     s.log.push((req.method.clone(), req.path.clone()));
     if let Some(token) = &s.token {
         if req.auth.as_deref() != Some(&format!("Bearer {token}")) {
@@ -464,16 +539,16 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
                 s.next_rv();
                 s.leases.remove(&key.1);
             } else {
-                put_as_other(&mut s, ns, obj);
+                put_as_other(s, ns, obj);
             }
         }
     }
     match (req.method.as_str(), segs.as_slice()) {
         ("GET", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"]) => {
-            list_leases(&s, ns, req)
+            list_leases(s, ns, req)
         }
         ("POST", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"]) => {
-            create(&mut s, ns, req)
+            create(s, ns, req)
         }
         ("GET", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
             match s.leases.get(&(ns.to_string(), name.to_string())) {
@@ -482,10 +557,10 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
             }
         }
         ("PUT", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
-            replace(&mut s, ns, name, req)
+            replace(s, ns, name, req)
         }
         ("DELETE", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
-            delete(&mut s, ns, name, req)
+            delete(s, ns, name, req)
         }
         ("GET", ["api", "v1", "nodes", name]) => match s.nodes.get(*name) {
             Some(node) => (200, node.clone()),
@@ -496,8 +571,19 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
                 (code, v)
             }
         },
-        ("GET", ["api", "v1", "pods"]) => list_pods(&mut s, None, req),
-        ("GET", ["api", "v1", "namespaces", ns, "pods"]) => list_pods(&mut s, Some(ns), req),
+        ("POST", ["api", "v1", "namespaces", ns, "events"]) => {
+            let Ok(mut ev) = serde_json::from_slice::<Value>(&req.body) else {
+                return status(400, "BadRequest", "not a JSON object".into(), None);
+            };
+            let n = s.events.len();
+            let prefix = ev["metadata"]["generateName"].as_str().unwrap_or("").to_string();
+            ev["metadata"]["name"] = json!(format!("{prefix}{n:05}"));
+            ev["metadata"]["namespace"] = json!(ns);
+            s.events.push(ev.clone());
+            (201, ev)
+        }
+        ("GET", ["api", "v1", "pods"]) => list_pods(s, None, req),
+        ("GET", ["api", "v1", "namespaces", ns, "pods"]) => list_pods(s, Some(ns), req),
         _ => status(
             404,
             "NotFound",
