@@ -63,7 +63,11 @@ fn one_pass_after_every_object_is_deleted_gives_each_live_attachment_its_lease_b
     let report = reassert(&f);
     assert_eq!(report.recreated.len(), 2, "{report}");
     assert!(report.duplicates.is_empty(), "{report}");
-    assert_eq!(held(&f), before, "exactly the live attachments hold their addresses again");
+    assert_eq!(
+        held(&f),
+        before,
+        "exactly the live attachments hold their addresses again"
+    );
 
     // The next ADD gets a free address: none of the live ones (the released one may come back).
     let c = s.allocate(&pool, &req("ha/new-0", "c1")).unwrap();
@@ -98,7 +102,10 @@ fn an_address_taken_by_another_attachment_meanwhile_is_reported_as_a_duplicate()
     let report = reassert(&f);
     assert_eq!(report.duplicates.len(), 1, "{report}");
     let d = &report.duplicates[0];
-    assert_eq!((d.ours.container_id.as_str(), d.holder.container_id.as_str()), ("a1", "o1"));
+    assert_eq!(
+        (d.ours.container_id.as_str(), d.holder.container_id.as_str()),
+        ("a1", "o1")
+    );
     assert!(report.to_string().contains("DUPLICATE ADDRESS"), "{report}");
     // Reported as a Warning Event on the Lease, and not resolved: the other pod keeps the object.
     let events = f.server.events();
@@ -114,7 +121,8 @@ fn an_address_taken_by_another_attachment_meanwhile_is_reported_as_a_duplicate()
 fn del_removes_the_node_record_and_nothing_is_reasserted_for_it() {
     let f = KubeFixture::new();
     let s = f.open();
-    s.allocate(&v4_pool(), &req("ha/zigbee2mqtt-0", "a1")).unwrap();
+    s.allocate(&v4_pool(), &req("ha/zigbee2mqtt-0", "a1"))
+        .unwrap();
     s.release_for("ha/zigbee2mqtt-0", &Attachment::new("a1", "net1"))
         .unwrap();
     let report = reassert(&f);

@@ -55,7 +55,8 @@ fn populate(f: &KubeFixture, s: &dyn Store) {
     }
     for i in 0..30 {
         let id = objects::identity_object("iot", "iot", kubefix::NS, &format!("gone/web-{i}"), &[]);
-        f.server.put_lease(kubefix::NS, serde_json::to_value(id).unwrap());
+        f.server
+            .put_lease(kubefix::NS, serde_json::to_value(id).unwrap());
     }
 }
 
@@ -103,8 +104,7 @@ fn a_del_costs_at_most_two_requests_and_no_list() {
     let f = KubeFixture::new();
     let s = f.open();
     populate(&f, &s);
-    s.allocate(&pool(), &req("media/jellyfin-0", "j1"))
-        .unwrap();
+    s.allocate(&pool(), &req("media/jellyfin-0", "j1")).unwrap();
     let (freed, v) = counted(&f, || {
         s.release_for("media/jellyfin-0", &Attachment::new("j1", "net1"))
     });
@@ -132,12 +132,29 @@ fn a_held_first_candidate_costs_two_more_requests_never_a_list() {
         .unwrap();
     let f = KubeFixture::new();
     let s = f.open();
-    s.allocate(&pool(), &contract::req_ip("other/x", "x1", &[&first[0].ip.to_string()]))
-        .unwrap();
+    s.allocate(
+        &pool(),
+        &contract::req_ip("other/x", "x1", &[&first[0].ip.to_string()]),
+    )
+    .unwrap();
     let (got, v) = counted(&f, || s.allocate(&pool(), &req("media/jellyfin-0", "j1")));
     assert_ne!(ips(&got.unwrap()), ips(&first));
     assert_eq!(v.of("list"), 0, "{}", show(&v));
     // The identity's object, the create that answers 409, the read of its holder, the create of
     // the next candidate, the identity's object written.
     assert_eq!(v.total, 5, "{}", show(&v));
+}
+
+#[test]
+fn a_del_that_names_only_the_attachment_goes_by_name_on_the_granting_node() {
+    // The CNI DEL of the plugin names the container and interface; the node-local record the ADD
+    // wrote names the identity.
+    let f = KubeFixture::new();
+    let s = f.open();
+    populate(&f, &s);
+    s.allocate(&pool(), &req("media/jellyfin-0", "j1")).unwrap();
+    let (freed, v) = counted(&f, || s.release(&Attachment::new("j1", "net1")));
+    assert_eq!(freed.unwrap().len(), 1);
+    assert_eq!(v.of("list"), 0, "{}", show(&v));
+    assert!(v.total <= 2, "{}", show(&v));
 }

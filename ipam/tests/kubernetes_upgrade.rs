@@ -51,18 +51,18 @@ fn an_old_layout_lease_is_released_by_name_and_stays_sticky() {
     let f = KubeFixture::new();
     old_layout(&f);
     let s = f.open();
-    let freed = s
-        .release_for(POD, &Attachment::new("j1", "net1"))
-        .unwrap();
+    let freed = s.release_for(POD, &Attachment::new("j1", "net1")).unwrap();
     assert_eq!(ips(&freed), vec![ip("192.168.20.203")]);
-    assert!(f.server.requests().iter().all(|(m, p)| !(m == "GET" && p.ends_with("/leases"))));
+    assert!(f
+        .server
+        .requests()
+        .iter()
+        .all(|(m, p)| !(m == "GET" && p.ends_with("/leases"))));
     // The pod's next sandbox gets the same address back.
     let again = s.allocate(&v4_pool(), &req(POD, "j2")).unwrap();
     assert_eq!(ips(&again), vec![ip("192.168.20.203")]);
     // And is released by name under the new layout.
-    let freed = s
-        .release_for(POD, &Attachment::new("j2", "net1"))
-        .unwrap();
+    let freed = s.release_for(POD, &Attachment::new("j2", "net1")).unwrap();
     assert_eq!(ips(&freed), vec![ip("192.168.20.203")]);
 }
 

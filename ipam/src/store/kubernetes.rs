@@ -291,6 +291,13 @@ impl KubernetesStore {
         }
     }
 
+    /// DEL by a label-selector LIST of the attachment's address objects (no identity known).
+    fn release_listed(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
+        let held = self.held_by(att)?;
+        node_record::remove(&self.state_dir, &self.network, att);
+        self.free_all(held)
+    }
+
     /// Frees every lease in `seen` that still is what we saw; returns the freed ones.
     fn free_all(&self, seen: Vec<Seen>) -> Result<Vec<Lease>, Error> {
         let mut freed = Vec::new();
@@ -346,11 +353,16 @@ impl Store for KubernetesStore {
         txn.abandon(&grant.claimed)
     }
 
+    /// By name when this node's record of the attachment names its identity (the node that
+    /// granted it, where its DEL runs): as [`Store::release_for`]. Else (a record lost, or a
+    /// caller on another node) by a label-selector LIST of the attachment's address objects.
     fn release(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
         att.validate()?;
-        let held = self.held_by(att)?;
-        node_record::remove(&self.state_dir, &self.network, att);
-        self.free_all(held)
+        // On the node that granted it, the node-local record names the identity: by name, then.
+        if let Some(identity) = node_record::identity_of(&self.state_dir, &self.network, att) {
+            return self.release_for(&identity, att);
+        }
+        self.release_listed(att)
     }
 
     /// By name: the identity's object lists the attachment's address objects with the uid and
@@ -359,7 +371,7 @@ impl Store for KubernetesStore {
     /// is read again and deleted only if still the attachment's. An identity object that does not
     /// list the attachment (written before attachments were recorded) names the identity's latest
     /// addresses: those the attachment holds are freed. Without any identity object (an identity
-    /// other than the ADD's, or objects lost) it falls back to [`Store::release`]'s search.
+    /// other than the ADD's, or objects lost) it falls back to a search (a label-selector LIST).
     fn release_for(&self, identity: &str, att: &Attachment) -> Result<Vec<Lease>, Error> {
         att.validate()?;
         let name = objects::identity_name(&self.netkey, identity);
@@ -369,7 +381,7 @@ impl Store for KubernetesStore {
         let Some(obj) = obj else {
             // No record of the identity at all: not this store's ADD (another identity than the
             // ADD's), or its objects were lost. The only case that searches.
-            return self.release(att);
+            return self.release_listed(att);
         };
         node_record::remove(&self.state_dir, &self.network, att);
         let rec = objects::IdentityRecord::of(&self.network, identity, &obj);

@@ -73,6 +73,10 @@ struct State {
     log: Vec<(String, String)>,
     /// Bytes of every response body, in the order of `log`.
     sent: Vec<usize>,
+    /// Objects every request looked at to answer (a LIST: all in its namespace), as `log`.
+    scanned: Vec<usize>,
+    /// Objects the current request's LIST looked at.
+    scanning: usize,
     /// Races to stage: before the next `METHOD` on a Lease name, another client writes this
     /// object there (or deletes it, for `Value::Null`).
     interfere: BTreeMap<(String, Key), Value>,
@@ -334,7 +338,8 @@ impl ApiServer {
         let mut v = Verbs::default();
         for (i, (method, path)) in s.log.iter().enumerate().skip(mark) {
             let path = path.split('?').next().unwrap_or(path);
-            let collection = path.ends_with("/leases") || path.ends_with("/pods") || path.ends_with("/events");
+            let collection =
+                path.ends_with("/leases") || path.ends_with("/pods") || path.ends_with("/events");
             let verb = match (method.as_str(), collection) {
                 ("GET", true) => "list",
                 ("GET", false) => "get",
@@ -346,6 +351,7 @@ impl ApiServer {
             *v.by_verb.entry(verb.to_string()).or_default() += 1;
             v.total += 1;
             v.bytes += s.sent.get(i).copied().unwrap_or(0);
+            v.scanned += s.scanned.get(i).copied().unwrap_or(0);
         }
         v
     }
@@ -356,7 +362,11 @@ impl ApiServer {
 pub struct Verbs {
     pub total: usize,
     pub by_verb: BTreeMap<String, usize>,
+    /// Response bytes the client read.
     pub bytes: usize,
+    /// Objects the server looked at to answer (a LIST reads every Lease of its namespace, whatever
+    /// its label selector matches; a GET, create, replace or delete one).
+    pub scanned: usize,
 }
 
 impl Verbs {
@@ -479,6 +489,8 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
     // Counted under the same lock as the log entry, so the two stay in step.
     let bytes = body.to_string().len();
     s.sent.push(bytes);
+    let scanned = std::mem::take(&mut s.scanning);
+    s.scanned.push(scanned);
     (code, body)
 }
 
@@ -576,7 +588,10 @@ fn handle_in(s: &mut State, req: &Request) -> (u16, Value) {
                 return status(400, "BadRequest", "not a JSON object".into(), None);
             };
             let n = s.events.len();
-            let prefix = ev["metadata"]["generateName"].as_str().unwrap_or("").to_string();
+            let prefix = ev["metadata"]["generateName"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             ev["metadata"]["name"] = json!(format!("{prefix}{n:05}"));
             ev["metadata"]["namespace"] = json!(ns);
             s.events.push(ev.clone());

@@ -55,7 +55,10 @@ impl KubeFixture {
 
 pub fn store_config(kubeconfig: &Path, extra: Value) -> StoreConfig {
     // Node-local records beside the kubeconfig (a test's temporary dir), never in the host's.
-    let state = kubeconfig.parent().unwrap_or(Path::new("/nonexistent")).join("state");
+    let state = kubeconfig
+        .parent()
+        .unwrap_or(Path::new("/nonexistent"))
+        .join("state");
     let mut v = json!({ "kind": "kubernetes", "namespace": NS, "kubeconfig": kubeconfig, "stateDir": state });
     for (k, x) in extra.as_object().unwrap() {
         v[k] = x.clone();

@@ -20,15 +20,16 @@ impl NodeReasserter {
     #[cfg(feature = "kubernetes")]
     pub fn new(agent: &Agent, opts: &Options) -> Option<NodeReasserter> {
         let (_, kubeconfig) = agent.kubeconfig.as_ref()?;
-        let state_dir =
-            match super::layout::resolve_in_root(&opts.host_root, std::path::Path::new(STATE_DIR))
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!("re-asserting this node's Leases disabled: {e}");
-                    return None;
-                }
-            };
+        let state_dir = match super::layout::resolve_in_root(
+            &opts.host_root,
+            std::path::Path::new(STATE_DIR),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("re-asserting this node's Leases disabled: {e}");
+                return None;
+            }
+        };
         match iotlan_ipam::store::kubernetes::Reasserter::new(
             kubeconfig,
             opts.namespace.as_deref(),

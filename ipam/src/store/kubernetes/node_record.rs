@@ -81,6 +81,16 @@ pub fn remove(state_dir: &Path, network: &str, att: &Attachment) {
     }
 }
 
+/// The identity `att` of `network` was granted for, as this node's record has it.
+pub fn identity_of(state_dir: &Path, network: &str, att: &Attachment) -> Option<String> {
+    let bytes = std::fs::read(path_of(state_dir, network, att)).ok()?;
+    let rec: NodeRecord = serde_json::from_slice(&bytes).ok()?;
+    rec.leases
+        .into_iter()
+        .find(|l| l.is_held_by(att))
+        .map(|l| l.identity)
+}
+
 /// Every record under `state_dir`: (path, record or why it does not parse).
 pub fn read_all(state_dir: &Path) -> std::io::Result<Vec<(PathBuf, Result<NodeRecord, String>)>> {
     let dir = state_dir.join(RECORD_DIR);

@@ -163,7 +163,11 @@ impl Txn<'_> {
             .iter()
             .flatten()
             .filter(|r| !r.is_of(&self.att))
-            .filter(|r| !r.addresses.iter().all(|a| leases.iter().any(|l| l.ip == a.ip)))
+            .filter(|r| {
+                !r.addresses
+                    .iter()
+                    .all(|a| leases.iter().any(|l| l.ip == a.ip))
+            })
             .cloned()
             .collect();
         out.push(ours);

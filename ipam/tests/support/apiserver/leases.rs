@@ -338,10 +338,13 @@ pub(super) fn list_leases(s: &mut State, ns: &str, req: &Request) -> (u16, Value
     };
     let after = req.query.get("continue").cloned().unwrap_or_default();
     let metadata_only = req.accept.contains("as=PartialObjectMetadataList");
+    s.scanning = s.leases.keys().filter(|(n, _)| n == ns).count();
     let matching: Vec<(&Key, &Value)> = s
         .leases
         .iter()
-        .filter(|((n, name), obj)| n == ns && name.as_str() > after.as_str() && matches(obj, &terms))
+        .filter(|((n, name), obj)| {
+            n == ns && name.as_str() > after.as_str() && matches(obj, &terms)
+        })
         .collect();
     let more = matching.len() > limit;
     let page: Vec<Value> = matching
@@ -357,11 +360,23 @@ pub(super) fn list_leases(s: &mut State, ns: &str, req: &Request) -> (u16, Value
         })
         .collect();
     let token = more
-        .then(|| page.last().and_then(|o| o["metadata"]["name"].as_str()).map(str::to_string))
+        .then(|| {
+            page.last()
+                .and_then(|o| o["metadata"]["name"].as_str())
+                .map(str::to_string)
+        })
         .flatten();
-    let kind = if metadata_only { "PartialObjectMetadataList" } else { "LeaseList" };
+    let kind = if metadata_only {
+        "PartialObjectMetadataList"
+    } else {
+        "LeaseList"
+    };
     s.lease_lists.push((kind.to_string(), page.len()));
-    let api_version = if metadata_only { "meta.k8s.io/v1" } else { "coordination.k8s.io/v1" };
+    let api_version = if metadata_only {
+        "meta.k8s.io/v1"
+    } else {
+        "coordination.k8s.io/v1"
+    };
     let (code, mut v) = list(s, kind, api_version, page.iter());
     if let Some(t) = token {
         v["metadata"]["continue"] = json!(t);
