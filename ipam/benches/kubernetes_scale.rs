@@ -145,8 +145,13 @@ fn main() {
         // The DEL of the previous layout (and of a caller without the identity): a label LIST.
         s.allocate(&pool, &req("count/listed", "listed"))
             .expect("ADD");
+        // A store without this node's records: it has nothing but the attachment to go by.
+        let elsewhere = config(&kc, &dir.path().join("elsewhere"));
+        let other = KubernetesStore::open("iot", &elsewhere).expect("open");
         let m = server.mark();
-        s.release(&Attachment::new("listed", "net1")).expect("DEL");
+        other
+            .release(&Attachment::new("listed", "net1"))
+            .expect("DEL");
         let listed = server.verbs_since(m).scanned;
         // Warm-up: the first connection of a run pays for more than the ADD.
         concurrent_adds(&cfg, &pool, 1, "warm");

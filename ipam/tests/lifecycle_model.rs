@@ -249,7 +249,7 @@ proptest! {
         server.set_token(Some("t"));
         let cfg: iotlan_ipam::StoreConfig = serde_json::from_value(serde_json::json!({
             "kind": "kubernetes", "namespace": "iotlan-system", "kubeconfig": kubeconfig,
-            "gcGraceSeconds": 0
+            "gcGraceSeconds": 0, "stateDir": dir.path().join("state")
         }))
         .unwrap();
         let store = iotlan_ipam::open_store("iot", &cfg, &pool()).unwrap();
