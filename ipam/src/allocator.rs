@@ -14,6 +14,9 @@
 //! 4. else the first free address of [`Pool::candidates`]: from the identity's hash slot, in strides
 //!    also derived from its hash.
 //!
+//! Steps 1 to 3 claim first and read only when the claim loses (a lost claim names the holder), so a
+//! free address costs one claim and no read; the takeover rules below apply to the holder so named.
+//!
 //! For a store without a lock: `holder`/`is_free` may be stale hints; `claim` is the atomic create (or,
 //! with `replacing`, an update conditioned on the old holder's version) and reports a lost race by
 //! returning the holder; `finish` records the identity's addresses (and any attachment index the store
