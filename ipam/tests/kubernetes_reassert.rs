@@ -129,3 +129,29 @@ fn del_removes_the_node_record_and_nothing_is_reasserted_for_it() {
     assert_eq!(report.records, 0, "{report}");
     assert!(held(&f).is_empty());
 }
+
+#[test]
+fn a_lease_freed_on_purpose_is_not_brought_back_and_its_record_goes() {
+    // The reconciler (or another node) frees the Lease of a pod whose DEL never came here: the
+    // identity's object still lists the attachment, so this is no loss.
+    let f = KubeFixture::new();
+    let s = f.open();
+    s.allocate(&v4_pool(), &req("ha/zigbee2mqtt-0", "a1"))
+        .unwrap();
+    let elsewhere = iotlan_ipam::store::kubernetes::KubernetesStore::open(
+        "iot",
+        &kubefix::store_config(
+            &f.kubeconfig,
+            serde_json::json!({ "stateDir": f.state_dir.join("elsewhere") }),
+        ),
+    )
+    .unwrap();
+    elsewhere
+        .release_for("ha/zigbee2mqtt-0", &Attachment::new("a1", "net1"))
+        .unwrap();
+    let report = reassert(&f);
+    assert_eq!(report.released, 1, "{report}");
+    assert!(report.recreated.is_empty(), "{report}");
+    assert!(held(&f).is_empty());
+    assert_eq!(reassert(&f).records, 0, "the record is gone");
+}

@@ -13,8 +13,9 @@
 //!   reported loudly (a Warning Event on the Lease's namespace, the agent's log, the report) and
 //!   never resolved silently: neither object is changed.
 //!
-//! Records of attachments whose DEL never came are removed by nothing here; the reconciler frees
-//! their Leases when their pod is gone, as for any Lease.
+//! A missing address object whose identity's object still lists the attachment was freed on
+//! purpose (the reconciler freed the Lease of a pod that is gone, whose DEL never came; a GC): a
+//! loss takes the identity's object too. Its record is removed and nothing is recreated.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +72,9 @@ pub struct ReassertReport {
     pub recreated: Vec<(String, Lease)>,
     /// Addresses another attachment holds in the store.
     pub duplicates: Vec<Duplicate>,
+    /// Leases freed on purpose since their record was written (the identity's object still lists
+    /// the attachment): their records are removed, nothing is recreated.
+    pub released: usize,
     /// Records that could not be read: (path, why).
     pub unreadable: Vec<(PathBuf, String)>,
 }
@@ -85,7 +89,12 @@ impl std::fmt::Display for ReassertReport {
             self.recreated.len()
         )?;
         super::reconcile::write_freed(f, &self.recreated)?;
-        write!(f, ", {} unreadable", self.unreadable.len())?;
+        write!(
+            f,
+            ", {} freed since (records removed), {} unreadable",
+            self.released,
+            self.unreadable.len()
+        )?;
         for d in &self.duplicates {
             write!(f, "; {d}")?;
         }
@@ -164,7 +173,21 @@ impl KubernetesStore {
                     continue;
                 }
                 Some(s) => Some(s.lease),
-                None => txn.claim(lease, None)?,
+                None => {
+                    // Freed on purpose (the reconciler, GC, a DEL whose record outlived it): the
+                    // identity's object still lists the attachment, which a loss would have taken
+                    // with it. The record goes; nothing is recreated.
+                    let rec = txn.parsed()?;
+                    if rec
+                        .attachment(&att)
+                        .is_some_and(|e| e.addresses.iter().any(|a| a.ip == lease.ip))
+                    {
+                        report.released += 1;
+                        node_record::remove(&self.state_dir, &self.network, &att);
+                        continue;
+                    }
+                    txn.claim(lease, None)?
+                }
             };
             match holder {
                 None => {

@@ -131,7 +131,7 @@ impl Txn<'_> {
         Ok(self.record.as_ref().and_then(Option::as_ref))
     }
 
-    fn parsed(&mut self) -> Result<IdentityRecord, Error> {
+    pub(super) fn parsed(&mut self) -> Result<IdentityRecord, Error> {
         let (network, identity) = (self.store.network.clone(), self.identity.clone());
         Ok(self
             .record()?
