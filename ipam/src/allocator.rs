@@ -14,6 +14,9 @@
 //! 4. else the first free address of [`Pool::candidates`]: from the identity's hash slot, in strides
 //!    also derived from its hash.
 //!
+//! Steps 1 to 3 claim first and read only when the claim loses (a lost claim names the holder), so a
+//! free address costs one claim and no read; the takeover rules below apply to the holder so named.
+//!
 //! For a store without a lock: `holder`/`is_free` may be stale hints; `claim` is the atomic create (or,
 //! with `replacing`, an update conditioned on the old holder's version) and reports a lost race by
 //! returning the holder; `finish` records the identity's addresses (and any attachment index the store
@@ -291,10 +294,17 @@ fn is_stale_self(holder: &Lease, req: &AllocRequest) -> bool {
 /// Claims an address the attachment must get (a reservation or a request), taking over a stale lease of
 /// the same identity; any other holder is a conflict.
 fn claim_fixed(t: &mut Takeover, req: &AllocRequest, lease: Lease) -> Result<Claimed, Error> {
-    // Two rounds: the holder may change between the read and the claim in a lock-free store.
+    // Claim first, read second: the claim is atomic and names the holder when it loses, so the
+    // common case (a free address) costs one claim and no read. Two rounds: the holder may change
+    // between the lost claim and the takeover in a lock-free store.
     for _ in 0..2 {
-        let holder = t.claims.holder(lease.ip)?;
-        match holder {
+        match t.claims.claim(&lease, None)? {
+            None => {
+                return Ok(Claimed {
+                    lease,
+                    replaced: None,
+                })
+            }
             Some(h) if is_stale_self(&h, req) => {
                 t.may_replace(&h)?;
                 if t.claims.claim(&lease, Some(&h))?.is_none() {
@@ -307,14 +317,6 @@ fn claim_fixed(t: &mut Takeover, req: &AllocRequest, lease: Lease) -> Result<Cla
                 }
             }
             Some(h) => return Err(h.conflict()),
-            None => {
-                if t.claims.claim(&lease, None)?.is_none() {
-                    return Ok(Claimed {
-                        lease,
-                        replaced: None,
-                    });
-                }
-            }
         }
     }
     match t.claims.holder(lease.ip)? {
@@ -334,22 +336,27 @@ fn search(
     lease_for: &dyn Fn(IpAddr) -> Lease,
 ) -> Result<Claimed, Error> {
     if let Some(ip) = sticky {
+        // As for a fixed address: claim first; a lost claim names the holder.
         let lease = lease_for(ip);
-        let holder = t.claims.holder(ip)?;
-        let replaced = match holder {
-            None => Some(None),
+        match t.claims.claim(&lease, None)? {
+            None => {
+                return Ok(Claimed {
+                    lease,
+                    replaced: None,
+                })
+            }
             Some(h) if is_stale_self(&h, req) => {
                 // The pod's own address, on a sandbox that may still be up: wait for it rather
                 // than hand the pod a second address under the same MAC.
                 t.may_replace(&h)?;
-                Some(Some(h))
+                if t.claims.claim(&lease, Some(&h))?.is_none() {
+                    return Ok(Claimed {
+                        lease,
+                        replaced: Some(h),
+                    });
+                }
             }
-            Some(_) => None,
-        };
-        if let Some(replaced) = replaced {
-            if t.claims.claim(&lease, replaced.as_ref())?.is_none() {
-                return Ok(Claimed { lease, replaced });
-            }
+            Some(_) => {}
         }
     }
     for ip in pool.candidates(fam, &req.identity) {

@@ -174,8 +174,8 @@ fn putting_back_a_taken_over_lease_never_resurrects_one_deleted_meanwhile() {
     assert!(s.leases().unwrap().is_empty());
 }
 
-/// The shipped RBAC, as the double enforces it: exactly what the store, the node-loss check and
-/// the reconcile loop use, and nothing more.
+/// The shipped RBAC, as the double enforces it: exactly what the store, the node-loss check,
+/// the reconcile loop and the re-assert pass (its duplicate-address Event) use, and nothing more.
 #[test]
 fn the_shipped_rbac_is_exactly_what_the_store_needs() {
     let mut got: Vec<(String, String, String, Option<String>)> = rbac::shipped_rules()
@@ -200,6 +200,7 @@ fn the_shipped_rbac_is_exactly_what_the_store_needs() {
         ("coordination.k8s.io", "leases", "get", ns.clone()),
         ("coordination.k8s.io", "leases", "list", ns.clone()),
         ("coordination.k8s.io", "leases", "update", ns.clone()),
+        ("", "events", "create", ns.clone()),
         ("", "nodes", "get", None),
         ("", "pods", "list", None),
     ]

@@ -56,7 +56,8 @@ fn setup(size: u32) -> Setup {
         "subnet": "10.30.0.0/16",
         "gateway": "10.30.0.1",
         "pool": [format!("10.30.1.0-{last}")],
-        "store": { "kind": "kubernetes", "namespace": NS, "kubeconfig": kc, "gcGraceSeconds": 0 }
+        "store": { "kind": "kubernetes", "namespace": NS, "kubeconfig": kc, "gcGraceSeconds": 0,
+                   "stateDir": kc.parent().map(|d| d.join("state")) }
     });
     let config = dir.path().join("ipam.json");
     std::fs::write(&config, serde_json::to_vec(&cfg).unwrap()).unwrap();

@@ -371,3 +371,41 @@ fn reconcile_never_frees_a_lease_that_changed_under_it() {
         vec![newer]
     );
 }
+
+/// The reconciler is the only scan, and a bounded one: one LIST of Leases per pass, metadata only,
+/// in pages of 500 (`limit`, `continue`), then it judges every object of every page.
+#[test]
+fn reconcile_lists_once_per_pass_in_metadata_pages() {
+    let f = KubeFixture::new();
+    // 1,100 address objects of pods that are gone, and 100 stale sticky records.
+    for i in 0..1100u32 {
+        let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a14_0000 + i));
+        let mut l = kubefix::lease("10.20.0.1", &format!("gone/p-{i}"), &format!("c{i}"));
+        l.ip = ip;
+        f.server.put_lease(NS, object(&l));
+    }
+    for i in 0..100 {
+        let id = objects::identity_object("iot", "iot", NS, &format!("gone/web-{i}"), &[]);
+        f.server.put_lease(NS, serde_json::to_value(id).unwrap());
+    }
+    let before = f.server.lease_lists().len();
+    let report = reconciler(&f, 300).run_once().unwrap();
+    assert_eq!(report.checked, 1100, "{report}");
+    assert_eq!(report.marked, 1100, "{report}");
+    assert_eq!(report.identities_marked, 100, "{report}");
+    let pages: Vec<(String, usize)> = f.server.lease_lists()[before..].to_vec();
+    let kinds: Vec<&str> = pages.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["PartialObjectMetadataList"; 3], "{pages:?}");
+    assert_eq!(
+        pages.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [500, 500, 200]
+    );
+    // The marks went onto the objects, which kept their specs (written back whole).
+    let objs = f.server.leases(NS);
+    let marked = objs
+        .iter()
+        .filter(|o| o["metadata"]["annotations"][objects::ANN_MISSING_SINCE].is_string())
+        .filter(|o| o["spec"]["holderIdentity"].is_string())
+        .count();
+    assert_eq!(marked, 1100);
+}

@@ -177,7 +177,8 @@ fn run(store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> {
                 s.on_wire = None;
                 s.exists = false;
                 if !lost {
-                    store.release(&s.att).unwrap();
+                    // As the CNI layer does: by the identity the ADD was granted for.
+                    store.release_for(&s.identity, &s.att).unwrap();
                 }
             }
             Op::Dies(i) => {
@@ -248,7 +249,7 @@ proptest! {
         server.set_token(Some("t"));
         let cfg: iotlan_ipam::StoreConfig = serde_json::from_value(serde_json::json!({
             "kind": "kubernetes", "namespace": "iotlan-system", "kubeconfig": kubeconfig,
-            "gcGraceSeconds": 0
+            "gcGraceSeconds": 0, "stateDir": dir.path().join("state")
         }))
         .unwrap();
         let store = iotlan_ipam::open_store("iot", &cfg, &pool()).unwrap();

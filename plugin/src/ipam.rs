@@ -124,7 +124,8 @@ impl Ipam {
     pub fn del(&self, conf: &NetConf, att: &Attachment) -> Result<()> {
         match self {
             Ipam::Pool { store, .. } => {
-                let freed = store.release(&pool_attachment(att))?;
+                // By the identity the ADD was granted for: the store finds the leases by name.
+                let freed = store.release_for(&att.pool_identity(), &pool_attachment(att))?;
                 for l in freed {
                     tracing::info!(ip = %l.ip, identity = %l.identity, "released");
                 }

@@ -582,6 +582,7 @@ fn the_reconcile_loop_frees_leases_of_deleted_pods() {
     let pool = Pool::new("iot", &cfg).unwrap();
     let store_cfg: StoreConfig = serde_json::from_value(serde_json::json!({
         "kind": "kubernetes", "kubeconfig": kc,
+        "stateDir": kc.parent().map(|d| d.join("state")),
     }))
     .unwrap();
     let store = KubernetesStore::open("iot", &store_cfg).unwrap();

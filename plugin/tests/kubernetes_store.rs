@@ -30,7 +30,8 @@ fn config(kubeconfig: &Path, extra: Value) -> Value {
             "gateway": "192.168.20.1",
             "pool": ["192.168.20.210-192.168.20.239"],
             "reservations": { "home-assistant/home-assistant-0": "192.168.20.205" },
-            "store": { "kind": "kubernetes", "namespace": NS, "kubeconfig": kubeconfig, "timeoutMs": 2000 }
+            "store": { "kind": "kubernetes", "namespace": NS, "kubeconfig": kubeconfig, "timeoutMs": 2000,
+                       "stateDir": kubeconfig.parent().map(|d| d.join("state")) }
         }
     });
     if let Some(o) = extra.as_object() {

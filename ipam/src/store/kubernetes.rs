@@ -1,7 +1,10 @@
 //! The `kubernetes` store: the pool of a whole cluster, kept in the API server.
 //!
 //! Every held address is one `coordination.k8s.io/v1` Lease object named after the network and
-//! the address (layout in [`objects`]). Claiming an address is creating its object: the API
+//! the address (layout in [`objects`]). ADD and DEL find what they need by name, never by a LIST:
+//! 3 requests for an ADD, 2 for a DEL ([`Store::release_for`]) in the common cases, whatever the
+//! number of objects in the namespace (`txn.rs`). Only the reconciler, CNI GC and the operator's
+//! listing scan. Claiming an address is creating its object: the API
 //! server's create is atomic and answers 409 AlreadyExists when the object exists, so two
 //! nodes can never hold one address, and a lost race just moves the search on to the next
 //! candidate. There is no cluster-wide lock and no read-modify-write of a shared pool object.
@@ -30,6 +33,7 @@
 //! | `kubeconfig` | `/etc/cni/net.d/iotlan.d/iotlan.kubeconfig`, else k3s's `/var/lib/rancher/k3s/agent/etc/cni/net.d/iotlan.d/iotlan.kubeconfig` | written by `iotlan install` |
 //! | `timeoutMs` | 10000 | connect and per-request timeout |
 //! | `nodeLossGraceSeconds` | 300 (30 to 86400) | how long a node must have been not Ready before it counts as lost |
+//! | `stateDir` | `/var/lib/cni/iotlan` | where the node-local record of this node's attachments is kept ([`node_record`]) |
 //!
 //! An address held by an earlier sandbox of the same pod on *another* node is taken over only when
 //! that node is lost (`nodes.rs`): its Node object is gone, or its `Ready` condition has not been
@@ -60,14 +64,17 @@ use crate::store::Store;
 mod conn;
 mod error;
 mod node_files;
+pub mod node_record;
 mod nodes;
 pub mod objects;
+mod reassert;
 mod reconcile;
 mod settings;
 mod txn;
 
 use conn::Conn;
 pub use node_files::{FileReconcileReport, FileStoreReconciler};
+pub use reassert::{Duplicate, ReassertReport, Reasserter};
 pub use reconcile::{ReconcileReport, Reconciler, DEFAULT_IDENTITY_RETENTION};
 pub use settings::{
     Settings, DEFAULT_KUBECONFIGS, DEFAULT_NAMESPACE, DEFAULT_NODE_LOSS_GRACE_SECONDS,
@@ -82,6 +89,7 @@ pub struct KubernetesStore {
     node: Option<String>,
     gc_grace: Duration,
     node_loss_grace: Duration,
+    state_dir: PathBuf,
     conn: Conn,
     api: Api<KLease>,
     nodes: Api<Node>,
@@ -123,10 +131,29 @@ impl KubernetesStore {
             node,
             gc_grace: Duration::ZERO,
             node_loss_grace: settings.node_loss_grace,
+            state_dir: settings.state_dir,
             conn,
             api,
             nodes,
         })
+    }
+
+    /// The store of `network` in `namespace` over an open connection, with the defaults (the node
+    /// agent's passes use it).
+    fn on(network: &str, namespace: &str, conn: Conn, state_dir: &Path) -> KubernetesStore {
+        let beside: Vec<&Path> = Vec::new();
+        KubernetesStore {
+            network: network.to_string(),
+            netkey: objects::network_key(network),
+            namespace: namespace.to_string(),
+            node: crate::node::local_name(&beside).or_else(crate::node::default_name),
+            gc_grace: Duration::ZERO,
+            node_loss_grace: Duration::from_secs(DEFAULT_NODE_LOSS_GRACE_SECONDS),
+            state_dir: state_dir.to_path_buf(),
+            api: Api::namespaced(conn.client.clone(), namespace),
+            nodes: Api::all(conn.client.clone()),
+            conn,
+        }
     }
 
     /// The node recorded in new leases and whose leases GC may free: by default the name the node
@@ -219,6 +246,58 @@ impl KubernetesStore {
         }
     }
 
+    /// Deletes the address object `a` an identity's object recorded for `att`, under the uid and
+    /// resourceVersion recorded; when it changed since, reads it and deletes it only if it is still
+    /// the attachment's. Returns the freed lease.
+    fn delete_recorded(
+        &self,
+        identity: &str,
+        att: &Attachment,
+        a: &objects::AddressRef,
+    ) -> Result<Option<Lease>, Error> {
+        let name = self.name_of(a.ip);
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(a.uid.clone()),
+                resource_version: Some(a.rv.clone()),
+            }),
+            ..DeleteParams::default()
+        };
+        match self
+            .conn
+            .run(&format!("delete lease {name}"), self.api.delete(&name, &dp))
+        {
+            Ok(either) => Ok(Some(match either.left() {
+                Some(obj) => self.seen(&obj)?.lease,
+                // An API server that answers with a Status: the lease as recorded.
+                None => Lease {
+                    ip: a.ip,
+                    identity: identity.to_string(),
+                    container_id: att.container_id.clone(),
+                    ifname: att.ifname.clone(),
+                    node: self.node.clone(),
+                    created_unix: 0,
+                    sandbox: Default::default(),
+                },
+            })),
+            Err(e) if e.is(404) => Ok(None),
+            Err(e) if e.is(409) => match self.get(a.ip)? {
+                Some(now) if now.lease.is_held_by(att) && self.delete_exact(&now)? => {
+                    Ok(Some(now.lease))
+                }
+                _ => Ok(None),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// DEL by a label-selector LIST of the attachment's address objects (no identity known).
+    fn release_listed(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
+        let held = self.held_by(att)?;
+        node_record::remove(&self.state_dir, &self.network, att);
+        self.free_all(held)
+    }
+
     /// Frees every lease in `seen` that still is what we saw; returns the freed ones.
     fn free_all(&self, seen: Vec<Seen>) -> Result<Vec<Lease>, Error> {
         let mut freed = Vec::new();
@@ -244,22 +323,88 @@ impl Store for KubernetesStore {
         req: &AllocRequest,
         check: &dyn SandboxCheck,
     ) -> Result<Grant, Error> {
-        allocator::allocate(pool, req, self.node.as_deref(), &mut self.txn(), check)
+        let mut txn = self.txn(&req.identity, &req.attachment);
+        let grant = allocator::allocate(pool, req, self.node.as_deref(), &mut txn, check)?;
+        node_record::save(&self.state_dir, &self.network, &grant.leases);
+        Ok(grant)
     }
 
     fn revert(&self, grant: &Grant) -> Result<(), Error> {
-        let mut txn = self.txn();
+        let (identity, att) = grant
+            .claimed
+            .first()
+            .map(|c| (c.lease.identity.clone(), c.lease.attachment()))
+            .unwrap_or_else(|| (String::new(), Attachment::new("", "")));
+        let mut txn = self.txn(&identity, &att);
         // Read what each claimed object is now: only what is still exactly our claim is undone.
         for c in &grant.claimed {
             txn.holder(c.lease.ip)?;
         }
+        let kept: Vec<Lease> = grant
+            .leases
+            .iter()
+            .filter(|l| !grant.claimed.iter().any(|c| c.lease.ip == l.ip))
+            .cloned()
+            .collect();
+        match kept.is_empty() {
+            true => node_record::remove(&self.state_dir, &self.network, &att),
+            false => node_record::save(&self.state_dir, &self.network, &kept),
+        }
         txn.abandon(&grant.claimed)
     }
 
+    /// By name when this node's record of the attachment names its identity (the node that
+    /// granted it, where its DEL runs): as [`Store::release_for`]. Else (a record lost, or a
+    /// caller on another node) by a label-selector LIST of the attachment's address objects.
     fn release(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
         att.validate()?;
-        let held = self.held_by(att)?;
-        self.free_all(held)
+        // On the node that granted it, the node-local record names the identity: by name, then.
+        if let Some(identity) = node_record::identity_of(&self.state_dir, &self.network, att) {
+            return self.release_for(&identity, att);
+        }
+        self.release_listed(att)
+    }
+
+    /// By name: the identity's object lists the attachment's address objects with the uid and
+    /// resourceVersion they were created with, and each is deleted under those preconditions
+    /// (1 GET and 1 DELETE per address). One that changed since (a reconciler's mark, a takeover)
+    /// is read again and deleted only if still the attachment's. An identity object that does not
+    /// list the attachment (written before attachments were recorded) names the identity's latest
+    /// addresses: those the attachment holds are freed. Without any identity object (an identity
+    /// other than the ADD's, or objects lost) it falls back to a search (a label-selector LIST).
+    fn release_for(&self, identity: &str, att: &Attachment) -> Result<Vec<Lease>, Error> {
+        att.validate()?;
+        let name = objects::identity_name(&self.netkey, identity);
+        let obj = self
+            .conn
+            .run(&format!("get lease {name}"), self.api.get_opt(&name))?;
+        let Some(obj) = obj else {
+            // No record of the identity at all: not this store's ADD (another identity than the
+            // ADD's), or its objects were lost. The only case that searches.
+            return self.release_listed(att);
+        };
+        node_record::remove(&self.state_dir, &self.network, att);
+        let rec = objects::IdentityRecord::of(&self.network, identity, &obj);
+        let mut freed = Vec::new();
+        match rec.attachment(att) {
+            Some(entry) => {
+                for a in &entry.addresses {
+                    if let Some(l) = self.delete_recorded(identity, att, a)? {
+                        freed.push(l);
+                    }
+                }
+            }
+            None => {
+                let mut held = Vec::new();
+                for ip in &rec.ips {
+                    if let Some(s) = self.get(*ip)?.filter(|s| s.lease.is_held_by(att)) {
+                        held.push(s);
+                    }
+                }
+                freed = self.free_all(held)?;
+            }
+        }
+        Ok(freed)
     }
 
     fn find(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
@@ -278,7 +423,11 @@ impl Store for KubernetesStore {
             .filter(|s| !valid.iter().any(|a| s.lease.is_held_by(a)))
             .filter(|s| !super::too_young(&s.lease, self.gc_grace))
             .collect();
-        self.free_all(stale)
+        let freed = self.free_all(stale)?;
+        for l in &freed {
+            node_record::remove(&self.state_dir, &self.network, &l.attachment());
+        }
+        Ok(freed)
     }
 
     fn leases(&self) -> Result<Vec<Lease>, Error> {

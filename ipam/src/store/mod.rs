@@ -42,6 +42,13 @@ pub trait Store: Send + Sync {
     /// Frees the leases of `att` and returns them. Idempotent: an unknown attachment frees nothing.
     /// The identity's addresses stay remembered for stickiness.
     fn release(&self, att: &Attachment) -> Result<Vec<Lease>, Error>;
+    /// [`Store::release`] for a caller that knows the identity the attachment was granted for (the
+    /// CNI layer does, from the pod's name): a store may then find the leases by the identity's
+    /// record instead of searching (the kubernetes store: by name, no LIST). Frees the same leases.
+    fn release_for(&self, identity: &str, att: &Attachment) -> Result<Vec<Lease>, Error> {
+        let _ = identity;
+        self.release(att)
+    }
     /// The leases `att` holds (for CNI CHECK).
     fn find(&self, att: &Attachment) -> Result<Vec<Lease>, Error>;
     /// Frees every lease whose attachment is not in `valid` (CNI GC) and returns what was freed.
@@ -65,6 +72,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn release(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
         (**self).release(att)
+    }
+    fn release_for(&self, identity: &str, att: &Attachment) -> Result<Vec<Lease>, Error> {
+        (**self).release_for(identity, att)
     }
     fn find(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
         (**self).find(att)

@@ -28,7 +28,8 @@
 //! transactions make them on a real server. Anything else gets a 404 or 400 Status, so a
 //! client call the double does not know fails loudly instead of passing by accident.
 //!
-//! Not modelled: watches, patches, field selectors other than pods' `spec.nodeName`, set-based selectors, pagination, admission,
+//! Lease lists page (`limit`, `continue`) and serve metadata only when asked. Not modelled:
+//! watches, patches, field selectors other than pods' `spec.nodeName`, set-based selectors, admission,
 //! managedFields, generation, TLS (the double speaks plain HTTP; the store's TLS path is the
 //! kube crate's), and the apiserver's watch cache (a real list may be served slightly stale
 //! from it; ours is always current).
@@ -45,6 +46,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+#[path = "apiserver/audit.rs"]
+mod audit;
 #[path = "apiserver/authz.rs"]
 mod authz;
 #[path = "apiserver/http.rs"]
@@ -52,6 +55,8 @@ mod http;
 #[path = "apiserver/leases.rs"]
 mod leases;
 
+#[allow(unused_imports)]
+pub use audit::Verbs;
 pub use authz::RbacRule;
 use authz::{attributes, forbidden_message};
 use http::{serve, serve_stream, Request};
@@ -70,6 +75,12 @@ struct State {
     token: Option<String>,
     /// (method, path) of every request, in order.
     log: Vec<(String, String)>,
+    /// Bytes of every response body, in the order of `log`.
+    sent: Vec<usize>,
+    /// Objects every request looked at to answer (a LIST: all in its namespace), as `log`.
+    scanned: Vec<usize>,
+    /// Objects the current request's LIST looked at.
+    scanning: usize,
     /// Races to stage: before the next `METHOD` on a Lease name, another client writes this
     /// object there (or deletes it, for `Value::Null`).
     interfere: BTreeMap<(String, Key), Value>,
@@ -80,6 +91,10 @@ struct State {
     denied: Vec<(String, String)>,
     /// The kind of every pod list served (`PodList` or `PartialObjectMetadataList`).
     pod_lists: Vec<String>,
+    /// The kind and item count of every Lease list (page) served.
+    lease_lists: Vec<(String, usize)>,
+    /// Events created, in order.
+    events: Vec<Value>,
 }
 
 /// A running double. Stops when dropped.
@@ -408,6 +423,16 @@ fn conflict(name: &str, why: String) -> (u16, Value) {
 
 fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
     let mut s = lock(state);
+    let (code, body) = handle_in(&mut s, req);
+    // Counted under the same lock as the log entry, so the two stay in step.
+    let bytes = body.to_string().len();
+    s.sent.push(bytes);
+    let scanned = std::mem::take(&mut s.scanning);
+    s.scanned.push(scanned);
+    (code, body)
+}
+
+fn handle_in(s: &mut State, req: &Request) -> (u16, Value) {
     s.log.push((req.method.clone(), req.path.clone()));
     if let Some(token) = &s.token {
         if req.auth.as_deref() != Some(&format!("Bearer {token}")) {
@@ -464,16 +489,16 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
                 s.next_rv();
                 s.leases.remove(&key.1);
             } else {
-                put_as_other(&mut s, ns, obj);
+                put_as_other(s, ns, obj);
             }
         }
     }
     match (req.method.as_str(), segs.as_slice()) {
         ("GET", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"]) => {
-            list_leases(&s, ns, req)
+            list_leases(s, ns, req)
         }
         ("POST", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"]) => {
-            create(&mut s, ns, req)
+            create(s, ns, req)
         }
         ("GET", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
             match s.leases.get(&(ns.to_string(), name.to_string())) {
@@ -482,10 +507,10 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
             }
         }
         ("PUT", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
-            replace(&mut s, ns, name, req)
+            replace(s, ns, name, req)
         }
         ("DELETE", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
-            delete(&mut s, ns, name, req)
+            delete(s, ns, name, req)
         }
         ("GET", ["api", "v1", "nodes", name]) => match s.nodes.get(*name) {
             Some(node) => (200, node.clone()),
@@ -496,8 +521,9 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
                 (code, v)
             }
         },
-        ("GET", ["api", "v1", "pods"]) => list_pods(&mut s, None, req),
-        ("GET", ["api", "v1", "namespaces", ns, "pods"]) => list_pods(&mut s, Some(ns), req),
+        ("POST", ["api", "v1", "namespaces", ns, "events"]) => audit::create_event(s, ns, req),
+        ("GET", ["api", "v1", "pods"]) => list_pods(s, None, req),
+        ("GET", ["api", "v1", "namespaces", ns, "pods"]) => list_pods(s, Some(ns), req),
         _ => status(
             404,
             "NotFound",

@@ -19,6 +19,8 @@ pub struct KubeFixture {
     pub server: ApiServer,
     _dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
+    /// The store's `stateDir`: where the node-local records of attachments go.
+    pub state_dir: PathBuf,
 }
 
 impl KubeFixture {
@@ -29,16 +31,21 @@ impl KubeFixture {
         server.enforce(rbac::shipped_rules());
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = server.kubeconfig(dir.path(), "default", TOKEN);
+        let state_dir = dir.path().join("state");
         KubeFixture {
             server,
             _dir: dir,
             kubeconfig,
+            state_dir,
         }
     }
 
     /// GC frees leases of any age here (the contract's GC cases run right after their ADDs).
     pub fn config(&self) -> StoreConfig {
-        store_config(&self.kubeconfig, json!({ "gcGraceSeconds": 0 }))
+        store_config(
+            &self.kubeconfig,
+            json!({ "gcGraceSeconds": 0, "stateDir": self.state_dir }),
+        )
     }
 
     pub fn open(&self) -> KubernetesStore {
@@ -47,7 +54,12 @@ impl KubeFixture {
 }
 
 pub fn store_config(kubeconfig: &Path, extra: Value) -> StoreConfig {
-    let mut v = json!({ "kind": "kubernetes", "namespace": NS, "kubeconfig": kubeconfig });
+    // Node-local records beside the kubeconfig (a test's temporary dir), never in the host's.
+    let state = kubeconfig
+        .parent()
+        .unwrap_or(Path::new("/nonexistent"))
+        .join("state");
+    let mut v = json!({ "kind": "kubernetes", "namespace": NS, "kubeconfig": kubeconfig, "stateDir": state });
     for (k, x) in extra.as_object().unwrap() {
         v[k] = x.clone();
     }

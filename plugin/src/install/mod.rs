@@ -21,6 +21,7 @@ mod files;
 mod kubeconfig;
 mod layout;
 mod node_name;
+mod reassert;
 mod reconcile_files;
 
 use std::path::{Path, PathBuf};
@@ -393,11 +394,16 @@ fn run(opts: &Options) -> Result<(), InstallError> {
     }
     let mut reconciler = reconcile::Reconciler::new(&agent, opts);
     let mut file_reconciler = reconcile_files::FileReconciler::new(&agent, opts);
+    let mut reasserter = reassert::NodeReasserter::new(&agent, opts);
     let mut last_reconcile: Option<Instant> = None;
     loop {
-        let due = (reconciler.is_some() || file_reconciler.is_some())
+        let due = (reconciler.is_some() || file_reconciler.is_some() || reasserter.is_some())
             && last_reconcile.is_none_or(|t| t.elapsed() >= opts.reconcile_interval);
         if due {
+            // First: the reconciler then judges the Leases this node has re-asserted.
+            if let Some(r) = reasserter.as_mut() {
+                r.run_once();
+            }
             if let Some(r) = reconciler.as_mut() {
                 r.run_once();
             }

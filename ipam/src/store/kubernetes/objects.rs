@@ -5,8 +5,16 @@
 //! ```text
 //! <net>.<ip>           one per held address: THE record of who holds it (kind=address)
 //!                      e.g. iot.192-168-20-100, iot.fd00-0000-0000-0000-0000-0000-0000-0064
-//! <net>.id-<hash>      an identity's latest addresses, kept after DEL, for stickiness (kind=identity)
+//! <net>.id-<hash>      an identity's latest addresses, kept after DEL, for stickiness (kind=identity),
+//!                      and the attachments it was granted them for (`iotlan/attachments`)
 //! ```
+//!
+//! Nothing is found by searching: ADD reads the identity's object by name (its latest addresses,
+//! and what this attachment already holds), claims an address by creating its object, and writes
+//! the identity's object back; DEL reads the identity's object and deletes the address objects it
+//! lists for the attachment, with the uid and resourceVersion recorded there as preconditions (a
+//! changed object costs one more read). An identity object written before `iotlan/attachments`
+//! existed lists only the addresses: DEL then reads those and frees the ones the attachment holds.
 //!
 //! `<net>` is the network name when it is already a lowercase DNS label of at most 40 bytes,
 //! else a lowercase form with an FNV-1a hash of the real name appended, so different networks
@@ -44,6 +52,12 @@ pub const ANN_CREATED: &str = "iotlan/created-unix";
 /// The holder sandbox's network namespace path and pod UID (absent on objects written before them).
 pub const ANN_NETNS: &str = "iotlan/netns";
 pub const ANN_POD_UID: &str = "iotlan/pod-uid";
+/// On an identity object: the attachments it was granted addresses for, as JSON
+/// ([`AttachmentRecord`]), with each address object's uid and resourceVersion as created.
+pub const ANN_ATTACHMENTS: &str = "iotlan/attachments";
+/// How many attachments an identity object remembers (a pod's interfaces and its sandboxes whose
+/// DEL has not come yet); the oldest beyond it are dropped.
+pub const MAX_ATTACHMENTS: usize = 8;
 /// On an identity object: since when (Unix seconds) the reconciler has seen it unused (no address
 /// held, no pod). ADD rewrites the object without it.
 pub const ANN_UNUSED_SINCE: &str = "iotlan/unused-since-unix";
@@ -203,7 +217,87 @@ pub fn lease_of(network: &str, obj: &KLease) -> Result<Lease, String> {
     })
 }
 
-/// The identity object remembering `ips` for `identity`.
+/// One attachment's addresses as an identity object records them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttachmentRecord {
+    pub container_id: String,
+    pub ifname: String,
+    pub addresses: Vec<AddressRef>,
+}
+
+/// An address object as its creator saw it: what a conditional delete needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AddressRef {
+    pub ip: IpAddr,
+    pub uid: String,
+    pub rv: String,
+}
+
+impl AttachmentRecord {
+    pub fn is_of(&self, att: &Attachment) -> bool {
+        self.container_id == att.container_id && self.ifname == att.ifname
+    }
+}
+
+/// What an identity object records, if it is `identity`'s of `network`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdentityRecord {
+    pub ips: Vec<IpAddr>,
+    /// `None` on an object written before attachments were recorded.
+    pub attachments: Option<Vec<AttachmentRecord>>,
+}
+
+impl IdentityRecord {
+    pub fn of(network: &str, identity: &str, obj: &KLease) -> IdentityRecord {
+        if !owned_by(network, identity, obj) {
+            return IdentityRecord::default();
+        }
+        let attachments = obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANN_ATTACHMENTS))
+            // A hand-edited record that does not parse counts as listing no attachment.
+            .map(|j| serde_json::from_str(j).unwrap_or_default());
+        IdentityRecord {
+            ips: identity_ips(network, identity, obj),
+            attachments,
+        }
+    }
+
+    pub fn attachment(&self, att: &Attachment) -> Option<&AttachmentRecord> {
+        self.attachments.iter().flatten().find(|r| r.is_of(att))
+    }
+}
+
+fn owned_by(network: &str, identity: &str, obj: &KLease) -> bool {
+    obj.metadata.annotations.as_ref().is_some_and(|ann| {
+        ann.get(ANN_IDENTITY).map(String::as_str) == Some(identity)
+            && ann.get(ANN_NETWORK).map(String::as_str) == Some(network)
+    })
+}
+
+/// The identity object remembering `ips` for `identity`, and `attachments`.
+pub fn identity_object_of(
+    network: &str,
+    netkey: &str,
+    namespace: &str,
+    identity: &str,
+    ips: &[IpAddr],
+    attachments: &[AttachmentRecord],
+) -> KLease {
+    let mut obj = identity_object(network, netkey, namespace, identity, ips);
+    if let (Some(ann), Ok(json)) = (
+        obj.metadata.annotations.as_mut(),
+        serde_json::to_string(attachments),
+    ) {
+        ann.insert(ANN_ATTACHMENTS.to_string(), json);
+    }
+    obj
+}
+
+/// The identity object remembering `ips` for `identity` (the layout before attachments were
+/// recorded; [`identity_object_of`] adds them).
 pub fn identity_object(
     network: &str,
     netkey: &str,

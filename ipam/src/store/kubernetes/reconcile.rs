@@ -98,14 +98,71 @@ pub struct Reconciler {
     identity_retention: Option<Duration>,
 }
 
-/// The label selector of every object of `kind` (all networks) that iotlan manages.
-fn kind_selector(kind: &str) -> String {
-    format!(
-        "{}={},{}={kind}",
-        objects::MANAGED_BY,
-        objects::MANAGER,
-        objects::LABEL_KIND
-    )
+/// A listed object: metadata only.
+type Meta = PartialObjectMeta<KLease>;
+
+/// How many objects one page of the reconciler's LIST carries.
+pub const LIST_PAGE: u32 = 500;
+
+/// Lists every object iotlan manages in the namespace (all networks, both kinds): one LIST, of
+/// metadata only (names, labels, annotations, uid, resourceVersion: all the records are), in pages
+/// of [`LIST_PAGE`] (`limit` and `continue`), so a large namespace never comes in one answer.
+/// Returns the address objects and the identity objects.
+fn list_managed(conn: &Conn, api: &Api<KLease>) -> Result<(Vec<Meta>, Vec<Meta>), Error> {
+    let sel = format!("{}={}", objects::MANAGED_BY, objects::MANAGER);
+    let mut params = ListParams::default().labels(&sel).limit(LIST_PAGE);
+    let (mut addresses, mut identities) = (Vec::new(), Vec::new());
+    loop {
+        let page = conn.run("list leases", api.list_metadata(&params))?;
+        for m in page.items {
+            let kind = m
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(objects::LABEL_KIND))
+                .cloned();
+            match kind.as_deref() {
+                Some(objects::KIND_ADDRESS) => addresses.push(m),
+                Some(objects::KIND_IDENTITY) => identities.push(m),
+                _ => {}
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok((addresses, identities)),
+        }
+    }
+}
+
+/// The lease an address object's metadata records, and the whole object as the store wrote it
+/// (for a conditional write of a mark: the listed metadata, with uid and resourceVersion, and the
+/// spec rebuilt from the lease).
+fn address_of(network: &str, meta: &Meta) -> Result<(Lease, KLease), String> {
+    let obj = KLease {
+        metadata: meta.metadata.clone(),
+        spec: None,
+    };
+    let lease = objects::lease_of(network, &obj)?;
+    let netkey = objects::network_key(network);
+    let spec = objects::address_object(network, &netkey, "", &lease).spec;
+    Ok((lease, KLease { spec, ..obj }))
+}
+
+/// An identity object from its metadata (its spec is only the identity as holder).
+fn identity_of(meta: &Meta) -> KLease {
+    let holder = meta
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(objects::ANN_IDENTITY))
+        .cloned();
+    KLease {
+        metadata: meta.metadata.clone(),
+        spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: holder,
+            ..Default::default()
+        }),
+    }
 }
 
 /// Deletes exactly the object as it was listed: not if it changed or was recreated since.
@@ -178,11 +235,7 @@ impl Reconciler {
             .unwrap_or_else(|| conn.default_namespace.clone());
         let leases_api: Api<KLease> = Api::namespaced(conn.client.clone(), &ns);
         let pods_api: Api<Pod> = Api::all(conn.client.clone());
-        let sel = kind_selector(objects::KIND_ADDRESS);
-        let leases = conn.run(
-            "list leases",
-            leases_api.list(&ListParams::default().labels(&sel)),
-        )?;
+        let (addresses, identities) = list_managed(&conn, &leases_api)?;
         // Names and UIDs are all it needs: metadata only, a fraction of the full Pod objects.
         let pods = conn.run("list pods", pods_api.list_metadata(&ListParams::default()))?;
         let live = live_pods(&pods.items);
@@ -190,17 +243,17 @@ impl Reconciler {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut report = ReconcileReport {
-            checked: leases.items.len(),
+            checked: addresses.len(),
             ..ReconcileReport::default()
         };
-        for obj in &leases.items {
+        for obj in &addresses {
             self.judge_address(&conn, &leases_api, obj, &live, now, &mut report)?;
         }
         if let Some(retention) = self.identity_retention {
             self.prune_identities(
                 &conn,
                 &leases_api,
-                &leases.items,
+                (&addresses, identities),
                 &live,
                 now,
                 retention,
@@ -218,18 +271,19 @@ impl Reconciler {
         &self,
         conn: &Conn,
         api: &Api<KLease>,
-        obj: &KLease,
+        meta: &Meta,
         live: &LivePods,
         now: u64,
         report: &mut ReconcileReport,
     ) -> Result<(), Error> {
-        let ann = obj.metadata.annotations.clone().unwrap_or_default();
+        let ann = meta.metadata.annotations.clone().unwrap_or_default();
         let Some(network) = ann.get(objects::ANN_NETWORK) else {
             return Ok(());
         };
-        let Ok(lease) = objects::lease_of(network, obj) else {
+        let Ok((lease, obj)) = address_of(network, meta) else {
             return Ok(());
         };
+        let obj = &obj;
         let state = live.state(&lease);
         let since = ann
             .get(objects::ANN_MISSING_SINCE)
@@ -288,7 +342,7 @@ impl Reconciler {
         &self,
         conn: &Conn,
         api: &Api<KLease>,
-        addresses: &[KLease],
+        (addresses, records): (&[Meta], Vec<Meta>),
         live: &LivePods,
         now: u64,
         retention: Duration,
@@ -304,14 +358,13 @@ impl Reconciler {
             .filter_map(|obj| {
                 let ann = obj.metadata.annotations.as_ref()?;
                 let network = ann.get(objects::ANN_NETWORK)?;
-                let lease = objects::lease_of(network, obj).ok()?;
+                let (lease, _) = address_of(network, obj).ok()?;
                 (!freed.contains(&(network.as_str(), lease.ip)))
                     .then(|| (network.clone(), lease.identity))
             })
             .collect();
-        let sel = kind_selector(objects::KIND_IDENTITY);
-        let records = conn.run("list leases", api.list(&ListParams::default().labels(&sel)))?;
-        for obj in records.items {
+        for meta in records {
+            let obj = identity_of(&meta);
             let ann = obj.metadata.annotations.clone().unwrap_or_default();
             let (Some(network), Some(identity)) = (
                 ann.get(objects::ANN_NETWORK),

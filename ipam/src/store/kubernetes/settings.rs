@@ -31,6 +31,8 @@ pub struct Settings {
     pub timeout: Duration,
     /// How long a node must have been not Ready before its sandboxes count as gone.
     pub node_loss_grace: Duration,
+    /// Where the node-local record of this node's attachments is kept (`node_record.rs`).
+    pub state_dir: PathBuf,
 }
 
 impl Settings {
@@ -41,6 +43,7 @@ impl Settings {
             kubeconfig: None,
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
             node_loss_grace: Duration::from_secs(DEFAULT_NODE_LOSS_GRACE_SECONDS),
+            state_dir: PathBuf::from(crate::config::DEFAULT_STORE_DIR),
         };
         for (key, value) in &cfg.extra {
             let field = format!("store.{key}");
@@ -58,6 +61,13 @@ impl Settings {
                         return Err(Error::config(&field, "must be an absolute path"));
                     }
                     s.kubeconfig = Some(PathBuf::from(p));
+                }
+                "stateDir" => {
+                    let p = value.as_str().ok_or_else(|| Error::config(&field, "must be a string"))?;
+                    if !Path::new(p).is_absolute() {
+                        return Err(Error::config(&field, "must be an absolute path"));
+                    }
+                    s.state_dir = PathBuf::from(p);
                 }
                 "timeoutMs" => {
                     let ms = value
@@ -85,7 +95,7 @@ impl Settings {
                 _ => {
                     return Err(Error::config(
                         &field,
-                        "unknown key for the kubernetes store (known: namespace, kubeconfig, timeoutMs, nodeLossGraceSeconds)",
+                        "unknown key for the kubernetes store (known: namespace, kubeconfig, timeoutMs, nodeLossGraceSeconds, stateDir)",
                     ))
                 }
             }

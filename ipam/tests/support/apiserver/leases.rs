@@ -4,7 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use super::http::Request;
-use super::{conflict, not_found, now_unix, rfc3339, status, State};
+use super::{conflict, not_found, now_unix, rfc3339, status, Key, State};
 
 fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty()
@@ -324,17 +324,64 @@ fn matches(obj: &Value, terms: &[(String, &'static str, String)]) -> bool {
     })
 }
 
-pub(super) fn list_leases(s: &State, ns: &str, req: &Request) -> (u16, Value) {
+/// A LIST of Leases: label selector, `limit` and `continue` (the token is the last name served;
+/// the real one is opaque), and metadata only when asked for (`as=PartialObjectMetadataList`).
+pub(super) fn list_leases(s: &mut State, ns: &str, req: &Request) -> (u16, Value) {
     let terms = match parse_selector(req.query.get("labelSelector").map_or("", String::as_str)) {
         Ok(t) => t,
         Err(e) => return status(400, "BadRequest", e, None),
     };
-    let items = s
+    let limit = match req.query.get("limit").map(|l| l.parse::<usize>()) {
+        None | Some(Ok(0)) => usize::MAX,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return status(400, "BadRequest", "limit: not a number".into(), None),
+    };
+    let after = req.query.get("continue").cloned().unwrap_or_default();
+    let metadata_only = req.accept.contains("as=PartialObjectMetadataList");
+    s.scanning = s.leases.keys().filter(|(n, _)| n == ns).count();
+    let matching: Vec<(&Key, &Value)> = s
         .leases
         .iter()
-        .filter(|((n, _), obj)| n == ns && matches(obj, &terms))
-        .map(|(_, obj)| obj);
-    list(s, "LeaseList", "coordination.k8s.io/v1", items)
+        .filter(|((n, name), obj)| {
+            n == ns && name.as_str() > after.as_str() && matches(obj, &terms)
+        })
+        .collect();
+    let more = matching.len() > limit;
+    let page: Vec<Value> = matching
+        .iter()
+        .take(limit)
+        .map(|(_, obj)| {
+            if metadata_only {
+                json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                        "metadata": obj["metadata"] })
+            } else {
+                (*obj).clone()
+            }
+        })
+        .collect();
+    let token = more
+        .then(|| {
+            page.last()
+                .and_then(|o| o["metadata"]["name"].as_str())
+                .map(str::to_string)
+        })
+        .flatten();
+    let kind = if metadata_only {
+        "PartialObjectMetadataList"
+    } else {
+        "LeaseList"
+    };
+    s.lease_lists.push((kind.to_string(), page.len()));
+    let api_version = if metadata_only {
+        "meta.k8s.io/v1"
+    } else {
+        "coordination.k8s.io/v1"
+    };
+    let (code, mut v) = list(s, kind, api_version, page.iter());
+    if let Some(t) = token {
+        v["metadata"]["continue"] = json!(t);
+    }
+    (code, v)
 }
 
 /// A list answer: its items carry neither kind nor apiVersion, as a real list's do.

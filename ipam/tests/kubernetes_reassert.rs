@@ -1,0 +1,157 @@
+//! The node agent rebuilds its node's Leases from the node-local records of attachments after the
+//! objects are lost (the namespace deleted with the manifests, an etcd restore, `kubectl delete
+//! leases`), and reports an address held by another attachment as a duplicate, never resolving it.
+//!
+//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_reassert`.
+
+#[macro_use]
+#[path = "support/contract.rs"]
+mod contract;
+#[path = "support/apiserver.rs"]
+mod apiserver;
+#[path = "support/kubefix.rs"]
+mod kubefix;
+#[path = "support/rbac.rs"]
+mod rbac;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use contract::{ips, req, v4_pool};
+use iotlan_ipam::store::kubernetes::Reasserter;
+use iotlan_ipam::{Attachment, Store};
+use kubefix::{KubeFixture, NS};
+
+/// (address, container) of every address object.
+fn held(f: &KubeFixture) -> BTreeSet<(String, String)> {
+    f.server
+        .leases(NS)
+        .iter()
+        .filter(|o| o["metadata"]["labels"]["iotlan/kind"] == "address")
+        .map(|o| {
+            let a = &o["metadata"]["annotations"];
+            (
+                a["iotlan/ip"].as_str().unwrap_or("").to_string(),
+                a["iotlan/container-id"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn reassert(f: &KubeFixture) -> iotlan_ipam::store::kubernetes::ReassertReport {
+    Reasserter::new(&f.kubeconfig, Some(NS), &f.state_dir)
+        .unwrap()
+        .run_once()
+        .unwrap()
+}
+
+#[test]
+fn one_pass_after_every_object_is_deleted_gives_each_live_attachment_its_lease_back() {
+    let f = KubeFixture::new();
+    let s = f.open();
+    let pool = v4_pool();
+    let a = s.allocate(&pool, &req("ha/zigbee2mqtt-0", "a1")).unwrap();
+    let b = s.allocate(&pool, &req("ha/esphome-dash-0", "b1")).unwrap();
+    let gone = s.allocate(&pool, &req("ha/gone-0", "g1")).unwrap();
+    s.release_for("ha/gone-0", &Attachment::new("g1", "net1"))
+        .unwrap();
+    let before = held(&f);
+    assert_eq!(before.len(), 2);
+
+    f.server.delete_all_leases(NS);
+    assert!(f.server.leases(NS).is_empty());
+    let report = reassert(&f);
+    assert_eq!(report.recreated.len(), 2, "{report}");
+    assert!(report.duplicates.is_empty(), "{report}");
+    assert_eq!(
+        held(&f),
+        before,
+        "exactly the live attachments hold their addresses again"
+    );
+
+    // The next ADD gets a free address: none of the live ones (the released one may come back).
+    let c = s.allocate(&pool, &req("ha/new-0", "c1")).unwrap();
+    let taken: BTreeSet<IpAddr> = ips(&a).into_iter().chain(ips(&b)).collect();
+    assert!(!taken.contains(&c[0].ip), "{c:?} reuses a live address");
+    let _ = gone;
+    // A re-asserted attachment's DEL finds it by name again.
+    let freed = s
+        .release_for("ha/zigbee2mqtt-0", &Attachment::new("a1", "net1"))
+        .unwrap();
+    assert_eq!(ips(&freed), ips(&a));
+    // A second pass finds everything in place and recreates nothing.
+    let again = reassert(&f);
+    assert!(again.recreated.is_empty(), "{again}");
+    assert_eq!(again.present, 2, "{again}");
+}
+
+#[test]
+fn an_address_taken_by_another_attachment_meanwhile_is_reported_as_a_duplicate() {
+    let f = KubeFixture::new();
+    let s = f.open();
+    let pool = v4_pool();
+    let a = s.allocate(&pool, &req("ha/zigbee2mqtt-0", "a1")).unwrap();
+    f.server.delete_all_leases(NS);
+    // Before any agent pass, a new pod asks for exactly that address (the defect of a reinstall).
+    let ip = a[0].ip.to_string();
+    let other = s
+        .allocate(&pool, &contract::req_ip("ha/other-0", "o1", &[&ip]))
+        .unwrap();
+    assert_eq!(ips(&other), ips(&a));
+
+    let report = reassert(&f);
+    assert_eq!(report.duplicates.len(), 1, "{report}");
+    let d = &report.duplicates[0];
+    assert_eq!(
+        (d.ours.container_id.as_str(), d.holder.container_id.as_str()),
+        ("a1", "o1")
+    );
+    assert!(report.to_string().contains("DUPLICATE ADDRESS"), "{report}");
+    // Reported as a Warning Event on the Lease, and not resolved: the other pod keeps the object.
+    let events = f.server.events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["reason"], "DuplicateAddress");
+    assert_eq!(events[0]["type"], "Warning");
+    assert_eq!(events[0]["involvedObject"]["kind"], "Lease");
+    assert_eq!(held(&f), BTreeSet::from([(ip, "o1".to_string())]));
+    assert!(f.server.denied().is_empty(), "{:?}", f.server.denied());
+}
+
+#[test]
+fn del_removes_the_node_record_and_nothing_is_reasserted_for_it() {
+    let f = KubeFixture::new();
+    let s = f.open();
+    s.allocate(&v4_pool(), &req("ha/zigbee2mqtt-0", "a1"))
+        .unwrap();
+    s.release_for("ha/zigbee2mqtt-0", &Attachment::new("a1", "net1"))
+        .unwrap();
+    let report = reassert(&f);
+    assert_eq!(report.records, 0, "{report}");
+    assert!(held(&f).is_empty());
+}
+
+#[test]
+fn a_lease_freed_on_purpose_is_not_brought_back_and_its_record_goes() {
+    // The reconciler (or another node) frees the Lease of a pod whose DEL never came here: the
+    // identity's object still lists the attachment, so this is no loss.
+    let f = KubeFixture::new();
+    let s = f.open();
+    s.allocate(&v4_pool(), &req("ha/zigbee2mqtt-0", "a1"))
+        .unwrap();
+    let elsewhere = iotlan_ipam::store::kubernetes::KubernetesStore::open(
+        "iot",
+        &kubefix::store_config(
+            &f.kubeconfig,
+            serde_json::json!({ "stateDir": f.state_dir.join("elsewhere") }),
+        ),
+    )
+    .unwrap();
+    elsewhere
+        .release_for("ha/zigbee2mqtt-0", &Attachment::new("a1", "net1"))
+        .unwrap();
+    let report = reassert(&f);
+    assert_eq!(report.released, 1, "{report}");
+    assert!(report.recreated.is_empty(), "{report}");
+    assert!(held(&f).is_empty());
+    assert_eq!(reassert(&f).records, 0, "the record is gone");
+}

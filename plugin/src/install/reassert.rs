@@ -1,0 +1,59 @@
+//! The node agent re-asserts the kubernetes store's Leases of the attachments on its node, at start
+//! and before every reconcile pass ([`iotlan_ipam::store::kubernetes::Reasserter`]): any Lease
+//! missing (a namespace deleted with the manifests, an etcd restore, `kubectl delete leases`) is
+//! created again from the plugin's node-local record, and an address held by another attachment is
+//! reported as a duplicate (an error in the log and a Warning Event), never resolved. Needs the
+//! kubernetes store compiled in and the agent's kubeconfig; otherwise it is off.
+
+use super::{Agent, Options};
+
+/// Where the plugin writes its node-local records on the host (`store.stateDir`'s default).
+#[cfg(feature = "kubernetes")]
+const STATE_DIR: &str = iotlan_ipam::config::DEFAULT_STORE_DIR;
+
+pub struct NodeReasserter {
+    #[cfg(feature = "kubernetes")]
+    inner: iotlan_ipam::store::kubernetes::Reasserter,
+}
+
+impl NodeReasserter {
+    #[cfg(feature = "kubernetes")]
+    pub fn new(agent: &Agent, opts: &Options) -> Option<NodeReasserter> {
+        let (_, kubeconfig) = agent.kubeconfig.as_ref()?;
+        let state_dir = match super::layout::resolve_in_root(
+            &opts.host_root,
+            std::path::Path::new(STATE_DIR),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("re-asserting this node's Leases disabled: {e}");
+                return None;
+            }
+        };
+        match iotlan_ipam::store::kubernetes::Reasserter::new(
+            kubeconfig,
+            opts.namespace.as_deref(),
+            &state_dir,
+        ) {
+            Ok(inner) => Some(NodeReasserter { inner }),
+            Err(e) => {
+                tracing::error!("re-asserting this node's Leases disabled: {e}");
+                None
+            }
+        }
+    }
+
+    #[cfg(not(feature = "kubernetes"))]
+    pub fn new(_agent: &Agent, _opts: &Options) -> Option<NodeReasserter> {
+        None
+    }
+
+    pub fn run_once(&mut self) {
+        #[cfg(feature = "kubernetes")]
+        match self.inner.run_once() {
+            Ok(report) if !report.duplicates.is_empty() => tracing::error!("re-assert: {report}"),
+            Ok(report) => tracing::info!("re-assert: {report}"),
+            Err(e) => tracing::warn!("re-assert: {e}"),
+        }
+    }
+}
