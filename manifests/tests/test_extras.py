@@ -175,6 +175,19 @@ def test_built_in_postgres_stays_the_default():
         assert one(docs, "StatefulSet", "postgres") and not find(docs, "postgresql") and not find(docs, "Cluster")
 
 
+# ------------------------------------------------------------------------------------- the Leases' namespace
+
+
+def test_the_lease_namespace_outlives_the_daemonset():
+    """`kubectl delete -k manifests/iotlan/base` must not delete the Leases: the namespace is its own kustomization."""
+    docs = render(BY_ID["iotlan/namespace"])
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [("Namespace", "iotlan-system")]
+    ns = docs[0]["metadata"]
+    assert ns["annotations"]["kustomize.toolkit.fluxcd.io/prune"] == "disabled"
+    assert ns["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert not [d for d in render(BY_ID["iotlan/base"]) if d["kind"] == "Namespace"]
+
+
 # ----------------------------------------------------------------------------------------------------- Flux
 
 
@@ -184,12 +197,15 @@ def test_flux_kustomizations_chain_multus_iotlan_home_assistant():
     for name, d in ks.items():
         assert d["apiVersion"] == "kustomize.toolkit.fluxcd.io/v1" and d["metadata"]["namespace"] == "flux-system"
         spec = d["spec"]
-        assert spec["interval"] and spec["prune"] is True and spec["sourceRef"]["kind"] == "GitRepository"
+        # The Leases' namespace is never pruned: removing the iotlan Kustomization keeps the address records.
+        assert spec["prune"] is (name != "iotlan-namespace"), f"{name}: prune {spec['prune']}"
+        assert spec["interval"] and spec["sourceRef"]["kind"] == "GitRepository"
         assert spec["path"].startswith("./manifests/")
         if name != "home-assistant-secrets":  # that one is the user's, written by create-secrets.sh --dry-run
             assert (MANIFESTS.parent / spec["path"] / "kustomization.yaml").exists(), spec["path"]
     deps = {n: [x["name"] for x in d["spec"].get("dependsOn", [])] for n, d in ks.items()}
-    assert deps["multus"] == [] and deps["iotlan"] == ["multus"]
+    assert deps["multus"] == [] and deps["iotlan-namespace"] == []
+    assert set(deps["iotlan"]) == {"multus", "iotlan-namespace"}
     assert set(deps["home-assistant"]) == {"iotlan", "home-assistant-secrets"}
     assert ks["home-assistant-secrets"]["spec"]["decryption"]["provider"] == "sops"
 
