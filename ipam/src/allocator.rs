@@ -291,32 +291,51 @@ fn is_stale_self(holder: &Lease, req: &AllocRequest) -> bool {
     holder.identity == req.identity && holder.container_id != req.attachment.container_id
 }
 
+/// What one claim of an address the pod wants came to.
+enum Own {
+    Claimed(Claimed),
+    /// Another pod holds it.
+    HeldBy(Lease),
+    /// An earlier sandbox of this pod held it, had left the wire, and the takeover lost a race.
+    LostTakeover,
+}
+
+/// Claims `lease.ip`, taking it over from an earlier sandbox of the same pod only when that sandbox
+/// has left the wire ([`Takeover::may_replace`], else [`Error::StillInUse`]). Claim first, read
+/// second: the claim is atomic and names the holder when it loses, so the common case (a free
+/// address) costs one claim and no read.
+fn claim_own(t: &mut Takeover, req: &AllocRequest, lease: &Lease) -> Result<Own, Error> {
+    let holder = match t.claims.claim(lease, None)? {
+        None => {
+            return Ok(Own::Claimed(Claimed {
+                lease: lease.clone(),
+                replaced: None,
+            }))
+        }
+        Some(h) if is_stale_self(&h, req) => h,
+        Some(h) => return Ok(Own::HeldBy(h)),
+    };
+    t.may_replace(&holder)?;
+    if t.claims.claim(lease, Some(&holder))?.is_some() {
+        return Ok(Own::LostTakeover);
+    }
+    tracing::info!(ip = %lease.ip, old = %holder.container_id, new = %lease.container_id,
+        identity = %req.identity, "took over the address of a stale sandbox of the same pod");
+    Ok(Own::Claimed(Claimed {
+        lease: lease.clone(),
+        replaced: Some(holder),
+    }))
+}
+
 /// Claims an address the attachment must get (a reservation or a request), taking over a stale lease of
 /// the same identity; any other holder is a conflict.
 fn claim_fixed(t: &mut Takeover, req: &AllocRequest, lease: Lease) -> Result<Claimed, Error> {
-    // Claim first, read second: the claim is atomic and names the holder when it loses, so the
-    // common case (a free address) costs one claim and no read. Two rounds: the holder may change
-    // between the lost claim and the takeover in a lock-free store.
+    // Two rounds: the holder may change between the lost claim and the takeover in a lock-free store.
     for _ in 0..2 {
-        match t.claims.claim(&lease, None)? {
-            None => {
-                return Ok(Claimed {
-                    lease,
-                    replaced: None,
-                })
-            }
-            Some(h) if is_stale_self(&h, req) => {
-                t.may_replace(&h)?;
-                if t.claims.claim(&lease, Some(&h))?.is_none() {
-                    tracing::info!(ip = %lease.ip, old = %h.container_id, new = %lease.container_id,
-                        identity = %req.identity, "took over the address of a stale sandbox of the same pod");
-                    return Ok(Claimed {
-                        lease,
-                        replaced: Some(h),
-                    });
-                }
-            }
-            Some(h) => return Err(h.conflict()),
+        match claim_own(t, req, &lease)? {
+            Own::Claimed(c) => return Ok(c),
+            Own::HeldBy(h) => return Err(h.conflict()),
+            Own::LostTakeover => {}
         }
     }
     match t.claims.holder(lease.ip)? {
@@ -336,27 +355,10 @@ fn search(
     lease_for: &dyn Fn(IpAddr) -> Lease,
 ) -> Result<Claimed, Error> {
     if let Some(ip) = sticky {
-        // As for a fixed address: claim first; a lost claim names the holder.
-        let lease = lease_for(ip);
-        match t.claims.claim(&lease, None)? {
-            None => {
-                return Ok(Claimed {
-                    lease,
-                    replaced: None,
-                })
-            }
-            Some(h) if is_stale_self(&h, req) => {
-                // The pod's own address, on a sandbox that may still be up: wait for it rather
-                // than hand the pod a second address under the same MAC.
-                t.may_replace(&h)?;
-                if t.claims.claim(&lease, Some(&h))?.is_none() {
-                    return Ok(Claimed {
-                        lease,
-                        replaced: Some(h),
-                    });
-                }
-            }
-            Some(_) => {}
+        // The pod's own address; on a sandbox that may still be up it waits (StillInUse) rather
+        // than hand the pod a second address under the same MAC. Held by another pod: search on.
+        if let Own::Claimed(c) = claim_own(t, req, &lease_for(ip))? {
+            return Ok(c);
         }
     }
     for ip in pool.candidates(fam, &req.identity) {
