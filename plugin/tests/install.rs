@@ -199,6 +199,24 @@ fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
+/// Spawns an executable this test process has just written. Until every thread's fork has reached
+/// exec, a child of a parallel test may still hold the write descriptor, and exec fails with
+/// ETXTBSY (the race Go's os/exec documents); retry within a bound.
+fn spawn_written(cmd: &mut Command) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cmd.spawn() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
 fn mkdir(p: &Path) {
     fs::create_dir_all(p).unwrap();
 }
@@ -465,17 +483,14 @@ fn a_running_old_binary_keeps_running() {
     let bin = h.root().join("opt/cni/bin");
     // The old `iotlan` is a real executable (a copy of sleep), running while we install.
     fs::copy("/bin/sleep", bin.join("iotlan")).unwrap();
-    let mut running = Command::new(bin.join("iotlan")).arg("2").spawn().unwrap();
+    let mut running = spawn_written(Command::new(bin.join("iotlan")).arg("2"));
     // The old `iotlan-ipam` (a separate file, as versions before the single binary installed it)
     // is a script a shell reads as it goes: rewriting it in place would make the shell run the new
     // bytes from its old offset.
     let script = "#!/bin/sh\nsleep 1\necho old-finished\n";
     fs::write(bin.join("iotlan-ipam"), script).unwrap();
     fs::set_permissions(bin.join("iotlan-ipam"), fs::Permissions::from_mode(0o755)).unwrap();
-    let reading = Command::new(bin.join("iotlan-ipam"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let reading = spawn_written(Command::new(bin.join("iotlan-ipam")).stdout(Stdio::piped()));
     std::thread::sleep(Duration::from_millis(300));
     let new_script = format!("#!/bin/sh\n# iotlan v2\n{}\necho new\n", "#".repeat(4096));
     h.set_source(new_script.as_bytes());
