@@ -90,6 +90,17 @@ impl Default for Announce {
     }
 }
 
+/// `hostShim`: the node reaches its pods' net1 addresses through a shim link on the master
+/// ([`crate::shim`]). `true`, or an object; `addresses` gives nodes their shim address by node name
+/// (any IPAM); a node not listed gets one from the pool under `iotlan-shim.<node>` (iotlan-ipam only;
+/// a reservation for that identity pins it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostShim {
+    #[serde(default)]
+    pub addresses: std::collections::BTreeMap<String, IpAddr>,
+}
+
 /// IPv6 behaviour on net1.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -135,6 +146,7 @@ struct RawConf {
     #[serde(default)]
     source_routing: bool,
     conflict_check: Option<ConflictCheck>,
+    host_shim: Option<Value>,
     state_dir: Option<PathBuf>,
     log_file: Option<PathBuf>,
     log_level: Option<String>,
@@ -175,6 +187,8 @@ pub struct NetConf {
     pub source_routing: bool,
     /// The conflict check; None when disabled.
     pub conflict_check: Option<ConflictCheck>,
+    /// The node's shim to its pods; None when off.
+    pub host_shim: Option<HostShim>,
     pub state_dir: PathBuf,
     pub log_file: Option<PathBuf>,
     pub log_level: Option<String>,
@@ -287,6 +301,27 @@ impl NetConf {
                 )));
             }
         }
+        let host_shim = match raw.host_shim {
+            None | Some(Value::Bool(false)) => None,
+            Some(Value::Bool(true)) => Some(HostShim::default()),
+            Some(v @ Value::Object(_)) => Some(serde_json::from_value::<HostShim>(v).map_err(|e| {
+                Error::InvalidConfig(format!(
+                    "hostShim: {e} (expected true, false or {{\"addresses\": {{\"<node>\": \"<ip>\"}}}})"
+                ))
+            })?),
+            Some(other) => {
+                return Err(Error::InvalidConfig(format!(
+                    "hostShim is {other}: expected true, false or an object"
+                )))
+            }
+        };
+        if host_shim.is_some() && raw.macvlan_mode != MacvlanMode::Bridge {
+            return Err(Error::InvalidConfig(format!(
+                "hostShim needs macvlanMode \"bridge\": in {:?} mode the pods' links cannot reach the \
+                 node's shim",
+                raw.macvlan_mode
+            )));
+        }
         for (key, path) in [("stateDir", &raw.state_dir), ("logFile", &raw.log_file)] {
             if let Some(p) = path.as_ref().filter(|p| !p.is_absolute()) {
                 return Err(Error::InvalidConfig(format!(
@@ -337,6 +372,7 @@ impl NetConf {
             multicast_routes: raw.multicast_routes,
             source_routing: raw.source_routing,
             conflict_check: Some(raw.conflict_check.unwrap_or_default()).filter(|c| c.enabled),
+            host_shim,
             state_dir: raw
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
@@ -405,6 +441,8 @@ pub struct DelConf {
     /// `ipam.type`, when it is there and a plugin name.
     pub ipam_type: Option<String>,
     pub ipam: Value,
+    /// `stateDir` when absolute, else the default: where the hostShim records are.
+    pub state_dir: PathBuf,
     pub log_file: Option<PathBuf>,
     pub log_level: Option<String>,
     /// The configuration bytes as received: a delegated IPAM plugin gets exactly these.
@@ -422,6 +460,10 @@ impl DelConf {
             ipam_type: text(ipam.get("type"))
                 .filter(|t| !t.is_empty() && !t.contains('/') && !t.starts_with('.')),
             ipam,
+            state_dir: text(v.get("stateDir"))
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             log_file: text(v.get("logFile"))
                 .map(PathBuf::from)
                 .filter(|p| p.is_absolute()),

@@ -104,7 +104,7 @@ fn verified_path(state_dir: &Path, network: &str, ip: IpAddr) -> PathBuf {
 
 /// Writes `value` to `path` by rename; `durable` adds an fsync (the verified notes need none: a lost
 /// one costs one probe).
-fn write_atomic(path: &Path, value: &impl Serialize, durable: bool) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, value: &impl Serialize, durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("no parent directory"))?;

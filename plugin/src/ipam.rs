@@ -99,6 +99,24 @@ impl Ipam {
         }
     }
 
+    /// The addresses the pool holds for a podless `identity` of this node (the hostShim's, under
+    /// [`crate::shim::identity`]), attached as `identity`/`ifname`: granted on first use, the same
+    /// ones after (a reservation for the identity pins them). `None` for a delegated plugin, which
+    /// has no notion of a node.
+    pub fn node_addresses(&self, identity: &str, ifname: &str) -> Result<Option<Vec<IpAddr>>> {
+        let Ipam::Pool { pool, store } = self else {
+            return Ok(None);
+        };
+        let req = AllocRequest {
+            identity: identity.to_string(),
+            attachment: PoolAttachment::new(identity, ifname),
+            requested: Vec::new(),
+            sandbox: Sandbox::default(),
+        };
+        let leases = store.allocate(pool, &req)?;
+        Ok(Some(leases.iter().map(|l| l.ip).collect()))
+    }
+
     /// Takes back what one ADD's allocation claimed, and nothing else: the pool reverts exactly the
     /// grant's claims (a lease taken over from an earlier sandbox is put back); a delegated plugin is
     /// called with DEL, since only it knows what it handed out.

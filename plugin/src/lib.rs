@@ -20,5 +20,6 @@ pub mod probe;
 pub mod routing;
 pub mod rules;
 pub mod sandbox;
+pub mod shim;
 pub mod sysctl;
 pub mod verbs;

@@ -58,45 +58,17 @@ pub struct Rule {
 
 impl Netlink {
     pub fn add_route_spec(&mut self, r: &RouteSpec) -> io::Result<()> {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = family(r.dst.ip());
-        msg.header.destination_prefix_length = r.dst.prefix();
-        msg.header.table = if r.table < 256 {
-            r.table as u8
-        } else {
-            RouteHeader::RT_TABLE_UNSPEC
-        };
-        msg.header.protocol = RouteProtocol::from(PROTO_IOTLAN);
-        msg.header.scope = if r.gateway.is_some() || r.multicast {
-            RouteScope::Universe
-        } else {
-            RouteScope::Link
-        };
-        msg.header.kind = if r.multicast {
-            RouteType::Multicast
-        } else {
-            RouteType::Unicast
-        };
-        msg.attributes
-            .push(RouteAttribute::Destination(route_address(r.dst.network())));
-        if let Some(gw) = r.gateway {
-            msg.attributes
-                .push(RouteAttribute::Gateway(route_address(gw)));
-        }
-        if let Some(src) = r.prefsrc {
-            msg.attributes
-                .push(RouteAttribute::PrefSource(route_address(src)));
-        }
-        if let Some(m) = r.metric {
-            msg.attributes.push(RouteAttribute::Priority(m));
-        }
-        msg.attributes.push(RouteAttribute::Table(r.table));
-        msg.attributes.push(RouteAttribute::Oif(r.oif));
         self.exchange(
-            RouteNetlinkMessage::NewRoute(msg),
+            RouteNetlinkMessage::NewRoute(route_message(r)),
             NLM_F_CREATE | NLM_F_EXCL,
         )
         .map(drop)
+    }
+
+    /// Deletes the route `r` describes (ESRCH when there is none).
+    pub fn delete_route(&mut self, r: &RouteSpec) -> io::Result<()> {
+        self.exchange(RouteNetlinkMessage::DelRoute(route_message(r)), 0)
+            .map(drop)
     }
 
     /// Every route of one family, in every table.
@@ -197,6 +169,45 @@ impl Netlink {
         self.exchange(RouteNetlinkMessage::DelRule(msg), 0)
             .map(drop)
     }
+}
+
+/// The rtnetlink message of a route iotlan adds (and deletes), marked with [`PROTO_IOTLAN`].
+fn route_message(r: &RouteSpec) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family(r.dst.ip());
+    msg.header.destination_prefix_length = r.dst.prefix();
+    msg.header.table = if r.table < 256 {
+        r.table as u8
+    } else {
+        RouteHeader::RT_TABLE_UNSPEC
+    };
+    msg.header.protocol = RouteProtocol::from(PROTO_IOTLAN);
+    msg.header.scope = if r.gateway.is_some() || r.multicast {
+        RouteScope::Universe
+    } else {
+        RouteScope::Link
+    };
+    msg.header.kind = if r.multicast {
+        RouteType::Multicast
+    } else {
+        RouteType::Unicast
+    };
+    msg.attributes
+        .push(RouteAttribute::Destination(route_address(r.dst.network())));
+    if let Some(gw) = r.gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(route_address(gw)));
+    }
+    if let Some(src) = r.prefsrc {
+        msg.attributes
+            .push(RouteAttribute::PrefSource(route_address(src)));
+    }
+    if let Some(m) = r.metric {
+        msg.attributes.push(RouteAttribute::Priority(m));
+    }
+    msg.attributes.push(RouteAttribute::Table(r.table));
+    msg.attributes.push(RouteAttribute::Oif(r.oif));
+    msg
 }
 
 fn af(v6: bool) -> AddressFamily {

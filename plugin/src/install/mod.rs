@@ -59,6 +59,9 @@ usage: iotlan install [options]          install binaries and kubeconfig, then k
                             this long; 0 keeps them all (default 30)
   --node-name NAME          this node's Kubernetes name, written to <conf dir>/iotlan.d/node-name
                             for the plugin (default $NODE_NAME)
+  --host-shims              repair the hostShim links, addresses and pod routes on this node
+                            every reconcile interval (needs hostNetwork and CAP_NET_ADMIN: the
+                            manifests' host-shim component)
   --once                    do one pass and exit
 ";
 
@@ -79,6 +82,7 @@ struct Options {
     reconcile_grace: Duration,
     identity_retention_days: u64,
     node_name: Option<String>,
+    host_shims: bool,
     once: bool,
     check_health: bool,
 }
@@ -101,6 +105,7 @@ impl Default for Options {
             reconcile_grace: Duration::from_secs(300),
             identity_retention_days: 30,
             node_name: None,
+            host_shims: false,
             once: false,
             check_health: false,
         }
@@ -179,6 +184,7 @@ fn parse_args(args: &[String]) -> Result<Options, InstallError> {
                 })?
             }
             "--node-name" => o.node_name = Some(value()?),
+            "--host-shims" => o.host_shims = true,
             "--once" => o.once = true,
             "--check-health" => o.check_health = true,
             "-h" | "--help" => return Err(InstallError::Usage(String::new())),
@@ -385,11 +391,47 @@ fn termination_channel() -> Result<mpsc::Receiver<i32>, InstallError> {
     Ok(rx)
 }
 
+/// One hostShim repair pass over the plugin's records on the host (`stateDir`'s default). A pod
+/// namespace counts as gone only when its directory is visible under the host root and the file
+/// is not there.
+fn repair_host_shims(opts: &Options) {
+    let state_dir = match layout::resolve_in_root(
+        &opts.host_root,
+        Path::new(iotlan::config::DEFAULT_STATE_DIR),
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("hostShim repair: {e}");
+            return;
+        }
+    };
+    let root = opts.host_root.clone();
+    let gone = move |netns: &str| match layout::resolve_in_root(&root, Path::new(netns)) {
+        Ok(p) => p.parent().is_some_and(Path::is_dir) && !p.exists(),
+        Err(_) => false,
+    };
+    match iotlan::shim::repair(&state_dir, &gone) {
+        Ok(r) if r.shims == 0 && r.dropped == 0 => {
+            tracing::debug!("hostShim repair: no shim to keep")
+        }
+        Ok(r) => tracing::info!(
+            shims = r.shims,
+            routes = r.routes,
+            dropped = r.dropped,
+            "hostShim repair"
+        ),
+        Err(e) => tracing::warn!("hostShim repair: {e}"),
+    }
+}
+
 fn run(opts: &Options) -> Result<(), InstallError> {
     let signals = termination_channel()?;
     let mut agent = Agent::new(opts)?;
     agent.tick()?;
     if opts.once {
+        if opts.host_shims {
+            repair_host_shims(opts);
+        }
         return Ok(());
     }
     let mut reconciler = reconcile::Reconciler::new(&agent, opts);
@@ -397,7 +439,10 @@ fn run(opts: &Options) -> Result<(), InstallError> {
     let mut reasserter = reassert::NodeReasserter::new(&agent, opts);
     let mut last_reconcile: Option<Instant> = None;
     loop {
-        let due = (reconciler.is_some() || file_reconciler.is_some() || reasserter.is_some())
+        let due = (reconciler.is_some()
+            || file_reconciler.is_some()
+            || reasserter.is_some()
+            || opts.host_shims)
             && last_reconcile.is_none_or(|t| t.elapsed() >= opts.reconcile_interval);
         if due {
             // First: the reconciler then judges the Leases this node has re-asserted.
@@ -409,6 +454,9 @@ fn run(opts: &Options) -> Result<(), InstallError> {
             }
             if let Some(r) = file_reconciler.as_mut() {
                 r.run_once();
+            }
+            if opts.host_shims {
+                repair_host_shims(opts);
             }
             last_reconcile = Some(Instant::now());
         }

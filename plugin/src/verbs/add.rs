@@ -87,6 +87,9 @@ fn add_once(env: &Env, conf: &NetConf, att: &Attachment) -> Result<CniResult> {
                     ips = ?result.ips.iter().map(|i| i.address.to_string()).collect::<Vec<_>>(),
                     identity = %att.pool_identity(), container = %att.container_id, "attached"
                 );
+                if let Some(shim) = &conf.host_shim {
+                    crate::shim::attach(conf, shim, &ipam, att, &master, driver, &result.ips);
+                }
                 result.interfaces = vec![Interface {
                     name: att.ifname.clone(),
                     mac,

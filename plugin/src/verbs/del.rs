@@ -80,6 +80,8 @@ pub fn run(env: &Env, conf: &DelConf, att: &Attachment) -> Result<()> {
 
 /// Releases what the attachment holds in its network's pool (or through the delegated plugin).
 pub fn release(env: &Env, conf: &DelConf, att: &Attachment) -> Result<()> {
+    // The node's host routes to the pod (hostShim), whatever the config says now.
+    crate::shim::detach(&conf.state_dir, &att.container_id, &att.ifname);
     let (Some(name), Some(ipam_type)) = (&conf.name, &conf.ipam_type) else {
         tracing::error!(container = %att.container_id, ifname = %att.ifname,
             "DEL's configuration names no network or ipam.type: nothing can be released \

@@ -10,5 +10,8 @@ pub fn run(env: &Env, conf: &NetConf) -> Result<()> {
     let valid = conf.valid_attachments.as_deref().ok_or_else(|| {
         Error::InvalidConfig("GC needs cni.dev/valid-attachments in the configuration".into())
     })?;
-    Ipam::for_config(env, conf)?.gc(conf, valid)
+    // The hostShim's lease on this node is the node's, not a container's: it stays.
+    let mut valid = valid.to_vec();
+    valid.extend(crate::shim::gc_keep(&conf.state_dir, &conf.name));
+    Ipam::for_config(env, conf)?.gc(conf, &valid)
 }
