@@ -100,7 +100,10 @@ fn the_node_reaches_its_pod_only_through_the_shim_and_del_takes_only_the_pods_ro
     let addrs = shim_addresses(&link);
     assert_eq!(addrs.len(), 1, "{addrs:?}");
     let (shim_ip, prefix) = addrs[0].clone();
-    assert_eq!(prefix, 32, "a host address: no subnet route through the shim");
+    assert_eq!(
+        prefix, 32,
+        "a host address: no subnet route through the shim"
+    );
     assert!(in_pool(&shim_ip) && shim_ip != HA_IP, "{shim_ip}");
     let lease = shim_lease(&state).expect("the shim's address is leased from the pool");
     assert_eq!(lease.ip.to_string(), shim_ip);
@@ -168,17 +171,29 @@ fn a_shim_address_given_per_node_is_used_and_a_non_bridge_macvlan_is_refused() {
     // The agent's node-name file, where a test host has one, names this node otherwise.
     if !Path::new("/etc/cni/net.d/iotlan.d/node-name").exists() {
         assert_eq!(shim_addresses(&link), vec![("10.77.0.240".to_string(), 32)]);
-        assert!(shim_lease(&state).is_none(), "a given address takes no pool lease");
+        assert!(
+            shim_lease(&state).is_none(),
+            "a given address takes no pool lease"
+        );
     }
     assert!(ping(&lan.node.ns, HA_IP));
     cni(&iotlan_bin(), "DEL", &env, &c).expect_ok();
 
-    let bad = conf(&state, json!({ "hostShim": true, "macvlanMode": "private" }));
+    let bad = conf(
+        &state,
+        json!({ "hostShim": true, "macvlanMode": "private" }),
+    );
     let e = add(&lan, &pod, "ctr-shimaddr-2", &bad).expect_err(7);
-    assert!(e["msg"].as_str().unwrap_or_default().contains("bridge"), "{e}");
+    assert!(
+        e["msg"].as_str().unwrap_or_default().contains("bridge"),
+        "{e}"
+    );
     let bad = conf(&state, json!({ "hostShim": { "address": "10.77.0.240" } }));
     let e = add(&lan, &pod, "ctr-shimaddr-3", &bad).expect_err(7);
-    assert!(e["msg"].as_str().unwrap_or_default().contains("hostShim"), "{e}");
+    assert!(
+        e["msg"].as_str().unwrap_or_default().contains("hostShim"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -247,7 +262,10 @@ fn the_node_agent_repairs_a_lost_shim_and_forgets_pods_whose_namespace_is_gone()
         "no route kept for a pod whose namespace is gone"
     );
     let record = std::fs::read_to_string(state_dir.join("_shim/eth0.json")).expect("record");
-    assert!(record.contains("ctr-fix-1") && !record.contains("ctr-fix-2"), "{record}");
+    assert!(
+        record.contains("ctr-fix-1") && !record.contains("ctr-fix-2"),
+        "{record}"
+    );
 
     // The late DEL of the dead sandbox still succeeds, and HA's own DEL takes its route.
     let gone = lan.pod("gone");

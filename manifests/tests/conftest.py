@@ -64,6 +64,8 @@ def _base_for_component(component_dir):
     rel = component_dir.relative_to(MANIFESTS)
     if rel.parts[:2] == ("home-assistant", "components"):
         return MANIFESTS / "home-assistant" / "base", HA_NAMESPACE
+    if rel.parts[:2] == ("iotlan", "components"):
+        return MANIFESTS / "iotlan" / "base", None
     parent = component_dir.parent
     while parent != MANIFESTS and not (
         (parent / "kustomization.yaml").exists() and _kind_of(parent) == "Kustomization"

@@ -49,6 +49,9 @@ pub struct Record {
     pub link: String,
     /// The kind it was made as: the pods' driver on this master.
     pub driver: Option<Driver>,
+    /// The node the shim's lease and MAC are derived from ([`node_of`]).
+    #[serde(default)]
+    pub node: String,
     /// The shim's own addresses, per network.
     pub addresses: BTreeMap<String, Vec<IpAddr>>,
     /// Host routes to pods' net1 addresses through the shim.
@@ -76,6 +79,18 @@ pub fn link_name(master: &str) -> String {
         let h = iotlan_ipam::addr::fnv1a64(master.as_bytes());
         format!("iot-{:08x}", h as u32)
     }
+}
+
+/// The node's name ([`iotlan_ipam::node`]); on a machine without one (no host name, no agent), the
+/// master's MAC, which is this node's alone on the LAN.
+pub fn node_of(master: &Link) -> String {
+    iotlan_ipam::node::default_name().unwrap_or_else(|| {
+        let m = master.mac.unwrap_or_default();
+        format!(
+            "mac-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    })
 }
 
 /// The pool identity (and container ID) the shim's lease is held under: the node's, not a pod's.
@@ -202,9 +217,12 @@ fn try_attach(
     if r.driver.is_none() {
         r.driver = Some(driver);
     }
+    if r.node.is_empty() {
+        r.node = node_of(master);
+    }
     let addresses = match r.addresses.get(&conf.name).filter(|a| !a.is_empty()) {
         Some(a) => a.clone(),
-        None => shim_addresses(conf, shim, ipam, &r.link)?,
+        None => shim_addresses(conf, shim, ipam, &r.node, &r.link)?,
     };
     r.addresses.insert(conf.name.clone(), addresses);
     for ip in pod_ips {
@@ -237,14 +255,17 @@ fn try_attach(
 
 /// This node's shim addresses for `conf`'s network: `hostShim.addresses[<node>]`, else the pool's
 /// address for the node's identity (a reservation for `iotlan-shim.<node>` pins it).
-fn shim_addresses(conf: &NetConf, shim: &HostShim, ipam: &Ipam, link: &str) -> Result<Vec<IpAddr>> {
-    let node = iotlan_ipam::node::default_name().ok_or_else(|| {
-        Error::InvalidConfig("hostShim: this node has no name (hostname unreadable)".into())
-    })?;
-    if let Some(ip) = shim.addresses.get(&node) {
+fn shim_addresses(
+    conf: &NetConf,
+    shim: &HostShim,
+    ipam: &Ipam,
+    node: &str,
+    link: &str,
+) -> Result<Vec<IpAddr>> {
+    if let Some(ip) = shim.addresses.get(node) {
         return Ok(vec![*ip]);
     }
-    let id = identity(&node);
+    let id = identity(node);
     match ipam.node_addresses(&id, link)? {
         Some(ips) if !ips.is_empty() => Ok(ips),
         _ => Err(Error::InvalidConfig(format!(
@@ -278,7 +299,6 @@ fn ensure_link(
         }
         return Ok(l);
     }
-    let node = iotlan_ipam::node::default_name().unwrap_or_default();
     let kind = match r.driver.unwrap_or(driver) {
         Driver::Macvlan => ChildKind::Macvlan(netlink_packet_route::link::MacVlanMode::Bridge),
         Driver::Ipvlan => ChildKind::IpvlanL2,
@@ -289,7 +309,7 @@ fn ensure_link(
         kind,
         // The same MAC after every re-creation, so the router sees one client per node.
         mac: matches!(kind, ChildKind::Macvlan(_))
-            .then(|| Mac::derived("iotlan-shim", &format!("{node}/{}", master.name)).0),
+            .then(|| Mac::derived("iotlan-shim", &format!("{}/{}", r.node, master.name)).0),
         mtu,
         netns_fd: None,
     })
@@ -445,14 +465,11 @@ fn remove_routes(r: &Record, gone: &[PodRoute]) -> Result<()> {
 
 /// GC: the shim's leases of `network` on this node are no container's, and stay.
 pub fn gc_keep(state_dir: &Path, network: &str) -> Vec<GcAttachment> {
-    let Some(node) = iotlan_ipam::node::default_name() else {
-        return Vec::new();
-    };
     records(state_dir)
         .into_iter()
-        .filter(|r| r.addresses.contains_key(network))
+        .filter(|r| r.addresses.contains_key(network) && !r.node.is_empty())
         .map(|r| GcAttachment {
-            container_id: identity(&node),
+            container_id: identity(&r.node),
             ifname: r.link,
         })
         .collect()
