@@ -155,3 +155,38 @@ fn a_lease_freed_on_purpose_is_not_brought_back_and_its_record_goes() {
     assert!(held(&f).is_empty());
     assert_eq!(reassert(&f).records, 0, "the record is gone");
 }
+
+#[test]
+fn a_record_whose_sandbox_namespace_is_gone_is_not_reasserted_and_goes() {
+    let f = KubeFixture::new();
+    let s = f.open();
+    let pool = v4_pool();
+    let netns = tempfile::tempdir().unwrap();
+    let alive = netns.path().join("cni-alive");
+    std::fs::write(&alive, b"").unwrap();
+    let dead = netns.path().join("cni-dead");
+    let mut with_netns = |identity: &str, cid: &str, path: &std::path::Path| {
+        let mut r = req(identity, cid);
+        r.sandbox.netns = Some(path.display().to_string());
+        s.allocate(&pool, &r).unwrap()
+    };
+    let a = with_netns("ha/zigbee2mqtt-0", "a1", &alive);
+    // The sandbox died with the node's reboot, and its DEL never came.
+    with_netns("ha/esphome-0", "e1", &dead);
+    f.server.delete_all_leases(NS);
+
+    let report = Reasserter::new(&f.kubeconfig, Some(NS), &f.state_dir)
+        .unwrap()
+        .with_netns_check(|p| !std::path::Path::new(p).exists())
+        .run_once()
+        .unwrap();
+    assert_eq!(report.sandbox_gone, 1, "{report}");
+    assert_eq!(report.recreated.len(), 1, "{report}");
+    assert_eq!(
+        held(&f),
+        BTreeSet::from([(a[0].ip.to_string(), "a1".to_string())]),
+        "only the sandbox that is still there holds its address again"
+    );
+    // Its record is gone: the next pass has one record left.
+    assert_eq!(reassert(&f).records, 1);
+}

@@ -391,9 +391,18 @@ fn termination_channel() -> Result<mpsc::Receiver<i32>, InstallError> {
     Ok(rx)
 }
 
-/// One hostShim repair pass over the plugin's records on the host (`stateDir`'s default). A pod
-/// namespace counts as gone only when its directory is visible under the host root and the file
-/// is not there.
+/// Whether a pod's network namespace (`CNI_NETNS`, a host path) is provably gone: its directory is
+/// visible under the host root (the DaemonSet mounts `/run/netns`) and the file is not there. A
+/// directory the agent cannot see proves nothing.
+fn netns_gone(host_root: &Path) -> impl Fn(&str) -> bool + Send + 'static {
+    let root = host_root.to_path_buf();
+    move |netns: &str| match layout::resolve_in_root(&root, Path::new(netns)) {
+        Ok(p) => p.parent().is_some_and(Path::is_dir) && !p.exists(),
+        Err(_) => false,
+    }
+}
+
+/// One hostShim repair pass over the plugin's records on the host (`stateDir`'s default).
 fn repair_host_shims(opts: &Options) {
     let state_dir = match layout::resolve_in_root(
         &opts.host_root,
@@ -405,12 +414,7 @@ fn repair_host_shims(opts: &Options) {
             return;
         }
     };
-    let root = opts.host_root.clone();
-    let gone = move |netns: &str| match layout::resolve_in_root(&root, Path::new(netns)) {
-        Ok(p) => p.parent().is_some_and(Path::is_dir) && !p.exists(),
-        Err(_) => false,
-    };
-    match iotlan::shim::repair(&state_dir, &gone) {
+    match iotlan::shim::repair(&state_dir, &netns_gone(&opts.host_root)) {
         Ok(r) if r.shims == 0 && r.dropped == 0 => {
             tracing::debug!("hostShim repair: no shim to keep")
         }

@@ -2,7 +2,9 @@
 //! and before every reconcile pass ([`iotlan_ipam::store::kubernetes::Reasserter`]): any Lease
 //! missing (a namespace deleted with the manifests, an etcd restore, `kubectl delete leases`) is
 //! created again from the plugin's node-local record, and an address held by another attachment is
-//! reported as a duplicate (an error in the log and a Warning Event), never resolved. Needs the
+//! reported as a duplicate (an error in the log and a Warning Event), never resolved. A record whose
+//! sandbox's network namespace is gone from the node (`/run/netns`, mounted read-only) is not
+//! re-asserted: nothing of it is on the wire any more. Needs the
 //! kubernetes store compiled in and the agent's kubeconfig; otherwise it is off.
 
 use super::{Agent, Options};
@@ -35,7 +37,9 @@ impl NodeReasserter {
             opts.namespace.as_deref(),
             &state_dir,
         ) {
-            Ok(inner) => Some(NodeReasserter { inner }),
+            Ok(inner) => Some(NodeReasserter {
+                inner: inner.with_netns_check(super::netns_gone(&opts.host_root)),
+            }),
             Err(e) => {
                 tracing::error!("re-asserting this node's Leases disabled: {e}");
                 None

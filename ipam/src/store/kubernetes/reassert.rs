@@ -75,6 +75,9 @@ pub struct ReassertReport {
     /// Leases freed on purpose since their record was written (the identity's object still lists
     /// the attachment): their records are removed, nothing is recreated.
     pub released: usize,
+    /// Records whose sandbox's network namespace is gone (the caller's check): its links went with
+    /// it, so nothing is on the wire to re-assert; the records are removed.
+    pub sandbox_gone: usize,
     /// Records that could not be read: (path, why).
     pub unreadable: Vec<(PathBuf, String)>,
 }
@@ -91,8 +94,9 @@ impl std::fmt::Display for ReassertReport {
         super::reconcile::write_freed(f, &self.recreated)?;
         write!(
             f,
-            ", {} freed since (records removed), {} unreadable",
+            ", {} freed since (records removed), {} whose sandbox is gone (records removed), {} unreadable",
             self.released,
+            self.sandbox_gone,
             self.unreadable.len()
         )?;
         for d in &self.duplicates {
@@ -107,6 +111,7 @@ pub struct Reasserter {
     kubeconfig: PathBuf,
     namespace: Option<String>,
     state_dir: PathBuf,
+    netns_gone: Option<Box<dyn Fn(&str) -> bool + Send>>,
 }
 
 impl Reasserter {
@@ -122,7 +127,29 @@ impl Reasserter {
             kubeconfig: kubeconfig.to_path_buf(),
             namespace: namespace.map(str::to_string),
             state_dir: state_dir.to_path_buf(),
+            netns_gone: None,
         })
+    }
+
+    /// What the node really has: `netns_gone(path)` says whether a sandbox's network namespace
+    /// (`CNI_NETNS`, as the leases record it) is provably gone. A record of such a sandbox is not
+    /// re-asserted but removed. Without it every record is trusted.
+    pub fn with_netns_check(
+        mut self,
+        netns_gone: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Reasserter {
+        self.netns_gone = Some(Box::new(netns_gone));
+        self
+    }
+
+    fn sandbox_gone(&self, rec: &NodeRecord) -> bool {
+        let Some(gone) = &self.netns_gone else {
+            return false;
+        };
+        rec.leases
+            .iter()
+            .find_map(|l| l.sandbox.netns.as_deref())
+            .is_some_and(|n| gone(n))
     }
 
     /// One pass over every record.
@@ -138,6 +165,14 @@ impl Reasserter {
         let mut by_network: BTreeMap<String, Vec<NodeRecord>> = BTreeMap::new();
         for (path, rec) in all {
             match rec {
+                Ok(r) if self.sandbox_gone(&r) => {
+                    report.sandbox_gone += 1;
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        report
+                            .unreadable
+                            .push((path, format!("cannot remove: {e}")));
+                    }
+                }
                 Ok(r) => by_network.entry(r.network.clone()).or_default().push(r),
                 Err(why) => report.unreadable.push((path, why)),
             }
