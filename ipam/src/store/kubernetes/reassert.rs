@@ -107,11 +107,14 @@ impl std::fmt::Display for ReassertReport {
 }
 
 /// Re-asserts the Leases of this node's attachments (module docs).
+/// Whether a sandbox's network namespace (its path) is provably gone.
+pub type NetnsGone = Box<dyn Fn(&str) -> bool + Send>;
+
 pub struct Reasserter {
     kubeconfig: PathBuf,
     namespace: Option<String>,
     state_dir: PathBuf,
-    netns_gone: Option<Box<dyn Fn(&str) -> bool + Send>>,
+    netns_gone: Option<NetnsGone>,
 }
 
 impl Reasserter {
@@ -149,7 +152,7 @@ impl Reasserter {
         rec.leases
             .iter()
             .find_map(|l| l.sandbox.netns.as_deref())
-            .is_some_and(|n| gone(n))
+            .is_some_and(gone)
     }
 
     /// One pass over every record.
