@@ -165,7 +165,7 @@ fn a_record_whose_sandbox_namespace_is_gone_is_not_reasserted_and_goes() {
     let alive = netns.path().join("cni-alive");
     std::fs::write(&alive, b"").unwrap();
     let dead = netns.path().join("cni-dead");
-    let mut with_netns = |identity: &str, cid: &str, path: &std::path::Path| {
+    let with_netns = |identity: &str, cid: &str, path: &std::path::Path| {
         let mut r = req(identity, cid);
         r.sandbox.netns = Some(path.display().to_string());
         s.allocate(&pool, &r).unwrap()
