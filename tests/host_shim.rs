@@ -281,3 +281,79 @@ fn the_node_agent_repairs_a_lost_shim_and_forgets_pods_whose_namespace_is_gone()
     del(&lan, &ha, "ctr-fix-1", &c).expect_ok();
     assert_eq!(node_route(&lan, HA_IP)["dev"], "eth0");
 }
+
+/// The neighbour entry the gateway (the LAN's router) has for `ip`.
+fn router_entry(lan: &Lan, ip: &str) -> Option<String> {
+    neighbours(&lan.gateway)
+        .into_iter()
+        .find(|n| n["dst"] == ip)
+        .and_then(|n| n["lladdr"].as_str().map(str::to_string))
+}
+
+#[test]
+fn a_shim_address_a_device_already_uses_is_never_put_on_the_shim() {
+    if !ready() {
+        return;
+    }
+    // The shim's first address from an empty pool, learnt in a throwaway state.
+    let squatted = {
+        let lan = Lan::new("shimslot");
+        let scratch = State::new();
+        let pod = lan.pod("ha");
+        let c = conf(&scratch, json!({ "hostShim": true }));
+        add(&lan, &pod, "ctr-slot", &c).expect_ok();
+        let ip = shim_lease(&scratch).expect("shim lease").ip.to_string();
+        del(&lan, &pod, "ctr-slot", &c).expect_ok();
+        ip
+    };
+    let lan = Lan::new("shimsquat");
+    let state = State::new();
+    lan.device
+        .ip(&["addr", "add", &format!("{squatted}/24"), "dev", "eth0"]);
+    assert!(
+        ping(&lan.gateway, &squatted),
+        "the device answers for {squatted}"
+    );
+    let device_mac = router_entry(&lan, &squatted).expect("the router knows the device");
+
+    let c = conf(&state, json!({ "hostShim": true }));
+    let ha = lan.pod("ha");
+    add(&lan, &ha, "ctr-squat-1", &c).expect_ok();
+    // The pod works; the shim did not take the device's address, and the pool skips it.
+    let link = shim_link(&lan).expect("the shim link exists");
+    assert!(
+        !shim_addresses(&link).iter().any(|(ip, _)| *ip == squatted),
+        "{link}"
+    );
+    assert!(
+        shim_lease(&state).is_none(),
+        "the conflicting lease was released"
+    );
+    let recorded =
+        std::fs::read_to_string(state.dir().join(format!("_conflicts/iot/{squatted}.json")))
+            .expect("the conflict is recorded");
+    assert!(recorded.contains(&device_mac), "{recorded}");
+
+    // The next ADD gives the shim another address, and the node reaches both pods through it.
+    let esphome = lan.pod("esphome");
+    let r = add_pod(&lan, &esphome, "ctr-squat-2", "esphome-0", &c);
+    let link = shim_link(&lan).expect("shim");
+    let addrs = shim_addresses(&link);
+    assert_eq!(addrs.len(), 1, "{addrs:?}");
+    assert_ne!(addrs[0].0, squatted);
+    let esphome_ip = r["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .expect("address")
+        .to_string();
+    assert!(ping(&lan.node.ns, &esphome_ip));
+    assert!(
+        ping(&lan.node.ns, HA_IP),
+        "the pod that came while the shim had no address is routed now too"
+    );
+    // The router's entry for the device's address never moved.
+    assert!(ping(&lan.gateway, &squatted));
+    assert_eq!(router_entry(&lan, &squatted), Some(device_mac));
+    del(&lan, &esphome, "ctr-squat-2", &c).expect_ok();
+    del(&lan, &ha, "ctr-squat-1", &c).expect_ok();
+}

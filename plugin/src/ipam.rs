@@ -117,6 +117,14 @@ impl Ipam {
         Ok(Some(leases.iter().map(|l| l.ip).collect()))
     }
 
+    /// Frees what [`Ipam::node_addresses`] granted (its address was found in use on the LAN).
+    pub fn release_node(&self, identity: &str, ifname: &str) -> Result<()> {
+        if let Ipam::Pool { store, .. } = self {
+            store.release_for(identity, &PoolAttachment::new(identity, ifname))?;
+        }
+        Ok(())
+    }
+
     /// Takes back what one ADD's allocation claimed, and nothing else: the pool reverts exactly the
     /// grant's claims (a lease taken over from an earlier sandbox is put back); a delegated plugin is
     /// called with DEL, since only it knows what it handed out.

@@ -220,11 +220,6 @@ fn try_attach(
     if r.node.is_empty() {
         r.node = node_of(master);
     }
-    let addresses = match r.addresses.get(&conf.name).filter(|a| !a.is_empty()) {
-        Some(a) => a.clone(),
-        None => shim_addresses(conf, shim, ipam, &r.node, &r.link)?,
-    };
-    r.addresses.insert(conf.name.clone(), addresses);
     for ip in pod_ips {
         let route = PodRoute {
             ip: ip.address.ip(),
@@ -237,15 +232,37 @@ fn try_attach(
         r.routes.retain(|x| x.ip != route.ip);
         r.routes.push(route);
     }
-    // Recorded first: whatever the kernel part leaves undone, the agent finishes from the record.
+    // Recorded first: whatever the rest leaves undone, a later ADD or the agent finishes from it.
     locked
         .save()
         .map_err(|e| Error::io("cannot write the hostShim record", e))?;
     let mut nl = Netlink::open().map_err(|e| Error::netlink("cannot open a netlink socket", e))?;
+    let r = &mut locked.record;
+    if r.addresses.get(&conf.name).is_none_or(|a| a.is_empty()) {
+        let addresses = shim_addresses(conf, shim, ipam, &r.node, &r.link)?;
+        if conf.conflict_check.is_some() {
+            // A first address is probed as the pods' are (RFC 5227), from the shim before it has
+            // any: a device that already uses it keeps it, the pool skips it, and the next ADD
+            // takes another one.
+            let link = ensure_link(&mut nl, r, master, driver, conf.mtu)?;
+            if let Err(e) = probe_new(conf, &link, master, &addresses, &identity(&r.node)) {
+                if let Err(undo) = ipam.release_node(&identity(&r.node), &r.link) {
+                    tracing::warn!(error = %undo, "hostShim: cannot release the conflicting address");
+                }
+                return Err(e);
+            }
+        }
+        r.addresses.insert(conf.name.clone(), addresses);
+        locked
+            .save()
+            .map_err(|e| Error::io("cannot write the hostShim record", e))?;
+    }
     let link = ensure_link(&mut nl, &locked.record, master, driver, conf.mtu)?;
     ensure_addresses(&mut nl, &link, &locked.record)?;
-    for ip in pod_ips {
-        ensure_route(&mut nl, &link, &locked.record, ip.address.ip())?;
+    // Every pod of this network the record lists: one that came while the shim had no address yet
+    // gets its route now too.
+    for p in routable(&locked.record).filter(|p| p.network == conf.name) {
+        ensure_route(&mut nl, &link, &locked.record, p.ip)?;
     }
     tracing::info!(shim = %link.name, master = %master.name,
         pods = ?pod_ips.iter().map(|i| i.address.ip().to_string()).collect::<Vec<_>>(),
@@ -274,6 +291,54 @@ fn shim_addresses(
             conf.name
         ))),
     }
+}
+
+/// The conflict check of the shim's new IPv4 addresses, from the shim (macvlan: its own MAC) or the
+/// master (ipvlan: an answer comes to the master's MAC). A conflict is recorded like a pod's.
+fn probe_new(
+    conf: &NetConf,
+    link: &Link,
+    master: &Link,
+    addresses: &[IpAddr],
+    identity: &str,
+) -> Result<()> {
+    let Some(check) = &conf.conflict_check else {
+        return Ok(());
+    };
+    let (index, own) = match link.kind.as_deref() {
+        Some("ipvlan") => (master.index, master.mac.unwrap_or_default()),
+        _ => (link.index, link.mac.unwrap_or_default()),
+    };
+    let sock = crate::packet::ArpSocket::open(index, own)
+        .map_err(|e| Error::io(format!("cannot open an ARP socket on {}", link.name), e))?;
+    for ip in addresses {
+        let IpAddr::V4(v4) = ip else { continue };
+        let answered =
+            crate::conflict::probe(&sock, *v4, own, Duration::from_millis(check.timeout_ms))
+                .map_err(|e| Error::io(format!("cannot probe {v4} from {}", link.name), e))?;
+        if let Some(mac) = answered {
+            let mac = Mac(mac).to_string();
+            let seen = crate::conflict::Conflict {
+                ip: *ip,
+                mac: mac.clone(),
+                seen_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                identity: identity.to_string(),
+            };
+            if let Err(e) = crate::conflict::record(&conf.state_dir, &conf.name, &seen) {
+                tracing::warn!(error = %e, "could not record the conflict");
+            }
+            return Err(Error::AddressInUseOnLan {
+                ip: *ip,
+                mac,
+                hint: "the pool skips it from now on; the next ADD gives the shim another address \
+                       (or pin one: a reservation for the node's iotlan-shim identity)"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn ensure_link(
@@ -439,6 +504,16 @@ pub fn detach(state_dir: &Path, container_id: &str, ifname: &str) {
     }
 }
 
+/// The record's pod routes whose network gave the shim an address of their family: a host route
+/// without a source address on the shim would leave with another interface's address.
+fn routable(r: &Record) -> impl Iterator<Item = &PodRoute> {
+    r.routes.iter().filter(|p| {
+        r.addresses
+            .get(&p.network)
+            .is_some_and(|a| a.iter().any(|a| a.is_ipv6() == p.ip.is_ipv6()))
+    })
+}
+
 fn remove_routes(r: &Record, gone: &[PodRoute]) -> Result<()> {
     let mut nl = Netlink::open().map_err(|e| Error::netlink("cannot open a netlink socket", e))?;
     let Some(link) = nl
@@ -520,11 +595,11 @@ pub fn repair(state_dir: &Path, netns_gone: &dyn Fn(&str) -> bool) -> Result<Rep
         let driver = rec.driver.unwrap_or(Driver::Macvlan);
         let link = ensure_link(&mut nl, rec, &master, driver, None)?;
         ensure_addresses(&mut nl, &link, rec)?;
-        for p in &rec.routes {
+        for p in routable(rec) {
             ensure_route(&mut nl, &link, rec, p.ip)?;
+            out.routes += 1;
         }
         out.shims += 1;
-        out.routes += rec.routes.len();
     }
     Ok(out)
 }
