@@ -243,14 +243,6 @@ fn replies_to_a_client_on_another_subnet_leave_through_net1_with_source_routing(
     assert!(link(&pod, "net1").is_none());
 }
 
-/// The MAC the router has for `ip`, if any.
-fn router_entry(lan: &Lan, ip: &str) -> Option<String> {
-    neighbours(&lan.gateway)
-        .into_iter()
-        .find(|n| n["dst"] == ip)
-        .and_then(|n| n["lladdr"].as_str().map(str::to_string))
-}
-
 /// The address the pod `ns/name` gets from an empty pool with no conflict: learnt in a throwaway
 /// state directory (the first slot is derived from the identity).
 fn first_slot(lan: &Lan, name: &str) -> String {
@@ -260,13 +252,7 @@ fn first_slot(lan: &Lan, name: &str) -> String {
     let env = Env::new(&lan.node.ns, &pod, "ctr-scratch").k8s("home-assistant", name);
     let r = cni(&iotlan_bin(), "ADD", &env, &c).expect_ok();
     cni(&iotlan_bin(), "DEL", &env, &c).expect_ok();
-    r["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string()
+    first_ip(&r)
 }
 
 #[test]
@@ -292,13 +278,7 @@ fn a_squatters_address_is_skipped_and_the_routers_entry_for_it_is_unchanged() {
     let pod = lan.pod("esphome");
     let env = Env::new(&lan.node.ns, &pod, "ctr-squat-1").k8s("home-assistant", "esphome-0");
     let r = cni(&iotlan_bin(), "ADD", &env, &c).expect_ok();
-    let got = r["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let got = first_ip(&r).to_string();
     assert_ne!(got, squatted, "the squatted address was skipped");
     assert!(state.leases().iter().all(|l| l.ip.to_string() != squatted));
     assert!(ping(&lan.gateway, &got), "the pod answers at {got}");

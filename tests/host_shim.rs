@@ -214,11 +214,7 @@ fn the_node_agent_repairs_a_lost_shim_and_forgets_pods_whose_namespace_is_gone()
     add(&lan, &ha, "ctr-fix-1", &c).expect_ok();
     let esphome = lan.pod("esphome");
     let r = add_pod(&lan, &esphome, "ctr-fix-2", "esphome-0", &c);
-    let esphome_ip = r["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .expect("esphome's address")
-        .to_string();
+    let esphome_ip = first_ip(&r);
     assert!(ping(&lan.node.ns, &esphome_ip));
 
     // The shim is lost (a re-plugged NIC, a network manager), and esphome's sandbox dies without a DEL.
@@ -282,14 +278,6 @@ fn the_node_agent_repairs_a_lost_shim_and_forgets_pods_whose_namespace_is_gone()
     assert_eq!(node_route(&lan, HA_IP)["dev"], "eth0");
 }
 
-/// The neighbour entry the gateway (the LAN's router) has for `ip`.
-fn router_entry(lan: &Lan, ip: &str) -> Option<String> {
-    neighbours(&lan.gateway)
-        .into_iter()
-        .find(|n| n["dst"] == ip)
-        .and_then(|n| n["lladdr"].as_str().map(str::to_string))
-}
-
 #[test]
 fn a_shim_address_a_device_already_uses_is_never_put_on_the_shim() {
     if !ready() {
@@ -341,11 +329,7 @@ fn a_shim_address_a_device_already_uses_is_never_put_on_the_shim() {
     let addrs = shim_addresses(&link);
     assert_eq!(addrs.len(), 1, "{addrs:?}");
     assert_ne!(addrs[0].0, squatted);
-    let esphome_ip = r["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .expect("address")
-        .to_string();
+    let esphome_ip = first_ip(&r);
     assert!(ping(&lan.node.ns, &esphome_ip));
     assert!(
         ping(&lan.node.ns, HA_IP),

@@ -728,13 +728,7 @@ fn delegated_ipam_static_and_host_local_work_and_are_undone_on_failure() {
         v.to_string()
     };
     let r = add(&lan, &pod, "ctr-hl", &hl(json!({}))).expect_ok();
-    let ip = r["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let ip = first_ip(&r);
     assert!(
         hl_dir.join("iot").join(&ip).exists(),
         "host-local recorded its lease"

@@ -94,6 +94,23 @@ pub fn del(lan: &Lan, pod: &Netns, cid: &str, conf: &str) -> CniOutput {
     )
 }
 
+/// The first address of an ADD result, without its prefix.
+pub fn first_ip(result: &Value) -> String {
+    result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {result}"))
+        .to_string()
+}
+
+/// The neighbour entry (MAC) the LAN's router has for `ip`.
+pub fn router_entry(lan: &Lan, ip: &str) -> Option<String> {
+    neighbours(&lan.gateway)
+        .into_iter()
+        .find(|n| n["dst"] == ip)
+        .and_then(|n| n["lladdr"].as_str().map(str::to_string))
+}
+
 /// Whether this kernel can make `kind` links (ipvlan is missing on the CI host's kernel).
 pub fn link_kind_available(kind: &str) -> bool {
     let ns = Netns::new("iot-kind");
