@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cni::env::Attachment;
+use crate::cni::env::Container;
 use crate::cni::result::CniResult;
 use crate::config::NetConf;
 use crate::error::{Error, Result};
@@ -243,7 +243,7 @@ pub fn probe(
 /// attempt undid its own allocation and link before it returned the conflict.
 pub fn with_retries(
     conf: &NetConf,
-    att: &Attachment,
+    ctr: &Container,
     mut attempt: impl FnMut(&NetConf) -> Result<CniResult>,
 ) -> Result<CniResult> {
     let checking = conf.conflict_check.is_some();
@@ -278,21 +278,21 @@ pub fn with_retries(
                             &conf.state_dir,
                             &conf.name,
                             ip.address.ip(),
-                            &att.pool_identity(),
+                            &ctr.pool_identity(),
                         );
                     }
                 }
                 return Ok(result);
             }
             Err(Error::AddressInUseOnLan { ip, mac, .. }) => {
-                tracing::warn!(%ip, %mac, identity = %att.pool_identity(), "address already in use on the LAN");
+                tracing::warn!(%ip, %mac, identity = %ctr.pool_identity(), "address already in use on the LAN");
                 let seen = Conflict {
                     ip,
                     mac: mac.clone(),
                     seen_unix: std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs()),
-                    identity: att.pool_identity(),
+                    identity: ctr.pool_identity(),
                 };
                 if let Err(e) = record(&conf.state_dir, &conf.name, &seen) {
                     tracing::warn!(error = %e, "could not record the conflict");
@@ -328,11 +328,11 @@ pub fn with_retries(
 
 /// The IPv4 addresses of this allocation that the conflict check must probe: those it claimed new
 /// (not kept, not taken over from the same pod), unless this identity verified them lately here.
-pub fn targets(conf: &NetConf, att: &Attachment, r: &CniResult, claim: &Claim) -> Vec<Ipv4Addr> {
+pub fn targets(conf: &NetConf, ctr: &Container, r: &CniResult, claim: &Claim) -> Vec<Ipv4Addr> {
     if conf.conflict_check.is_none() {
         return Vec::new();
     }
-    let identity = att.pool_identity();
+    let identity = ctr.pool_identity();
     r.ips
         .iter()
         .filter_map(|ip| match ip.address.ip() {

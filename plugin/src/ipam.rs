@@ -13,7 +13,7 @@ use iotlan_ipam::{
 };
 use serde_json::Value;
 
-use crate::cni::env::{Attachment, Env};
+use crate::cni::env::{Container, Env};
 use crate::cni::result::{CniResult, Dns, IpConfig, Route};
 use crate::config::{GcAttachment, NetConf};
 use crate::error::{Error, Result};
@@ -49,18 +49,18 @@ impl Ipam {
     pub fn add(
         &self,
         conf: &NetConf,
-        att: &Attachment,
+        ctr: &Container,
         interface: Option<usize>,
     ) -> Result<(CniResult, Claim)> {
         match self {
             Ipam::Pool { pool, store } => {
                 let req = AllocRequest {
-                    identity: att.pool_identity(),
-                    attachment: pool_attachment(att),
+                    identity: ctr.pool_identity(),
+                    attachment: pool_attachment(ctr),
                     requested: conf.requested_ips.clone(),
                     sandbox: Sandbox {
-                        netns: att.netns.as_ref().map(|p| p.display().to_string()),
-                        pod_uid: att.args.uid.clone(),
+                        netns: ctr.netns.as_ref().map(|p| p.display().to_string()),
+                        pod_uid: ctr.args.uid.clone(),
                     },
                 };
                 let grant = store.grant(pool, &req, &crate::sandbox::OnThisNode::new())?;
@@ -147,11 +147,11 @@ impl Ipam {
     }
 
     /// Releases the attachment's addresses. Idempotent.
-    pub fn del(&self, conf: &NetConf, att: &Attachment) -> Result<()> {
+    pub fn del(&self, conf: &NetConf, ctr: &Container) -> Result<()> {
         match self {
             Ipam::Pool { store, .. } => {
                 // By the identity the ADD was granted for: the store finds the leases by name.
-                let freed = store.release_for(&att.pool_identity(), &pool_attachment(att))?;
+                let freed = store.release_for(&ctr.pool_identity(), &pool_attachment(ctr))?;
                 for l in freed {
                     tracing::info!(ip = %l.ip, identity = %l.identity, "released");
                 }
@@ -162,11 +162,11 @@ impl Ipam {
     }
 
     /// Verifies that the attachment still holds the addresses `prev` lists for `interface`.
-    pub fn check(&self, conf: &NetConf, att: &Attachment, prev: &CniResult) -> Result<()> {
+    pub fn check(&self, conf: &NetConf, ctr: &Container, prev: &CniResult) -> Result<()> {
         match self {
             Ipam::Pool { store, .. } => {
                 let held: BTreeSet<IpAddr> = store
-                    .find(&pool_attachment(att))?
+                    .find(&pool_attachment(ctr))?
                     .into_iter()
                     .map(|l| l.ip)
                     .collect();
@@ -174,7 +174,7 @@ impl Ipam {
                 if held != expected {
                     return Err(Error::CheckFailed(format!(
                         "pool {} holds {:?} for container {} interface {}, but prevResult lists {:?}",
-                        conf.name, held, att.container_id, att.ifname, expected
+                        conf.name, held, ctr.container_id, ctr.ifname, expected
                     )));
                 }
                 Ok(())
@@ -256,8 +256,8 @@ pub fn open_pool(network: &str, ipam: &Value) -> Result<(Pool, Box<dyn Store>)> 
     Ok((pool, store))
 }
 
-fn pool_attachment(att: &Attachment) -> PoolAttachment {
-    PoolAttachment::new(att.container_id.clone(), att.ifname.clone())
+fn pool_attachment(ctr: &Container) -> PoolAttachment {
+    PoolAttachment::new(ctr.container_id.clone(), ctr.ifname.clone())
 }
 
 /// The pool's allocation as a CNI result.

@@ -14,7 +14,7 @@ pub fn run(command: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_j
         store,
     };
     let att = || {
-        env.attachment
+        env.container
             .as_ref()
             .ok_or_else(|| Error::InvalidEnv("CNI_CONTAINERID is not set".into()))
     };

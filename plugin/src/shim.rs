@@ -27,7 +27,7 @@ use ipnetwork::IpNetwork;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::cni::env::Attachment;
+use crate::cni::env::Container;
 use crate::cni::result::IpConfig;
 use crate::config::{GcAttachment, HostShim, NetConf};
 use crate::driver::Driver;
@@ -189,12 +189,12 @@ pub fn attach(
     conf: &NetConf,
     shim: &HostShim,
     ipam: &Ipam,
-    att: &Attachment,
+    ctr: &Container,
     master: &Link,
     driver: Driver,
     pod_ips: &[IpConfig],
 ) {
-    if let Err(e) = try_attach(conf, shim, ipam, att, master, driver, pod_ips) {
+    if let Err(e) = try_attach(conf, shim, ipam, ctr, master, driver, pod_ips) {
         tracing::error!(master = %master.name, error = %e,
             "hostShim: the node cannot reach this pod's net1 address yet (the node agent retries)");
     }
@@ -204,7 +204,7 @@ fn try_attach(
     conf: &NetConf,
     shim: &HostShim,
     ipam: &Ipam,
-    att: &Attachment,
+    ctr: &Container,
     master: &Link,
     driver: Driver,
     pod_ips: &[IpConfig],
@@ -224,9 +224,9 @@ fn try_attach(
         let route = PodRoute {
             ip: ip.address.ip(),
             network: conf.name.clone(),
-            container_id: att.container_id.clone(),
-            ifname: att.ifname.clone(),
-            netns: att.netns.as_ref().map(|p| p.display().to_string()),
+            container_id: ctr.container_id.clone(),
+            ifname: ctr.ifname.clone(),
+            netns: ctr.netns.as_ref().map(|p| p.display().to_string()),
         };
         // An earlier holder of this address on this node (its DEL never came) hands the route on.
         r.routes.retain(|x| x.ip != route.ip);

@@ -35,7 +35,7 @@ impl Command {
 
 /// The container an ADD/DEL/CHECK is about.
 #[derive(Debug, Clone)]
-pub struct Attachment {
+pub struct Container {
     pub container_id: String,
     /// Empty when the runtime passes none (DEL only: containerd's ctr, a netns that is gone).
     pub netns: Option<PathBuf>,
@@ -57,7 +57,7 @@ pub struct PodArgs {
     pub uid: Option<String>,
 }
 
-impl Attachment {
+impl Container {
     /// "namespace/name" when the runtime names the pod, else the container ID.
     pub fn identity(&self) -> String {
         match (&self.args.namespace, &self.args.name) {
@@ -88,7 +88,7 @@ pub const FIRST_IFNAME: &str = "net1";
 #[derive(Debug, Clone)]
 pub struct Env {
     pub command: Command,
-    pub attachment: Option<Attachment>,
+    pub container: Option<Container>,
     /// Directories searched for delegated IPAM plugins.
     pub path: Vec<PathBuf>,
 }
@@ -110,19 +110,19 @@ impl Env {
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
             .collect();
-        let attachment = match command {
-            Command::Add | Command::Del | Command::Check => Some(read_attachment(command, &get)?),
+        let container = match command {
+            Command::Add | Command::Del | Command::Check => Some(read_container(command, &get)?),
             Command::Version | Command::Status | Command::Gc => None,
         };
         Ok(Env {
             command,
-            attachment,
+            container,
             path,
         })
     }
 }
 
-fn read_attachment(command: Command, get: &impl Fn(&str) -> Option<String>) -> Result<Attachment> {
+fn read_container(command: Command, get: &impl Fn(&str) -> Option<String>) -> Result<Container> {
     let container_id = get("CNI_CONTAINERID")
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Error::InvalidEnv("CNI_CONTAINERID is not set".into()))?;
@@ -140,7 +140,7 @@ fn read_attachment(command: Command, get: &impl Fn(&str) -> Option<String>) -> R
         )));
     }
     let args = parse_cni_args(&get("CNI_ARGS").unwrap_or_default())?;
-    Ok(Attachment {
+    Ok(Container {
         container_id,
         netns,
         ifname,
@@ -208,7 +208,7 @@ mod tests {
             ),
         ])
         .unwrap();
-        let a = e.attachment.unwrap();
+        let a = e.container.unwrap();
         assert_eq!(a.identity(), "home-assistant/home-assistant-0");
         let podman =
             parse_cni_args("IgnoreUnknown=1;K8S_POD_NAME=web;MAC=02:11:22:33:44:66;IP=10.0.0.5")
@@ -226,7 +226,7 @@ mod tests {
             ("CNI_IFNAME", "eth1"),
         ])
         .unwrap();
-        let a = e.attachment.unwrap();
+        let a = e.container.unwrap();
         assert!(a.netns.is_none(), "DEL accepts an empty CNI_NETNS");
         assert_eq!(a.identity(), "abc");
     }

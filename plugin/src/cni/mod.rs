@@ -71,8 +71,8 @@ fn dispatch(
         return del(plugin, &env, stdin);
     }
     let mut conf = NetConf::parse(stdin)?;
-    if let Some(att) = &env.attachment {
-        conf.apply_cni_args(&att.args)?;
+    if let Some(ctr) = &env.container {
+        conf.apply_cni_args(&ctr.args)?;
     }
     crate::logging::init(conf.log_file.as_deref(), conf.log_level.as_deref());
     tracing::debug!(command = ?env.command, network = %conf.name, "invoked");
@@ -88,12 +88,12 @@ fn dispatch(
         (_, Command::Status) if !v.has_status_and_gc() => refuse("STATUS", "1.1.0"),
         (_, Command::Gc) if !v.has_status_and_gc() => refuse("GC", "1.1.0"),
         (Plugin::Main, Command::Add) => {
-            let att = attachment(&env)?;
-            Ok(Some(crate::verbs::add::run(&env, &conf, att)?.to_json(v)))
+            let ctr = container(&env)?;
+            Ok(Some(crate::verbs::add::run(&env, &conf, ctr)?.to_json(v)))
         }
         (_, Command::Del) => del(plugin, &env, stdin),
         (Plugin::Main, Command::Check) => {
-            crate::verbs::check::run(&env, &conf, attachment(&env)?).map(|_| None)
+            crate::verbs::check::run(&env, &conf, container(&env)?).map(|_| None)
         }
         (Plugin::Main, Command::Status) => crate::verbs::status::run(&env, &conf).map(|_| None),
         (Plugin::Main, Command::Gc) => crate::verbs::gc::run(&env, &conf).map(|_| None),
@@ -106,16 +106,16 @@ fn dispatch(
 fn del(plugin: Plugin, env: &Env, stdin: &[u8]) -> Result<Option<serde_json::Value>> {
     let conf = crate::config::DelConf::parse(stdin);
     crate::logging::init(conf.log_file.as_deref(), conf.log_level.as_deref());
-    let att = attachment(env)?;
+    let ctr = container(env)?;
     match plugin {
-        Plugin::Main => crate::verbs::del::run(env, &conf, att),
-        Plugin::Ipam => crate::verbs::del::release(env, &conf, att),
+        Plugin::Main => crate::verbs::del::run(env, &conf, ctr),
+        Plugin::Ipam => crate::verbs::del::release(env, &conf, ctr),
     }
     .map(|_| None)
 }
 
-fn attachment(env: &Env) -> Result<&env::Attachment> {
-    env.attachment
+fn container(env: &Env) -> Result<&env::Container> {
+    env.container
         .as_ref()
         .ok_or_else(|| Error::InvalidEnv("CNI_CONTAINERID/CNI_IFNAME are not set".into()))
 }

@@ -16,7 +16,7 @@ use std::os::fd::AsRawFd;
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Duration;
 
-use crate::cni::env::{Attachment, Env};
+use crate::cni::env::{Container, Env};
 use crate::cni::result::{CniResult, Interface};
 use crate::config::{DriverChoice, NetConf};
 use crate::driver::{self, memory, Driver};
@@ -27,13 +27,13 @@ use crate::netlink::{Link, Netlink};
 use crate::netns::Netns;
 use crate::{conflict, master, packet, pod, probe};
 
-pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<CniResult> {
-    conflict::with_retries(conf, att, |c| add_once(env, c, att))
+pub fn run(env: &Env, conf: &NetConf, ctr: &Container) -> Result<CniResult> {
+    conflict::with_retries(conf, ctr, |c| add_once(env, c, ctr))
 }
 
 /// One ADD attempt with one allocation; a conflict found by the check undoes it like any failure.
-fn add_once(env: &Env, conf: &NetConf, att: &Attachment) -> Result<CniResult> {
-    let netns_path = att
+fn add_once(env: &Env, conf: &NetConf, ctr: &Container) -> Result<CniResult> {
+    let netns_path = ctr
         .netns
         .as_ref()
         .ok_or_else(|| Error::InvalidEnv("CNI_NETNS is not set".into()))?;
@@ -70,10 +70,10 @@ fn add_once(env: &Env, conf: &NetConf, att: &Attachment) -> Result<CniResult> {
         // The addresses are allocated on a helper thread (in this, the node's, namespace) while
         // this one creates the link: the store's fsync, or the delegated plugin's exec, overlaps
         // with the kernel's work.
-        let mut addrs = Allocation::start(scope, || ipam.add(conf, att, Some(0)));
+        let mut addrs = Allocation::start(scope, || ipam.add(conf, ctr, Some(0)));
         let ctx = Ctx {
             conf,
-            att,
+            ctr,
             home: &home,
             pod_ns: &pod_ns,
             master: &master,
@@ -83,15 +83,15 @@ fn add_once(env: &Env, conf: &NetConf, att: &Attachment) -> Result<CniResult> {
             (Ok((link, driver)), Ok((mut result, _))) => {
                 let mac = link.mac.map(Mac).map(|m| m.to_string()).unwrap_or_default();
                 tracing::info!(
-                    %driver, master = %master.name, ifname = %att.ifname, %mac,
+                    %driver, master = %master.name, ifname = %ctr.ifname, %mac,
                     ips = ?result.ips.iter().map(|i| i.address.to_string()).collect::<Vec<_>>(),
-                    identity = %att.pool_identity(), container = %att.container_id, "attached"
+                    identity = %ctr.pool_identity(), container = %ctr.container_id, "attached"
                 );
                 if let Some(shim) = &conf.host_shim {
-                    crate::shim::attach(conf, shim, &ipam, att, &master, driver, &result.ips);
+                    crate::shim::attach(conf, shim, &ipam, ctr, &master, driver, &result.ips);
                 }
                 result.interfaces = vec![Interface {
-                    name: att.ifname.clone(),
+                    name: ctr.ifname.clone(),
                     mac,
                     mtu: conf.mtu,
                     sandbox: netns_path.display().to_string(),
@@ -162,7 +162,7 @@ impl<'scope> Allocation<'scope> {
 /// What one ADD works with.
 struct Ctx<'a> {
     conf: &'a NetConf,
-    att: &'a Attachment,
+    ctr: &'a Container,
     home: &'a Netns,
     pod_ns: &'a Netns,
     master: &'a Link,
@@ -241,18 +241,18 @@ fn try_driver(
 ) -> Result<Link, Attempt> {
     let Ctx {
         conf,
-        att,
+        ctr,
         home,
         pod_ns,
         master,
     } = *ctx;
-    let temp = temp_name(&att.container_id, &att.ifname);
+    let temp = temp_name(&ctr.container_id, &ctr.ifname);
     let pod_fd = pod_ns.fd().as_raw_fd();
     let created = match drv {
         Driver::Macvlan => {
             let mac = conf
                 .requested_mac
-                .unwrap_or_else(|| Mac::derived(&conf.name, &att.pool_identity()));
+                .unwrap_or_else(|| Mac::derived(&conf.name, &ctr.pool_identity()));
             driver::macvlan::create(nl, master, pod_fd, &temp, mac, conf.macvlan_mode, conf.mtu)
         }
         Driver::Ipvlan => {
@@ -280,7 +280,7 @@ fn try_driver(
     // socket for the probe, opened in this namespace.
     let targets = addrs
         .wait()
-        .map(|(r, c)| conflict::targets(conf, att, r, c))
+        .map(|(r, c)| conflict::targets(conf, ctr, r, c))
         .unwrap_or_default();
     let mut sock = None;
     if drv == Driver::Ipvlan && !targets.is_empty() {
@@ -330,7 +330,7 @@ fn try_driver(
             let link = match pod::configure(
                 &mut pnl,
                 &made,
-                &att.ifname,
+                &ctr.ifname,
                 &addrs.ips,
                 &addrs.routes,
                 &conf.ipv6,

@@ -1,7 +1,7 @@
 //! CHECK: the link, its MAC, its addresses and its routes still match prevResult, the multicast
 //! routes and source-routing rules the config asks for are there, and the addresses are still held.
 
-use crate::cni::env::{Attachment, Env};
+use crate::cni::env::{Container, Env};
 use crate::cni::result::CniResult;
 use crate::config::NetConf;
 use crate::error::{Error, Result};
@@ -10,23 +10,23 @@ use crate::mac::Mac;
 use crate::netlink::Netlink;
 use crate::netns::Netns;
 
-pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<()> {
+pub fn run(env: &Env, conf: &NetConf, ctr: &Container) -> Result<()> {
     let prev_json = conf.prev_result.as_ref().ok_or_else(|| {
         Error::InvalidConfig("CHECK needs prevResult in the configuration".into())
     })?;
     let prev = CniResult::from_json(prev_json, "prevResult")?;
-    let netns = att
+    let netns = ctr
         .netns
         .as_ref()
         .ok_or_else(|| Error::InvalidEnv("CNI_NETNS is not set".into()))?;
     let idx = prev
         .interfaces
         .iter()
-        .position(|i| i.name == att.ifname && !i.sandbox.is_empty())
+        .position(|i| i.name == ctr.ifname && !i.sandbox.is_empty())
         .ok_or_else(|| {
             Error::CheckFailed(format!(
                 "prevResult has no interface {} in a sandbox",
-                att.ifname
+                ctr.ifname
             ))
         })?;
     let want = &prev.interfaces[idx];
@@ -41,7 +41,7 @@ pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<()> {
         ..prev.clone()
     };
 
-    Ipam::for_config(env, conf)?.check(conf, att, &prev_mine)?;
+    Ipam::for_config(env, conf)?.check(conf, ctr, &prev_mine)?;
 
     let home = Netns::current()?;
     let pod_ns = Netns::open(netns)
@@ -57,17 +57,17 @@ pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<()> {
             .map_err(|e| Error::netlink("cannot open a netlink socket in the pod", e))?;
         let fail = |m: String| Err(Error::CheckFailed(m));
         let Some(link) = nl
-            .link_by_name(&att.ifname)
+            .link_by_name(&ctr.ifname)
             .map_err(|e| Error::netlink("cannot read the pod's links", e))?
         else {
-            return fail(format!("{} is missing from the pod", att.ifname));
+            return fail(format!("{} is missing from the pod", ctr.ifname));
         };
         match link.kind.as_deref() {
             Some("macvlan") | Some("ipvlan") => {}
             other => {
                 return fail(format!(
                     "{} is a {:?} link, not macvlan or ipvlan",
-                    att.ifname, other
+                    ctr.ifname, other
                 ))
             }
         }
@@ -75,11 +75,11 @@ pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<()> {
         if !want.mac.is_empty() && !want.mac.eq_ignore_ascii_case(&mac) {
             return fail(format!(
                 "{} has MAC {mac}, prevResult says {}",
-                att.ifname, want.mac
+                ctr.ifname, want.mac
             ));
         }
         if !link.up {
-            return fail(format!("{} is down", att.ifname));
+            return fail(format!("{} is down", ctr.ifname));
         }
         let addrs = nl
             .addresses()
@@ -89,7 +89,7 @@ pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<()> {
                 .iter()
                 .any(|a| a.index == link.index && a.address == ip.address)
             {
-                return fail(format!("{} is missing {}", att.ifname, ip.address));
+                return fail(format!("{} is missing {}", ctr.ifname, ip.address));
             }
         }
         for v6 in [false, true] {
@@ -102,7 +102,7 @@ pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<()> {
             {
                 return fail(format!(
                     "a default route via {} exists ({:?}); net1 must never carry one",
-                    att.ifname, r.gateway
+                    ctr.ifname, r.gateway
                 ));
             }
             for want in prev.routes.iter().filter(|r| r.dst.is_ipv6() == v6) {
@@ -110,7 +110,7 @@ pub fn run(env: &Env, conf: &NetConf, att: &Attachment) -> Result<()> {
                     .iter()
                     .any(|r| r.dst == want.dst && r.oif == Some(link.index))
                 {
-                    return fail(format!("route {} via {} is missing", want.dst, att.ifname));
+                    return fail(format!("route {} via {} is missing", want.dst, ctr.ifname));
                 }
             }
         }

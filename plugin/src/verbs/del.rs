@@ -19,7 +19,7 @@ use std::sync::mpsc;
 
 use iotlan_ipam::{Attachment as PoolAttachment, StoreConfig};
 
-use crate::cni::env::{Attachment, Env};
+use crate::cni::env::{Container, Env};
 use crate::config::DelConf;
 use crate::error::{Error, Result};
 use crate::ipam::IN_PROCESS_TYPE;
@@ -27,8 +27,8 @@ use crate::netlink::Netlink;
 use crate::netns::Netns;
 use crate::pod;
 
-pub fn run(env: &Env, conf: &DelConf, att: &Attachment) -> Result<()> {
-    let pod_ns = att.netns.as_ref().and_then(|path| match Netns::open(path) {
+pub fn run(env: &Env, conf: &DelConf, ctr: &Container) -> Result<()> {
+    let pod_ns = ctr.netns.as_ref().and_then(|path| match Netns::open(path) {
         Ok(None) => {
             tracing::debug!(netns = %path.display(), "the pod's namespace is gone: no link to delete");
             None
@@ -40,7 +40,7 @@ pub fn run(env: &Env, conf: &DelConf, att: &Attachment) -> Result<()> {
         }
     });
     let Some(pod_ns) = pod_ns else {
-        return release(env, conf, att);
+        return release(env, conf, ctr);
     };
     let (withdrawn, addresses_off) = mpsc::channel::<()>();
     std::thread::scope(|s| {
@@ -54,7 +54,7 @@ pub fn run(env: &Env, conf: &DelConf, att: &Attachment) -> Result<()> {
             }
             let mut nl = Netlink::open()
                 .map_err(|e| Error::netlink("cannot open a netlink socket in the pod", e))?;
-            let link = pod::find_ours(&mut nl, &att.ifname)?;
+            let link = pod::find_ours(&mut nl, &ctr.ifname)?;
             if let Some(link) = &link {
                 // Rules outlive the link (its routes do not): iotlan's go while the addresses
                 // still say which are this link's.
@@ -69,21 +69,21 @@ pub fn run(env: &Env, conf: &DelConf, att: &Attachment) -> Result<()> {
         });
         // The lease is released only once its addresses are off the wire; if the worker failed
         // before that, the lease stays and the runtime retries DEL.
-        let released = addresses_off.recv().ok().map(|_| release(env, conf, att));
+        let released = addresses_off.recv().ok().map(|_| release(env, conf, ctr));
         let unlinked = unlink
             .join()
             .map_err(|_| Error::Link("the link deletion thread panicked".into()))??;
-        tracing::debug!(ifname = %att.ifname, removed = unlinked, "link");
+        tracing::debug!(ifname = %ctr.ifname, removed = unlinked, "link");
         released.unwrap_or(Ok(()))
     })
 }
 
 /// Releases what the attachment holds in its network's pool (or through the delegated plugin).
-pub fn release(env: &Env, conf: &DelConf, att: &Attachment) -> Result<()> {
+pub fn release(env: &Env, conf: &DelConf, ctr: &Container) -> Result<()> {
     // The node's host routes to the pod (hostShim), whatever the config says now.
-    crate::shim::detach(&conf.state_dir, &att.container_id, &att.ifname);
+    crate::shim::detach(&conf.state_dir, &ctr.container_id, &ctr.ifname);
     let (Some(name), Some(ipam_type)) = (&conf.name, &conf.ipam_type) else {
-        tracing::error!(container = %att.container_id, ifname = %att.ifname,
+        tracing::error!(container = %ctr.container_id, ifname = %ctr.ifname,
             "DEL's configuration names no network or ipam.type: nothing can be released \
              (the node agent's reconcile frees a lease left so)");
         return Ok(());
@@ -97,11 +97,11 @@ pub fn release(env: &Env, conf: &DelConf, att: &Attachment) -> Result<()> {
                 .map_err(|e| Error::InvalidConfig(format!("ipam.store: {e}")))?,
         };
         let store = iotlan_ipam::open_store_of(name, &store_cfg)?;
-        let att = PoolAttachment::new(att.container_id.clone(), att.ifname.clone());
+        let att = PoolAttachment::new(ctr.container_id.clone(), ctr.ifname.clone());
         for l in store.release(&att)? {
             tracing::info!(ip = %l.ip, identity = %l.identity, "released");
         }
     }
-    tracing::info!(container = %att.container_id, ifname = %att.ifname, "deleted");
+    tracing::info!(container = %ctr.container_id, ifname = %ctr.ifname, "deleted");
     Ok(())
 }
