@@ -175,7 +175,8 @@ fn putting_back_a_taken_over_lease_never_resurrects_one_deleted_meanwhile() {
 }
 
 /// The shipped RBAC, as the double enforces it: exactly what the store, the node-loss check,
-/// the reconcile loop and the re-assert pass (its duplicate-address Event) use, and nothing more.
+/// the reconcile loop and the re-assert pass (its duplicate-address Event, which
+/// `iotlan status` lists back) use, and nothing more.
 #[test]
 fn the_shipped_rbac_is_exactly_what_the_store_needs() {
     let mut got: Vec<(String, String, String, Option<String>)> = rbac::shipped_rules()
@@ -201,6 +202,7 @@ fn the_shipped_rbac_is_exactly_what_the_store_needs() {
         ("coordination.k8s.io", "leases", "list", ns.clone()),
         ("coordination.k8s.io", "leases", "update", ns.clone()),
         ("", "events", "create", ns.clone()),
+        ("", "events", "list", ns.clone()),
         ("", "nodes", "get", None),
         ("", "pods", "list", None),
     ]

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use contract::{ips, req, v4_pool};
-use iotlan_ipam::store::kubernetes::Reasserter;
+use iotlan_ipam::store::kubernetes::{recent_duplicates, Reasserter};
 use iotlan_ipam::{Attachment, Store};
 use kubefix::{KubeFixture, NS};
 
@@ -113,7 +113,18 @@ fn an_address_taken_by_another_attachment_meanwhile_is_reported_as_a_duplicate()
     assert_eq!(events[0]["reason"], "DuplicateAddress");
     assert_eq!(events[0]["type"], "Warning");
     assert_eq!(events[0]["involvedObject"]["kind"], "Lease");
-    assert_eq!(held(&f), BTreeSet::from([(ip, "o1".to_string())]));
+    assert_eq!(held(&f), BTreeSet::from([(ip.clone(), "o1".to_string())]));
+
+    // Read back for `iotlan status`: one report per duplicate, however many passes posted it.
+    reassert(&f);
+    let got = recent_duplicates("iot", &f.config()).unwrap();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0].ip, Some(a[0].ip));
+    assert_eq!(got[0].lease, kubefix::name(&ip));
+    assert_eq!((got[0].count, got[0].events), (2, 2));
+    assert!(got[0].message.contains("DUPLICATE ADDRESS"), "{got:#?}");
+    assert!(got[0].last_unix.is_some(), "{got:#?}");
+    assert!(recent_duplicates("other", &f.config()).unwrap().is_empty());
     assert!(f.server.denied().is_empty(), "{:?}", f.server.denied());
 }
 

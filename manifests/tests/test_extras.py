@@ -11,8 +11,8 @@ import tempfile
 import pytest
 import yaml
 
-from conftest import (HA_NAMESPACE, MANIFESTS, TARGETS, find, generated_secret_files, one, render, render_text,
-                      run, tool, workloads)
+from conftest import (HA_NAMESPACE, MANIFESTS, TARGETS, find, generated_secret_files, name_of, one, render,
+                      render_text, run, tool, workloads)
 
 BY_ID = {t.id: t for t in TARGETS}
 OVERLAY_IDS = ["home-assistant/overlays/k3s-single-node", "home-assistant/overlays/multi-node"]
@@ -235,6 +235,26 @@ def test_config_volume_is_backed_up_next_to_the_database():
     assert aff["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": "home-assistant"}, "RWO: HA's node"
     script = spec["containers"][0]["args"][0]
     assert "tar -C /config" in script and "tar -tzf" in script and "BACKUP_KEEP" in script
+
+
+@pytest.mark.parametrize("tid", ["iotlan/base", "iotlan/k3s", "iotlan/k3s-before-2024-10"])
+def test_iotlan_rbac_is_least_privilege_and_lets_status_read_the_duplicate_events(tid):
+    """The node agent posts DuplicateAddress Events and `iotlan status` (as the same ServiceAccount on a node or in
+    its pod) lists them back: create and list on events, in the Leases' namespace only, and no wildcards anywhere."""
+    docs = render(BY_ID[tid])
+    role = one(docs, "Role", "iotlan-leases")
+    assert role["metadata"]["namespace"] == "iotlan-system"
+    events = [r for r in role["rules"] if "events" in r["resources"]]
+    assert events == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]}]
+    binding = one(docs, "RoleBinding", "iotlan-leases")
+    assert binding["roleRef"]["name"] == "iotlan-leases"
+    assert {"kind": "ServiceAccount", "name": "iotlan", "namespace": "iotlan-system"} in binding["subjects"]
+    for kind in ("Role", "ClusterRole"):
+        for d in find(docs, kind):
+            for r in d["rules"]:
+                assert "*" not in r["verbs"] and "*" not in r["resources"], f"{name_of(d)}: {r}"
+            if kind == "ClusterRole":
+                assert not [r for r in d["rules"] if "events" in r["resources"]], "events stay namespaced"
 
 
 @pytest.mark.parametrize("tid", ["iotlan/base", "iotlan/k3s", "iotlan/k3s-before-2024-10"])

@@ -147,6 +147,27 @@ pub fn recent(state_dir: &Path, network: &str) -> Vec<Conflict> {
     out
 }
 
+/// The networks with a conflict recorded within [`HOLD`], by name.
+pub fn networks(state_dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(state_dir.join("_conflicts"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !recent(state_dir, n).is_empty())
+        .collect();
+    out.sort();
+    out
+}
+
+impl Conflict {
+    /// Until when the pool keeps the address out (Unix seconds).
+    pub fn avoided_until_unix(&self) -> u64 {
+        self.seen_unix.saturating_add(HOLD.as_secs())
+    }
+}
+
 /// Every address `ipam` reserves, and the addresses the runtime requested: a conflict on one of
 /// these fails the ADD instead of moving on.
 pub fn pinned(ipam: &Value, requested: &[IpAddr]) -> Vec<IpAddr> {

@@ -11,6 +11,8 @@
 
 #[path = "../../ipam/tests/support/apiserver.rs"]
 mod apiserver;
+#[path = "../../ipam/tests/support/rbac.rs"]
+mod rbac;
 #[path = "../../ipam/tests/support/tls.rs"]
 mod tls;
 
@@ -43,11 +45,26 @@ fn skip(why: &str) -> bool {
     false
 }
 
-/// `iotlan-ipam` ADD for pod `ns/name` through `kubeconfig`.
-fn add(kubeconfig: &Path, cid: &str, pod: &str) {
+/// `iotlan-ipam` ADD for pod `ns/name` through `kubeconfig`; returns the address.
+fn add(kubeconfig: &Path, cid: &str, pod: &str) -> String {
+    add_asking(kubeconfig, cid, pod, None)
+}
+
+/// The node-local records of the ADDs through `kubeconfig` (the store's `stateDir`): beside it,
+/// never the host's.
+fn state_dir(kubeconfig: &Path) -> PathBuf {
+    kubeconfig.parent().unwrap().join("state")
+}
+
+/// [`add`], asking for `ip` (`runtimeConfig.ips`) when given.
+fn add_asking(kubeconfig: &Path, cid: &str, pod: &str, ip: Option<&str>) -> String {
     let (ns, name) = pod.split_once('/').unwrap();
     let mut conf = config();
     conf["ipam"]["store"]["kubeconfig"] = json!(kubeconfig);
+    conf["ipam"]["store"]["stateDir"] = json!(state_dir(kubeconfig));
+    if let Some(ip) = ip {
+        conf["runtimeConfig"] = json!({ "ips": [format!("{ip}/24")] });
+    }
     let mut child = Command::new(IPAM)
         .env_clear()
         .env("CNI_COMMAND", "ADD")
@@ -76,6 +93,9 @@ fn add(kubeconfig: &Path, cid: &str, pod: &str) {
         "ADD {pod}: {}",
         String::from_utf8_lossy(&o.stdout)
     );
+    let result: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let address = result["ips"][0]["address"].as_str().unwrap_or("");
+    address.split('/').next().unwrap_or("").to_string()
 }
 
 fn text(o: &Output) -> String {
@@ -246,5 +266,108 @@ fn from_the_daemonsets_pod_with_its_serviceaccount() {
         String::from_utf8_lossy(&o.stdout).starts_with("node pi-1\n"),
         "{}",
         text(&o)
+    );
+}
+
+/// The node agent's re-assert pass finds an address its node's pod carries held by another pod in
+/// the store (the Leases were lost, and a new pod asked for that address before the agent ran): a
+/// duplicate, posted as a `DuplicateAddress` Event. `iotlan status` shows it, as a table and in the
+/// JSON, reading the Events as the shipped ServiceAccount may.
+#[test]
+fn status_shows_the_duplicate_address_the_reassert_pass_reported() {
+    let server = apiserver::ApiServer::start();
+    server.set_token(Some("tok"));
+    server.enforce(rbac::shipped_rules());
+    let dir = tempfile::tempdir().unwrap();
+    let kc = server.kubeconfig(dir.path(), NS, "tok");
+    let ip = add(&kc, "c-z2m", "home-assistant/zigbee2mqtt-0");
+    server.delete_all_leases(NS);
+    assert_eq!(
+        add_asking(&kc, "c-other", "iot/other-0", Some(&ip)),
+        ip,
+        "the new pod got the address the first one still carries"
+    );
+    let report = iotlan_ipam::store::kubernetes::Reasserter::new(&kc, Some(NS), &state_dir(&kc))
+        .unwrap()
+        .run_once()
+        .unwrap();
+    assert_eq!(report.duplicates.len(), 1, "{report}");
+    assert_eq!(server.events().len(), 1);
+
+    let conf = dir.path().join("nad.json");
+    std::fs::write(&conf, config().to_string()).unwrap();
+    let status = |json: bool| {
+        let mut c = Command::new(IOTLAN);
+        c.env_clear()
+            .env("HOME", dir.path())
+            .env("NODE_NAME", "pi-1")
+            .arg("status")
+            .arg(format!("--config={}", conf.display()))
+            .arg(format!("--kubeconfig={}", kc.display()))
+            .arg(format!("--state-dir={}", state_dir(&kc).display()));
+        if json {
+            c.arg("--json");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        o
+    };
+
+    let o = status(false);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains("DUPLICATE ADDRESSES reported by the node agents (DuplicateAddress Events in iotlan-system):"),
+        "{}",
+        text(&o)
+    );
+    let lease = format!("iot.{}", ip.replace('.', "-"));
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(&ip) && l.contains(&lease))
+        .unwrap_or_else(|| panic!("no duplicate row for {ip}: {}", text(&o)));
+    let f: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&f[..3], [ip.as_str(), lease.as_str(), "1"], "{row}");
+    assert!(
+        row.contains("DUPLICATE ADDRESS") && row.contains("c-z2m") && row.contains("c-other"),
+        "{row}"
+    );
+    // This node's conflict records were readable (none), which is not the same as unknown.
+    assert!(out.contains("conflicts on node pi-1: none"), "{}", text(&o));
+
+    let v: Value = serde_json::from_slice(&status(true).stdout).unwrap();
+    let d = &v["networks"][0]["duplicates"];
+    assert_eq!(d.as_array().map(Vec::len), Some(1), "{v:#}");
+    assert_eq!(d[0]["ip"], ip.as_str());
+    assert_eq!(d[0]["lease"], lease.as_str());
+    assert_eq!(d[0]["reason"], "DuplicateAddress");
+    assert_eq!(d[0]["count"], 1);
+    assert!(d[0]["lastUnix"].as_u64().is_some(), "{v:#}");
+    assert!(
+        d[0]["message"].as_str().unwrap_or("").contains("c-other"),
+        "{v:#}"
+    );
+    assert_eq!(v["networks"][0]["conflicts"], json!([]), "{v:#}");
+    assert!(server.denied().is_empty(), "{:?}", server.denied());
+
+    // Events that cannot be read (RBAC without `list` on events): the leases are still shown, and
+    // the duplicates are said to be unknown, never "none".
+    server.forbid("/events");
+    let o = status(false);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("network iot: 1 held"), "{}", text(&o));
+    assert!(
+        out.contains("duplicate addresses: unknown: cannot list the DuplicateAddress Events")
+            && out.contains("403")
+            && !out.contains("none reported"),
+        "{}",
+        text(&o)
+    );
+    let v: Value = serde_json::from_slice(&status(true).stdout).unwrap();
+    assert!(v["networks"][0]["duplicates"].is_null(), "{v:#}");
+    assert!(
+        v["networks"][0]["duplicatesError"]
+            .as_str()
+            .is_some_and(|e| e.contains("403")),
+        "{v:#}"
     );
 }

@@ -74,7 +74,9 @@ mod txn;
 
 use conn::Conn;
 pub use node_files::{FileReconcileReport, FileStoreReconciler};
-pub use reassert::{Duplicate, ReassertReport, Reasserter};
+pub use reassert::{
+    recent_duplicates, Duplicate, DuplicateReport, ReassertReport, Reasserter, DUPLICATE_REASON,
+};
 pub use reconcile::{ReconcileReport, Reconciler, DEFAULT_IDENTITY_RETENTION};
 pub use settings::{
     Settings, DEFAULT_KUBECONFIGS, DEFAULT_NAMESPACE, DEFAULT_NODE_LOSS_GRACE_SECONDS,

@@ -16,6 +16,8 @@
 //!   on an existing object, no `metadata.resourceVersion` is 422 `Invalid` ("must be specified
 //!   for an update") and a stale one is 409 `Conflict`;
 //! - delete with `preconditions` (uid, resourceVersion) that do not match: 409 `Conflict`;
+//! - core v1 Events, namespaced: create (POST, named from `generateName`) and list with a label
+//!   selector (no paging);
 //! - `GET /api/v1/nodes/{name}`: the nodes a test put in (with a `Ready` condition), else 404;
 //! - `GET /api/v1/pods` and `/api/v1/namespaces/{ns}/pods` list the pods a test put in, as a
 //!   `PartialObjectMetadataList` when the client's `Accept` asks for one (`as=...;g=meta.k8s.io`);
@@ -522,6 +524,7 @@ fn handle_in(s: &mut State, req: &Request) -> (u16, Value) {
             }
         },
         ("POST", ["api", "v1", "namespaces", ns, "events"]) => audit::create_event(s, ns, req),
+        ("GET", ["api", "v1", "namespaces", ns, "events"]) => audit::list_events(s, ns, req),
         ("GET", ["api", "v1", "pods"]) => list_pods(s, None, req),
         ("GET", ["api", "v1", "namespaces", ns, "pods"]) => list_pods(s, Some(ns), req),
         _ => status(

@@ -30,9 +30,11 @@ pub enum Command {
         /// The config file; `-` or nothing reads stdin
         file: Option<String>,
     },
-    /// Networks: held and free addresses, and the driver chosen per master
+    /// Networks: held and free addresses, conflicts, duplicates, the driver per master
     ///
     /// The file stores on this node, or the stores (also the cluster's) of the configs given.
+    /// Conflicts (addresses another LAN device answered for) are this node's records; duplicates
+    /// (kubernetes store) are the DuplicateAddress Events the node agents posted.
     #[command(verbatim_doc_comment)]
     Status(StoreArgs),
     /// Every lease: address, pod, container, interface, node, age
@@ -75,7 +77,7 @@ pub struct StoreArgs {
     /// Also a cluster (kubernetes) store. Without one: the file stores under --state-dir.
     #[arg(long = "config", value_name = "FILE", verbatim_doc_comment)]
     pub configs: Vec<PathBuf>,
-    /// The file stores' and driver memory's dir
+    /// The file stores', driver memory's and conflict records' dir
     ///
     /// Default: /var/lib/cni/iotlan; /host/var/lib/cni/iotlan in the iotlan DaemonSet's pod.
     #[arg(long, value_name = "DIR", verbatim_doc_comment)]

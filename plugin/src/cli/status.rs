@@ -1,6 +1,9 @@
 //! `iotlan status` and `iotlan leases`: who holds which address (pod, container, node), how many are
-//! free, and which driver each master uses on this node. Reads the file store under the state
-//! directory, or any store (also the cluster's) through the configs given with `--config`.
+//! free, which driver each master uses on this node, the addresses another LAN device answered for
+//! (the conflict check's node-local records, [`crate::conflict`]), and, for a kubernetes store, the
+//! duplicate addresses the node agents reported as `DuplicateAddress` Events. Reads the file store
+//! under the state directory, or any store (also the cluster's) through the configs given with
+//! `--config`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -12,6 +15,7 @@ use serde_json::{json, Value};
 use super::access;
 use super::args::StoreArgs;
 use crate::config::NetConf;
+use crate::conflict;
 use crate::driver::memory;
 use crate::error::{Error, Result};
 
@@ -78,18 +82,37 @@ fn report(o: &StoreArgs) -> Result<Value> {
         .state_dir
         .clone()
         .unwrap_or_else(access::default_state_dir);
+    // Conflicts are node-local files: where there is no state dir (a workstation) they cannot be
+    // read, which is not the same as none.
+    let conflicts_here = state_dir.is_dir();
+    let conflicts_of = |network: &str| -> Value {
+        if conflicts_here {
+            conflicts_json(&state_dir, network)
+        } else {
+            Value::Null
+        }
+    };
     let mut networks = Vec::new();
     if o.configs.is_empty() {
         for (name, dir) in file_store_networks(&state_dir) {
             let store = FileStore::open(&dir, Duration::from_secs(10))?;
-            networks.push(network_json(&name, None, &store.leases()?));
+            let mut n = network_json(&name, None, &store.leases()?);
+            n["conflicts"] = conflicts_of(&name);
+            networks.push(n);
+        }
+        // Conflicts of a network whose leases are not in a file store here (a cluster store).
+        for name in conflict::networks(&state_dir) {
+            if !networks.iter().any(|n| n["network"] == name.as_str()) {
+                networks.push(json!({ "network": name, "conflicts": conflicts_of(&name) }));
+            }
         }
     } else {
         // Decided once, and only when a config asks for a kubernetes store.
         let mut kubeconfig: Option<access::Kubeconfig> = None;
         for path in &o.configs {
             let mut bytes = read_config(path)?;
-            if is_kubernetes_store(&bytes) {
+            let kubernetes = is_kubernetes_store(&bytes);
+            if kubernetes {
                 if kubeconfig.is_none() {
                     kubeconfig = Some(access::kubeconfig(o.kubeconfig.as_deref())?);
                 }
@@ -100,18 +123,71 @@ fn report(o: &StoreArgs) -> Result<Value> {
             let conf = NetConf::parse(&bytes)?;
             let (pool, store) = crate::ipam::open_pool(&conf.name, &conf.ipam)?;
             let leases = store.leases()?;
-            networks.push(network_json(
-                &conf.name,
-                Some((pool.size(), pool.free(&leases))),
-                &leases,
-            ));
+            let mut n = network_json(&conf.name, Some((pool.size(), pool.free(&leases))), &leases);
+            n["conflicts"] = conflicts_of(&conf.name);
+            if kubernetes {
+                // The leases are the command's answer; a failure to read the Events is shown
+                // beside them, not instead of them.
+                match duplicates(&conf) {
+                    Ok(d) => n["duplicates"] = d,
+                    Err(e) => {
+                        let why = format!("cannot list the DuplicateAddress Events: {e}");
+                        tracing::warn!(network = %conf.name, "{why}");
+                        n["duplicates"] = Value::Null;
+                        n["duplicatesError"] = json!(why);
+                    }
+                }
+            }
+            networks.push(n);
         }
     }
     let drivers: Vec<Value> = memory::all(&state_dir)
         .into_iter()
         .map(|(master, r)| json!({ "master": master, "driver": r.driver, "reason": r.reason, "sinceUnix": r.since_unix }))
         .collect();
-    Ok(json!({ "node": access::node_name(), "networks": networks, "drivers": drivers }))
+    Ok(json!({
+        "node": access::node_name(),
+        "stateDir": state_dir,
+        "conflictsReadable": conflicts_here,
+        "networks": networks,
+        "drivers": drivers,
+    }))
+}
+
+/// The conflicts of `network` recorded under `state_dir` within the hold, with when each stops
+/// being avoided.
+fn conflicts_json(state_dir: &Path, network: &str) -> Value {
+    Value::Array(
+        conflict::recent(state_dir, network)
+            .into_iter()
+            .map(|c| {
+                json!({
+                    "ip": c.ip.to_string(),
+                    "mac": c.mac,
+                    "seenUnix": c.seen_unix,
+                    "avoidedUntilUnix": c.avoided_until_unix(),
+                    "identity": c.identity,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The duplicate addresses the node agents reported for this network's kubernetes store.
+#[cfg(feature = "kubernetes")]
+fn duplicates(conf: &NetConf) -> Result<Value> {
+    let cfg: iotlan_ipam::StoreConfig =
+        serde_json::from_value(conf.ipam.get("store").cloned().unwrap_or(Value::Null))
+            .map_err(|e| Error::InvalidConfig(format!("ipam.store: {e}")))?;
+    let found = iotlan_ipam::store::kubernetes::recent_duplicates(&conf.name, &cfg)?;
+    serde_json::to_value(found).map_err(|e| Error::Decode(format!("duplicate reports: {e}")))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn duplicates(_conf: &NetConf) -> Result<Value> {
+    Err(Error::InvalidConfig(
+        "this build has no kubernetes store (cargo feature \"kubernetes\")".into(),
+    ))
 }
 
 fn is_kubernetes_store(conf: &[u8]) -> bool {
@@ -162,39 +238,21 @@ fn render(view: View, r: &Value) -> String {
     }
     for n in &networks {
         let name = n["network"].as_str().unwrap_or("?");
-        match (n["size"].as_u64(), n["free"].as_u64()) {
-            (Some(size), Some(free)) => s.push_str(&format!(
-                "\nnetwork {name}: {} held, {free} free of {size}\n",
-                n["held"]
+        match (n["held"].as_u64(), n["size"].as_u64(), n["free"].as_u64()) {
+            (Some(held), Some(size), Some(free)) => s.push_str(&format!(
+                "\nnetwork {name}: {held} held, {free} free of {size}\n"
             )),
-            _ => s.push_str(&format!("\nnetwork {name}: {} held\n", n["held"])),
+            (Some(held), _, _) => s.push_str(&format!("\nnetwork {name}: {held} held\n")),
+            (None, _, _) => s.push_str(&format!(
+                "\nnetwork {name}: no file store here (give --config to read its store)\n"
+            )),
         }
         let leases = n["leases"].as_array().cloned().unwrap_or_default();
-        if leases.is_empty() || (view == View::Status && leases.len() > 20) {
-            continue;
+        if !leases.is_empty() && (view == View::Leases || leases.len() <= 20) {
+            s.push_str(&leases_table(&leases, node, now));
         }
-        let mut rows = vec![[
-            "ADDRESS",
-            "NAMESPACE/POD",
-            "CONTAINER",
-            "IFNAME",
-            "NODE",
-            "AGE",
-        ]
-        .map(String::from)];
-        for l in &leases {
-            let age = now.saturating_sub(l["createdUnix"].as_u64().unwrap_or(now));
-            rows.push([
-                l["ip"].as_str().unwrap_or("?").to_string(),
-                // Without Kubernetes (podman, ctr, cnitool) the identity is the container ID.
-                l["identity"].as_str().unwrap_or("?").to_string(),
-                short(l["containerId"].as_str().unwrap_or("?")).to_string(),
-                l["ifname"].as_str().unwrap_or("?").to_string(),
-                l["node"].as_str().unwrap_or(node).to_string(),
-                human(age),
-            ]);
-        }
-        s.push_str(&table(&rows));
+        s.push_str(&conflicts_section(r, n, node, now));
+        s.push_str(&duplicates_section(n, now));
     }
     let drivers = r["drivers"].as_array().cloned().unwrap_or_default();
     s.push_str(&format!("\ndrivers on node {node}:"));
@@ -214,6 +272,120 @@ fn render(view: View, r: &Value) -> String {
         }
         s.push_str(&table(&rows));
     }
+    s
+}
+
+fn leases_table(leases: &[Value], node: &str, now: u64) -> String {
+    let mut rows = vec![[
+        "ADDRESS",
+        "NAMESPACE/POD",
+        "CONTAINER",
+        "IFNAME",
+        "NODE",
+        "AGE",
+    ]
+    .map(String::from)];
+    for l in leases {
+        let age = now.saturating_sub(l["createdUnix"].as_u64().unwrap_or(now));
+        rows.push([
+            l["ip"].as_str().unwrap_or("?").to_string(),
+            // Without Kubernetes (podman, ctr, cnitool) the identity is the container ID.
+            l["identity"].as_str().unwrap_or("?").to_string(),
+            short(l["containerId"].as_str().unwrap_or("?")).to_string(),
+            l["ifname"].as_str().unwrap_or("?").to_string(),
+            l["node"].as_str().unwrap_or(node).to_string(),
+            human(age),
+        ]);
+    }
+    table(&rows)
+}
+
+/// The conflict check's records of this network on this node, or why they cannot be read here.
+fn conflicts_section(r: &Value, n: &Value, node: &str, now: u64) -> String {
+    let hold = conflict::HOLD.as_secs() / 60;
+    let Some(conflicts) = n["conflicts"].as_array() else {
+        let dir = r["stateDir"]
+            .as_str()
+            .unwrap_or(crate::config::DEFAULT_STATE_DIR);
+        return format!(
+            "conflicts: not readable here (no {dir}): they are recorded on each node, under \
+             <stateDir>/_conflicts; run iotlan status on the node or in its iotlan pod\n"
+        );
+    };
+    if conflicts.is_empty() {
+        return format!("conflicts on node {node}: none in the last {hold} min\n");
+    }
+    let mut s = format!(
+        "conflicts on node {node} (another LAN device answered for the address; the pool skips it until the time shown):\n"
+    );
+    let mut rows = vec![["ADDRESS", "MAC", "SEEN", "AVOIDED UNTIL", "MET BY"].map(String::from)];
+    for c in conflicts {
+        let seen = now.saturating_sub(c["seenUnix"].as_u64().unwrap_or(now));
+        let until = c["avoidedUntilUnix"].as_u64().unwrap_or(now);
+        rows.push([
+            c["ip"].as_str().unwrap_or("?").to_string(),
+            c["mac"].as_str().unwrap_or("?").to_string(),
+            human(seen),
+            match until.checked_sub(now) {
+                Some(left) if left > 0 => format!("in {}", human_span(left)),
+                _ => "now".to_string(),
+            },
+            c["identity"].as_str().unwrap_or("?").to_string(),
+        ]);
+    }
+    s.push_str(&table(&rows));
+    s
+}
+
+/// The duplicate addresses the node agents reported (kubernetes store only), or why they could
+/// not be read.
+fn duplicates_section(n: &Value, now: u64) -> String {
+    if let Some(why) = n["duplicatesError"].as_str() {
+        return format!("duplicate addresses: unknown: {why}\n");
+    }
+    let Some(dups) = n["duplicates"].as_array() else {
+        return String::new();
+    };
+    if dups.is_empty() {
+        return "duplicate addresses: none reported (DuplicateAddress Events)\n".to_string();
+    }
+    let ns = dups[0]["namespace"].as_str().unwrap_or("?");
+    let mut s = format!(
+        "DUPLICATE ADDRESSES reported by the node agents (DuplicateAddress Events in {ns}):\n"
+    );
+    let mut rows = vec![[
+        "ADDRESS",
+        "LEASE",
+        "COUNT",
+        "LAST SEEN",
+        "REPORTED BY",
+        "MESSAGE",
+    ]
+    .map(String::from)];
+    for d in dups {
+        let last = d["lastUnix"]
+            .as_u64()
+            .map_or_else(|| "?".to_string(), |t| human(now.saturating_sub(t)));
+        let nodes: Vec<&str> = d["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        rows.push([
+            d["ip"].as_str().unwrap_or("?").to_string(),
+            d["lease"].as_str().unwrap_or("?").to_string(),
+            d["count"].as_u64().unwrap_or(0).to_string(),
+            last,
+            if nodes.is_empty() {
+                "?".to_string()
+            } else {
+                nodes.join(",")
+            },
+            d["message"].as_str().unwrap_or("").to_string(),
+        ]);
+    }
+    s.push_str(&table(&rows));
     s
 }
 
@@ -246,11 +418,15 @@ fn short(id: &str) -> &str {
 }
 
 fn human(secs: u64) -> String {
+    format!("{} ago", human_span(secs))
+}
+
+fn human_span(secs: u64) -> String {
     match secs {
-        s if s < 120 => format!("{s}s ago"),
-        s if s < 7200 => format!("{}m ago", s / 60),
-        s if s < 172_800 => format!("{}h ago", s / 3600),
-        s => format!("{}d ago", s / 86_400),
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
     }
 }
 
@@ -333,5 +509,119 @@ mod tests {
                 .expect("json");
         assert!(out["ipam"]["store"].get("kubeconfig").is_none());
         assert!(!is_kubernetes_store(file));
+    }
+
+    fn unix_now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    fn args(state_dir: &Path, configs: Vec<PathBuf>) -> StoreArgs {
+        StoreArgs {
+            configs,
+            state_dir: Some(state_dir.to_path_buf()),
+            kubeconfig: None,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn recorded_conflicts_are_in_the_status_table_and_the_json() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        FileStore::open(&dir.path().join("iot"), Duration::from_secs(1)).expect("file store");
+        let now = unix_now();
+        let seen = conflict::Conflict {
+            ip: "192.168.20.215".parse().expect("ip"),
+            mac: "aa:bb:cc:00:11:22".into(),
+            seen_unix: now - 150,
+            identity: "iot/esphome-0".into(),
+        };
+        conflict::record(dir.path(), "iot", &seen).expect("record");
+        // A network whose leases are in a cluster store: no file store here, its conflicts still are.
+        let other = conflict::Conflict {
+            ip: "10.9.0.7".parse().expect("ip"),
+            mac: "02:00:00:00:00:07".into(),
+            identity: "media/jellyfin-0".into(),
+            ..seen.clone()
+        };
+        conflict::record(dir.path(), "cluster", &other).expect("record");
+
+        let r = report(&args(dir.path(), Vec::new())).expect("report");
+        assert_eq!(r["conflictsReadable"], true);
+        let net = |name: &str| {
+            r["networks"]
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["network"] == name))
+                .cloned()
+                .unwrap_or_else(|| panic!("no network {name} in {r:#}"))
+        };
+        let iot = net("iot");
+        assert_eq!(iot["conflicts"].as_array().map(Vec::len), Some(1), "{r:#}");
+        assert_eq!(iot["conflicts"][0]["ip"], "192.168.20.215");
+        assert_eq!(iot["conflicts"][0]["mac"], "aa:bb:cc:00:11:22");
+        assert_eq!(iot["conflicts"][0]["seenUnix"], now - 150);
+        assert_eq!(
+            iot["conflicts"][0]["avoidedUntilUnix"],
+            now - 150 + conflict::HOLD.as_secs()
+        );
+        assert_eq!(net("cluster")["conflicts"][0]["mac"], "02:00:00:00:00:07");
+
+        let text = render(View::Status, &r);
+        assert!(
+            text.contains("conflicts on node ") && text.contains("MAC"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("192.168.20.215"))
+            .unwrap_or_else(|| panic!("no conflict row in\n{text}"));
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            [
+                "192.168.20.215",
+                "aa:bb:cc:00:11:22",
+                "2m",
+                "ago",
+                "in",
+                "7m",
+                "iot/esphome-0"
+            ],
+            "{text}"
+        );
+        assert!(
+            text.contains("network cluster: no file store here"),
+            "{text}"
+        );
+        assert!(text.contains("10.9.0.7"), "{text}");
+    }
+
+    #[test]
+    fn without_the_nodes_state_dir_conflicts_are_unknown_not_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("nad.json");
+        let store = dir.path().join("store");
+        std::fs::write(
+            &conf,
+            json!({
+                "cniVersion": "1.0.0", "name": "iot", "type": "iotlan",
+                "ipam": { "type": "iotlan-ipam", "subnet": "192.168.20.0/24",
+                          "pool": ["192.168.20.200-192.168.20.209"],
+                          "store": { "kind": "file", "dir": store } }
+            })
+            .to_string(),
+        )
+        .expect("write");
+        let away = dir.path().join("not-a-node");
+        let r = report(&args(&away, vec![conf])).expect("report");
+        assert_eq!(r["conflictsReadable"], false);
+        assert!(r["networks"][0]["conflicts"].is_null(), "{r:#}");
+        let text = render(View::Status, &r);
+        assert!(
+            text.contains("conflicts: not readable here") && text.contains("not-a-node"),
+            "{text}"
+        );
+        assert!(!text.contains("conflicts on node"), "{text}");
     }
 }

@@ -37,7 +37,7 @@ impl ApiError {
             } => {
                 let hint = match code {
                     401 => " (the kubeconfig's token may have expired: is the iotlan DaemonSet running?)",
-                    403 => " (check the iotlan RBAC: leases in the store's namespace, get on nodes)",
+                    403 => " (check the iotlan RBAC: leases and events in the store's namespace, get on nodes)",
                     _ => "",
                 };
                 format!("API server: {what}: {code} {reason}: {message}{hint}")

@@ -4,7 +4,8 @@
 use serde_json::{json, Value};
 
 use super::http::Request;
-use super::{lock, ApiServer, BTreeMap, State};
+use super::leases::{list, matches, parse_selector};
+use super::{lock, now_unix, rfc3339, ApiServer, BTreeMap, State};
 
 impl ApiServer {
     /// How many requests were served so far: a mark for [`ApiServer::verbs_since`].
@@ -86,6 +87,38 @@ pub(super) fn create_event(s: &mut State, ns: &str, req: &Request) -> (u16, Valu
         .to_string();
     ev["metadata"]["name"] = json!(format!("{prefix}{n:05}"));
     ev["metadata"]["namespace"] = json!(ns);
+    ev["metadata"]["uid"] = json!(s.next_uid());
+    ev["metadata"]["resourceVersion"] = json!(s.next_rv());
+    ev["metadata"]["creationTimestamp"] = json!(rfc3339(now_unix()));
     s.events.push(ev.clone());
     (201, ev)
+}
+
+/// `GET /api/v1/namespaces/<ns>/events`: the Events of `ns` matching the label selector, as an
+/// `EventList` (no paging, no field selectors: refused, so a client relying on one fails loudly).
+pub(super) fn list_events(s: &mut State, ns: &str, req: &Request) -> (u16, Value) {
+    if req.query.contains_key("fieldSelector") {
+        return super::status(
+            400,
+            "BadRequest",
+            "field selectors on events are not supported by the test double".into(),
+            None,
+        );
+    }
+    let terms = match parse_selector(req.query.get("labelSelector").map_or("", String::as_str)) {
+        Ok(t) => t,
+        Err(e) => return super::status(400, "BadRequest", e, None),
+    };
+    s.scanning = s
+        .events
+        .iter()
+        .filter(|e| e["metadata"]["namespace"] == ns)
+        .count();
+    let items: Vec<Value> = s
+        .events
+        .iter()
+        .filter(|e| e["metadata"]["namespace"] == ns && matches(e, &terms))
+        .cloned()
+        .collect();
+    list(s, "EventList", "v1", items.iter())
 }

@@ -286,7 +286,7 @@ pub(super) fn delete(s: &mut State, ns: &str, name: &str, req: &Request) -> (u16
 }
 
 /// Parses an equality-based selector into (key, op, value) terms; set-based ones are refused.
-fn parse_selector(sel: &str) -> Result<Vec<(String, &'static str, String)>, String> {
+pub(super) fn parse_selector(sel: &str) -> Result<Vec<(String, &'static str, String)>, String> {
     let mut terms = Vec::new();
     for t in sel.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         if t.contains(" in ") || t.contains(" notin ") || t.contains('(') {
@@ -310,7 +310,7 @@ fn parse_selector(sel: &str) -> Result<Vec<(String, &'static str, String)>, Stri
     Ok(terms)
 }
 
-fn matches(obj: &Value, terms: &[(String, &'static str, String)]) -> bool {
+pub(super) fn matches(obj: &Value, terms: &[(String, &'static str, String)]) -> bool {
     let empty = Map::new();
     let labels = obj["metadata"]["labels"].as_object().unwrap_or(&empty);
     terms.iter().all(|(k, op, v)| {
