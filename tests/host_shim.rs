@@ -116,6 +116,22 @@ fn the_node_reaches_its_pod_only_through_the_shim_and_del_takes_only_the_pods_ro
     assert!(ping(&lan.node.ns, HA_IP), "the node pings its pod's net1");
     assert!(ping(&lan.device, HA_IP), "the LAN still reaches the pod");
 
+    // The operator sees the shim, its address and the pod it routes.
+    let status = std::process::Command::new(iotlan_bin())
+        .args(["status", "--state-dir"])
+        .arg(state.dir())
+        .output()
+        .expect("iotlan status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("eth0 ") && l.contains(SHIM))
+        .unwrap_or_else(|| panic!("no shim row in:\n{text}"));
+    assert!(
+        row.contains("macvlan") && row.contains(&shim_ip) && row.contains(HA_IP),
+        "{row}"
+    );
+
     // GC with only the pod listed keeps the shim's lease: it is the node's.
     let mut gc: Value = serde_json::from_str(&c).expect("conf");
     gc["cniVersion"] = json!("1.1.0");
