@@ -44,7 +44,7 @@ impl Subject {
         let sub = dir.join(name);
         std::fs::create_dir_all(&sub).expect("dir");
         let kubeconfig = server.kubeconfig(&sub, "default", TOKEN);
-        let conf = json!({
+        let mut conf = json!({
             "cniVersion": "1.0.0",
             "name": "iot",
             "type": "iotlan-ipam",
@@ -53,11 +53,15 @@ impl Subject {
                 "subnet": "10.20.0.0/16",
                 "gateway": "10.20.0.1",
                 "pool": ["10.20.0.10-10.20.255.250"],
-                "store": { "kind": "kubernetes", "namespace": NS, "kubeconfig": kubeconfig,
-                           "stateDir": sub.join("state") }
+                "store": { "kind": "kubernetes", "namespace": NS, "kubeconfig": kubeconfig }
             }
-        })
-        .to_string();
+        });
+        // This build keeps its node-local records in the bench's dir; the layout before them
+        // refuses the key.
+        if name != "before" {
+            conf["ipam"]["store"]["stateDir"] = json!(sub.join("state"));
+        }
+        let conf = conf.to_string();
         Subject {
             name,
             bin,
