@@ -41,12 +41,11 @@ pub fn init(file: Option<&Path>, level: Option<&str>) {
             tracing::warn!(error = %e, "cannot open logFile; logging to stderr");
             r
         }
-        None => {
-            use std::io::IsTerminal;
-            builder
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr)
-                .try_init()
-        }
+        // No colors: the logs land in kubelet's, Multus's or a runtime's capture, and the `ansi`
+        // feature's code would cost the static binary about 10 KB.
+        None => builder
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .try_init(),
     };
 }

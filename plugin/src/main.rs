@@ -81,12 +81,17 @@ fn operator(as_kubectl_plugin: bool) -> i32 {
             0
         }
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
+            let (mut cmd, name, out) = (
+                Cli::command(),
                 bin_name.replace(' ', "-"),
                 &mut std::io::stdout(),
             );
+            use clap_complete::{generate, shells};
+            match shell {
+                cli::args::Shell::Bash => generate(shells::Bash, &mut cmd, name, out),
+                cli::args::Shell::Zsh => generate(shells::Zsh, &mut cmd, name, out),
+                cli::args::Shell::Fish => generate(shells::Fish, &mut cmd, name, out),
+            }
             0
         }
     }

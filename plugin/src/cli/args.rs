@@ -65,8 +65,16 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Completions {
         /// The shell
-        shell: clap_complete::Shell,
+        shell: Shell,
     },
+}
+
+/// The shells `iotlan completions` writes for (the node's and the workstation's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// Where `status` and `leases` read leases from.
