@@ -121,7 +121,15 @@ fn main() {
     for round in 0..rounds + warmup {
         let keep = round >= warmup;
         let cid = format!("bench{round}");
-        for (i, (_, bin)) in builds.iter().enumerate() {
+        // The two builds swap slots every round: the first exec of a round runs about 0.25 ms
+        // slower whichever binary it is (measured), which would otherwise fall on one build.
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..builds.len()).collect()
+        } else {
+            (0..builds.len()).rev().collect()
+        };
+        for i in order {
+            let bin = &builds[i].1;
             let a = exec(bin, &env(&cid, "ADD"), &iotlan_conf);
             let d = exec(bin, &env(&cid, "DEL"), &iotlan_conf);
             if keep {
