@@ -1,0 +1,228 @@
+//! The kernel side of the host shim: the link on the master, its host addresses, the pods' host
+//! routes through it, and the conflict check of a new shim address. Runs in the node's namespace.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+
+use super::record::{PodRoute, Record};
+use crate::config::NetConf;
+use crate::driver::Driver;
+use crate::error::{Error, Result};
+use crate::mac::Mac;
+use crate::netlink::{ChildKind, Link, Netlink, NewChild};
+use crate::rules::{RouteSpec, TABLE_MAIN};
+
+/// The conflict check of the shim's new IPv4 addresses, from the shim (macvlan: its own MAC) or the
+/// master (ipvlan: an answer comes to the master's MAC). A conflict is recorded like a pod's.
+pub(super) fn probe_new(
+    conf: &NetConf,
+    link: &Link,
+    master: &Link,
+    addresses: &[IpAddr],
+    identity: &str,
+) -> Result<()> {
+    let Some(check) = &conf.conflict_check else {
+        return Ok(());
+    };
+    let (index, own) = match link.kind.as_deref() {
+        Some("ipvlan") => (master.index, master.mac.unwrap_or_default()),
+        _ => (link.index, link.mac.unwrap_or_default()),
+    };
+    let sock = crate::packet::ArpSocket::open(index, own)
+        .map_err(|e| Error::io(format!("cannot open an ARP socket on {}", link.name), e))?;
+    for ip in addresses {
+        let IpAddr::V4(v4) = ip else { continue };
+        let answered =
+            crate::conflict::probe(&sock, *v4, own, Duration::from_millis(check.timeout_ms))
+                .map_err(|e| Error::io(format!("cannot probe {v4} from {}", link.name), e))?;
+        if let Some(mac) = answered {
+            let mac = Mac(mac).to_string();
+            let seen = crate::conflict::Conflict {
+                ip: *ip,
+                mac: mac.clone(),
+                seen_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                identity: identity.to_string(),
+            };
+            if let Err(e) = crate::conflict::record(&conf.state_dir, &conf.name, &seen) {
+                tracing::warn!(error = %e, "could not record the conflict");
+            }
+            return Err(Error::AddressInUseOnLan {
+                ip: *ip,
+                mac,
+                hint: "the pool skips it from now on; the next ADD gives the shim another address \
+                       (or pin one: a reservation for the node's iotlan-shim identity)"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn ensure_link(
+    nl: &mut Netlink,
+    r: &Record,
+    master: &Link,
+    driver: Driver,
+    mtu: Option<u32>,
+) -> Result<Link> {
+    if let Some(l) = nl
+        .link_by_name(&r.link)
+        .map_err(|e| Error::netlink(format!("cannot look up {}", r.link), e))?
+    {
+        if l.parent != Some(master.index) {
+            return Err(Error::Link(format!(
+                "{} exists but is not a child of {}: remove it or rename it",
+                r.link, master.name
+            )));
+        }
+        if !l.up {
+            nl.set_up(l.index)
+                .map_err(|e| Error::netlink(format!("cannot set {} up", l.name), e))?;
+        }
+        return Ok(l);
+    }
+    let kind = match r.driver.unwrap_or(driver) {
+        Driver::Macvlan => ChildKind::Macvlan(netlink_packet_route::link::MacVlanMode::Bridge),
+        Driver::Ipvlan => ChildKind::IpvlanL2,
+    };
+    nl.create_child(&NewChild {
+        name: &r.link,
+        master_index: master.index,
+        kind,
+        // The same MAC after every re-creation, so the router sees one client per node.
+        mac: matches!(kind, ChildKind::Macvlan(_))
+            .then(|| Mac::derived("iotlan-shim", &format!("{}/{}", r.node, master.name)).0),
+        mtu,
+        netns_fd: None,
+    })
+    .map_err(|e| {
+        Error::netlink(
+            format!("cannot create the shim {} on {}", r.link, master.name),
+            e,
+        )
+    })?;
+    let l = nl
+        .link_by_name(&r.link)
+        .map_err(|e| Error::netlink(format!("cannot look up {}", r.link), e))?
+        .ok_or_else(|| Error::Link(format!("the new shim {} vanished", r.link)))?;
+    nl.set_up(l.index)
+        .map_err(|e| Error::netlink(format!("cannot set {} up", l.name), e))?;
+    tracing::info!(shim = %l.name, master = %master.name, kind = ?kind, "hostShim: created the shim");
+    Ok(l)
+}
+
+fn host_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv6() {
+        128
+    } else {
+        32
+    }
+}
+
+pub(super) fn ensure_addresses(nl: &mut Netlink, link: &Link, r: &Record) -> Result<()> {
+    let have: Vec<IpAddr> = nl
+        .addresses()
+        .map_err(|e| Error::netlink("cannot read addresses", e))?
+        .into_iter()
+        .filter(|a| a.index == link.index)
+        .map(|a| a.address.ip())
+        .collect();
+    for ip in r.addresses.values().flatten() {
+        if have.contains(ip) {
+            continue;
+        }
+        let net = IpNetwork::new(*ip, host_prefix(*ip))
+            .map_err(|e| Error::InvalidConfig(format!("hostShim address {ip}: {e}")))?;
+        match nl.add_address(link.index, net, true) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => {
+                return Err(Error::netlink(
+                    format!("cannot add {net} to {}", link.name),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The host route to `pod` through the shim, with the shim's address of that family as its source.
+fn route_spec(link: &Link, r: &Record, pod: IpAddr) -> Result<RouteSpec> {
+    Ok(RouteSpec {
+        dst: IpNetwork::new(pod, host_prefix(pod))
+            .map_err(|e| Error::InvalidConfig(format!("address {pod}: {e}")))?,
+        gateway: None,
+        oif: link.index,
+        table: TABLE_MAIN,
+        prefsrc: r
+            .addresses
+            .values()
+            .flatten()
+            .find(|a| a.is_ipv6() == pod.is_ipv6())
+            .copied(),
+        multicast: false,
+        metric: None,
+    })
+}
+
+pub(super) fn ensure_route(nl: &mut Netlink, link: &Link, r: &Record, pod: IpAddr) -> Result<()> {
+    let spec = route_spec(link, r, pod)?;
+    match nl.add_route_spec(&spec) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            let ours = nl
+                .all_routes(pod.is_ipv6())
+                .map_err(|e| Error::netlink("cannot read the node's routes", e))?
+                .into_iter()
+                .any(|t| t.table == TABLE_MAIN && t.dst == spec.dst && t.oif == Some(link.index));
+            if !ours {
+                tracing::warn!(dst = %spec.dst, shim = %link.name,
+                    "hostShim: the node already has another route to this pod address; left as it is");
+            }
+            Ok(())
+        }
+        Err(e) => Err(Error::netlink(
+            format!("cannot add the route {} dev {}", spec.dst, link.name),
+            e,
+        )),
+    }
+}
+
+/// The record's pod routes whose network gave the shim an address of their family: a host route
+/// without a source address on the shim would leave with another interface's address.
+pub(super) fn routable(r: &Record) -> impl Iterator<Item = &PodRoute> {
+    r.routes.iter().filter(|p| {
+        r.addresses
+            .get(&p.network)
+            .is_some_and(|a| a.iter().any(|a| a.is_ipv6() == p.ip.is_ipv6()))
+    })
+}
+
+pub(super) fn remove_routes(r: &Record, gone: &[PodRoute]) -> Result<()> {
+    let mut nl = Netlink::open().map_err(|e| Error::netlink("cannot open a netlink socket", e))?;
+    let Some(link) = nl
+        .link_by_name(&r.link)
+        .map_err(|e| Error::netlink(format!("cannot look up {}", r.link), e))?
+    else {
+        return Ok(());
+    };
+    for p in gone {
+        let spec = route_spec(&link, r, p.ip)?;
+        match nl.delete_route(&spec) {
+            Ok(()) => tracing::debug!(dst = %spec.dst, "hostShim: route removed"),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => {
+                return Err(Error::netlink(
+                    format!("cannot remove the route {} dev {}", spec.dst, link.name),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
