@@ -38,7 +38,7 @@ impl NodeReasserter {
             &state_dir,
         ) {
             Ok(inner) => Some(NodeReasserter {
-                inner: inner.with_netns_check(super::netns_gone(&opts.host_root)),
+                inner: inner.with_netns_check(super::netns::netns_gone(&opts.host_root)),
             }),
             Err(e) => {
                 tracing::error!("re-asserting this node's Leases disabled: {e}");
