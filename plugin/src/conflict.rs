@@ -131,6 +131,19 @@ pub fn record(state_dir: &Path, network: &str, c: &Conflict) -> io::Result<()> {
     )
 }
 
+/// Records a conflict met now by `identity`'s ADD; a record that cannot be written is logged.
+pub fn note(state_dir: &Path, network: &str, ip: IpAddr, mac: &str, identity: &str) {
+    let seen = Conflict {
+        ip,
+        mac: mac.to_string(),
+        seen_unix: now_unix(),
+        identity: identity.to_string(),
+    };
+    if let Err(e) = record(state_dir, network, &seen) {
+        tracing::warn!(error = %e, "could not record the conflict");
+    }
+}
+
 /// The conflicts of `network` met within [`HOLD`], by address.
 pub fn recent(state_dir: &Path, network: &str) -> Vec<Conflict> {
     let now = now_unix();
@@ -307,17 +320,7 @@ pub fn with_retries(
             }
             Err(Error::AddressInUseOnLan { ip, mac, .. }) => {
                 tracing::warn!(%ip, %mac, identity = %ctr.pool_identity(), "address already in use on the LAN");
-                let seen = Conflict {
-                    ip,
-                    mac: mac.clone(),
-                    seen_unix: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
-                    identity: ctr.pool_identity(),
-                };
-                if let Err(e) = record(&conf.state_dir, &conf.name, &seen) {
-                    tracing::warn!(error = %e, "could not record the conflict");
-                }
+                note(&conf.state_dir, &conf.name, ip, &mac, &ctr.pool_identity());
                 let hint = if !pool {
                     format!(
                         "; ipam plugin {} handed it out: exclude it there, or give that device another address",

@@ -39,17 +39,7 @@ pub(super) fn probe_new(
                 .map_err(|e| Error::io(format!("cannot probe {v4} from {}", link.name), e))?;
         if let Some(mac) = answered {
             let mac = Mac(mac).to_string();
-            let seen = crate::conflict::Conflict {
-                ip: *ip,
-                mac: mac.clone(),
-                seen_unix: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-                identity: identity.to_string(),
-            };
-            if let Err(e) = crate::conflict::record(&conf.state_dir, &conf.name, &seen) {
-                tracing::warn!(error = %e, "could not record the conflict");
-            }
+            crate::conflict::note(&conf.state_dir, &conf.name, *ip, &mac, identity);
             return Err(Error::AddressInUseOnLan {
                 ip: *ip,
                 mac,
