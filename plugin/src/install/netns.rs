@@ -34,7 +34,7 @@ pub(super) fn repair_host_shims(opts: &Options) {
         }
         Ok(r) => tracing::info!(
             shims = r.shims,
-            routes = r.routes,
+            routes_restored = r.routes,
             dropped = r.dropped,
             "hostShim repair"
         ),

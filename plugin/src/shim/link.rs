@@ -160,27 +160,49 @@ fn route_spec(link: &Link, r: &Record, pod: IpAddr) -> Result<RouteSpec> {
     })
 }
 
-pub(super) fn ensure_route(nl: &mut Netlink, link: &Link, r: &Record, pod: IpAddr) -> Result<()> {
-    let spec = route_spec(link, r, pod)?;
-    match nl.add_route_spec(&spec) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            let ours = nl
-                .all_routes(pod.is_ipv6())
+/// Each of `pods` has its host route through the shim: the node's routes are read once, and only the
+/// missing ones are added (a route to the address through another link is somebody else's: left as
+/// it is, with a warning). Returns how many were added.
+pub(super) fn ensure_routes(
+    nl: &mut Netlink,
+    link: &Link,
+    r: &Record,
+    pods: impl IntoIterator<Item = IpAddr>,
+) -> Result<usize> {
+    let mut have: Vec<crate::rules::TableRoute> = Vec::new();
+    for v6 in [false, true] {
+        have.extend(
+            nl.all_routes(v6)
                 .map_err(|e| Error::netlink("cannot read the node's routes", e))?
                 .into_iter()
-                .any(|t| t.table == TABLE_MAIN && t.dst == spec.dst && t.oif == Some(link.index));
-            if !ours {
+                .filter(|t| t.table == TABLE_MAIN),
+        );
+    }
+    let mut added = 0;
+    for pod in pods {
+        let spec = route_spec(link, r, pod)?;
+        match have.iter().find(|t| t.dst == spec.dst) {
+            Some(t) if t.oif == Some(link.index) => continue,
+            Some(_) => {
                 tracing::warn!(dst = %spec.dst, shim = %link.name,
                     "hostShim: the node already has another route to this pod address; left as it is");
+                continue;
             }
-            Ok(())
+            None => {}
         }
-        Err(e) => Err(Error::netlink(
-            format!("cannot add the route {} dev {}", spec.dst, link.name),
-            e,
-        )),
+        match nl.add_route_spec(&spec) {
+            Ok(()) => added += 1,
+            // Added meanwhile (another ADD on this master holds no lock on the kernel's table).
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => {
+                return Err(Error::netlink(
+                    format!("cannot add the route {} dev {}", spec.dst, link.name),
+                    e,
+                ))
+            }
+        }
     }
+    Ok(added)
 }
 
 /// The record's pod routes whose network gave the shim an address of their family: a host route

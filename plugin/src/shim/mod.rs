@@ -29,7 +29,7 @@ use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
 use crate::netlink::{Link, Netlink};
-use link::{ensure_addresses, ensure_link, ensure_route, probe_new, remove_routes, routable};
+use link::{ensure_addresses, ensure_link, ensure_routes, probe_new, remove_routes, routable};
 use record::Locked;
 pub use record::{identity, link_name, node_of, records, PodRoute, Record};
 
@@ -112,9 +112,11 @@ fn try_attach(
     ensure_addresses(&mut nl, &link, &locked.record)?;
     // Every pod of this network the record lists: one that came while the shim had no address yet
     // gets its route now too.
-    for p in routable(&locked.record).filter(|p| p.network == conf.name) {
-        ensure_route(&mut nl, &link, &locked.record, p.ip)?;
-    }
+    let rec = &locked.record;
+    let pods = routable(rec)
+        .filter(|p| p.network == conf.name)
+        .map(|p| p.ip);
+    ensure_routes(&mut nl, &link, rec, pods)?;
     tracing::info!(shim = %link.name, master = %master.name,
         pods = ?pod_ips.iter().map(|i| i.address.ip().to_string()).collect::<Vec<_>>(),
         "hostShim: the node routes to the pod through its shim");
@@ -191,8 +193,11 @@ pub fn gc_keep(state_dir: &Path, network: &str) -> Vec<GcAttachment> {
 /// What one repair pass did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Repair {
+    /// Shims with pods to serve, checked (and made again where missing).
     pub shims: usize,
+    /// Pod routes that were missing and were put back.
     pub routes: usize,
+    /// Record entries of pods whose namespace is gone, dropped with their routes.
     pub dropped: usize,
 }
 
@@ -233,10 +238,7 @@ pub fn repair(state_dir: &Path, netns_gone: &dyn Fn(&str) -> bool) -> Result<Rep
         let driver = rec.driver.unwrap_or(Driver::Macvlan);
         let link = ensure_link(&mut nl, rec, &master, driver, None)?;
         ensure_addresses(&mut nl, &link, rec)?;
-        for p in routable(rec) {
-            ensure_route(&mut nl, &link, rec, p.ip)?;
-            out.routes += 1;
-        }
+        out.routes += ensure_routes(&mut nl, &link, rec, routable(rec).map(|p| p.ip))?;
         out.shims += 1;
     }
     Ok(out)
