@@ -13,18 +13,6 @@ use serde_json::{json, Value};
 mod common;
 use common::*;
 
-/// The cluster network's side of a pod: `eth0` with 10.42.0.5/24 and the default route via
-/// 10.42.0.1, whose peer leads nowhere (what leaves by it never reaches the IoT LAN).
-fn cluster_eth0(pod: &Netns) {
-    pod.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "cni0",
-    ]);
-    pod.ip(&["addr", "add", "10.42.0.5/24", "dev", "eth0"]);
-    pod.ip(&["link", "set", "eth0", "up"]);
-    pod.ip(&["link", "set", "cni0", "up"]);
-    pod.ip(&["route", "add", "default", "via", "10.42.0.1", "dev", "eth0"]);
-}
-
 /// `ip -j route get <dst>` in `ns` (with `from`), the first entry.
 fn route_get(ns: &Netns, dst: &str, from: Option<&str>) -> Value {
     let mut args = vec!["-j", "route", "get", dst];

@@ -123,3 +123,15 @@ pub fn link_kind_available(kind: &str) -> bool {
 pub fn is_locally_administered_unicast(mac: &str) -> bool {
     u8::from_str_radix(&mac[..2], 16).is_ok_and(|b| b & 0x03 == 0x02)
 }
+
+/// The cluster network's side of a pod: `eth0` with 10.42.0.5/24 and the default route via
+/// 10.42.0.1, whose peer leads nowhere (what leaves by it never reaches the IoT LAN).
+pub fn cluster_eth0(pod: &Netns) {
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "cni0",
+    ]);
+    pod.ip(&["addr", "add", "10.42.0.5/24", "dev", "eth0"]);
+    pod.ip(&["link", "set", "eth0", "up"]);
+    pod.ip(&["link", "set", "cni0", "up"]);
+    pod.ip(&["route", "add", "default", "via", "10.42.0.1", "dev", "eth0"]);
+}

@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod capture;
+
 /// The simulated LAN's subnet.
 pub const SUBNET: &str = "10.77.0.0/24";
 /// Prefix length of [`SUBNET`].
