@@ -11,6 +11,7 @@
 //! ICMPv6 socket (hop limit 255, from its link-local address, to ff02::1), as radvd or otbr-agent
 //! send them. What reached it is read from an AF_PACKET capture on its own port.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv6Addr, SocketAddrV6, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,8 @@ const THREAD_DEVICE: Ipv6Addr = Ipv6Addr::new(0xfd2a, 0x6c9d, 0x3e1b, 1, 0, 0, 0
 const LAN_PREFIX: [u16; 4] = [0xfd77, 0, 0, 0];
 /// Matter's operational UDP port.
 const MATTER_PORT: u16 = 5540;
+/// All routers (ff02::2), where router solicitations go.
+const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
 /// How long the routes and the lifetimes in the RA last, in seconds.
 const LIFETIME: u32 = 1800;
 
@@ -181,6 +184,31 @@ fn route_to(pod: &Netns, dst: &str) -> Option<Route> {
     routes(pod, true).into_iter().find(|r| r.dst == dst)
 }
 
+/// The source MACs of the router solicitations (ICMPv6 133 to ff02::2) `cap` sees: until `limit`,
+/// or 2 s after one from `awaited` arrived (the other pods, attached just after it, had as long).
+fn solicitations(cap: &FrameCapture, awaited: &str, limit: Duration) -> BTreeSet<String> {
+    let deadline = Instant::now() + limit;
+    let mut until = deadline;
+    let mut macs = BTreeSet::new();
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Some(frame) = cap.wait(left, |f| {
+            Ipv6Frame::parse(f).is_some_and(|p| {
+                p.next_header == 58 && p.payload.first() == Some(&133) && p.dst == ALL_ROUTERS
+            })
+        }) else {
+            break;
+        };
+        let Some(rs) = Ipv6Frame::parse(&frame) else {
+            continue;
+        };
+        if rs.src_mac == awaited {
+            until = until.min(Instant::now() + Duration::from_secs(2));
+        }
+        macs.insert(rs.src_mac);
+    }
+    macs
+}
+
 /// ADD for pod `name` of namespace home-assistant, as Multus runs it.
 fn attach(lan: &Lan, pod: &Netns, cid: &str, name: &str, conf: &str) -> Value {
     let env = Env::new(&lan.node.ns, pod, cid).k8s(HA.0, name);
@@ -209,12 +237,27 @@ fn thread_route_from_the_border_routers_ra_leads_to_it_through_net1_and_only_wit
     let state = State::new();
     let on = conf(&state, json!({ "ipv6": { "acceptRA": true } }));
     let off = conf(&state, json!({ "ipv6": { "acceptRA": false } }));
+    let br = BorderRouter::new(&lan.extra_nodes[0]);
+    let at_router = FrameCapture::open(br.ns, "eth0", ETH_P_IPV6);
     let matter = pod_with_cluster_eth0(&lan, "matter");
     attach(&lan, &matter, "ctr-matter-1", "matter-server-0", &on);
     let esphome = pod_with_cluster_eth0(&lan, "esphome");
     attach(&lan, &esphome, "ctr-matter-2", "esphome-0", &off);
-    let br = BorderRouter::new(&lan.extra_nodes[0]);
     let heard_by_esphome = FrameCapture::open(&esphome, "net1", ETH_P_IPV6);
+    let net1_mac = link(&matter, "net1").expect("net1").mac;
+    let esphome_mac = link(&esphome, "net1").expect("net1").mac;
+
+    // As net1 comes up the pod asks for RAs (router solicitations, RFC 4861 6.3.7), so it does not
+    // wait for the border router's next periodic RA; the pod without acceptRA does not ask.
+    let solicited = solicitations(&at_router, &net1_mac, Duration::from_secs(10));
+    assert!(
+        solicited.contains(&net1_mac),
+        "no RS from net1 within 10 s: {solicited:?}"
+    );
+    assert!(
+        !solicited.contains(&esphome_mac),
+        "an RS without acceptRA: {solicited:?}"
+    );
 
     // A non-zero router lifetime, so that the absence of a default route below means something.
     let learnt = br.advertise_until(LIFETIME as u16, Duration::from_secs(10), || {
@@ -243,8 +286,6 @@ fn thread_route_from_the_border_routers_ra_leads_to_it_through_net1_and_only_wit
 
     // A packet for a Thread device leaves by net1 to the border router's MAC, from the SLAAC address.
     let ula = lan_ula(&matter).expect("SLAAC address from the PIO");
-    let net1_mac = link(&matter, "net1").expect("net1").mac;
-    let at_router = FrameCapture::open(br.ns, "eth0", ETH_P_IPV6);
     let payload = b"iotlan-matter-case-sigma1".to_vec();
     let sender = in_netns(&matter, || UdpSocket::bind("[::]:0").expect("bind [::]:0"));
     let to = SocketAddrV6::new(THREAD_DEVICE, MATTER_PORT, 0, 0);
