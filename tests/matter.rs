@@ -286,6 +286,23 @@ fn thread_route_from_the_border_routers_ra_leads_to_it_through_net1_and_only_wit
 
     // A packet for a Thread device leaves by net1 to the border router's MAC, from the SLAAC address.
     let ula = lan_ula(&matter).expect("SLAAC address from the PIO");
+    // Derived from net1's MAC (EUI-64), which iotlan derives from the pod's identity: the Matter
+    // Server keeps its IPv6 address across restarts and node moves, as it keeps its MAC.
+    let mac: Vec<u16> = net1_mac
+        .split(':')
+        .map(|b| u16::from_str_radix(b, 16).expect("MAC byte"))
+        .collect();
+    let eui64 = Ipv6Addr::new(
+        LAN_PREFIX[0],
+        LAN_PREFIX[1],
+        LAN_PREFIX[2],
+        LAN_PREFIX[3],
+        ((mac[0] ^ 0x02) << 8) | mac[1],
+        (mac[2] << 8) | 0xff,
+        0xfe00 | mac[3],
+        (mac[4] << 8) | mac[5],
+    );
+    assert_eq!(ula, eui64, "SLAAC address from net1's MAC {net1_mac}");
     let payload = b"iotlan-matter-case-sigma1".to_vec();
     let sender = in_netns(&matter, || UdpSocket::bind("[::]:0").expect("bind [::]:0"));
     let to = SocketAddrV6::new(THREAD_DEVICE, MATTER_PORT, 0, 0);
