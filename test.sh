@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every iotlan test on a fresh Debian 12 machine (as root), installing what each needs:
 # the package check (scripts/needs.txt), formatting and lints, unit and property tests, store tests,
-# simulated-LAN tests, real runtimes (cnitool, podman, containerd), VM tests on a Debian kernel, manifest
+# simulated-LAN tests, Home Assistant itself on net1, real runtimes (cnitool, podman, containerd), VM tests on a Debian kernel, manifest
 # validation, and the static amd64/arm64 binaries. One release build serves them all. Every stage runs even
 # when an earlier one failed; the summary (scripts/test-summary) counts passed, failed and skipped tests, a
 # stage that failed before its tests as a failure, and lists every skip with its reason. CI=true turns a
@@ -34,6 +34,7 @@ check setup-build bash scripts/setup.sh
 check setup-runtimes bash tests/runtimes/setup.sh
 check setup-vm bash vm-tests/setup.sh
 check setup-manifests bash manifests/setup.sh
+check setup-ha bash tests/ha/setup.sh
 check setup-static bash scripts/build-static.sh --setup-only
 check packages-installed scripts/check-packages --installed --self-test
 
