@@ -118,7 +118,11 @@ impl KubernetesStore {
     /// Opens the store of `network` as `cfg` describes (see the module docs for the keys).
     /// Nothing is sent to the API server until the first operation.
     pub fn open(network: &str, cfg: &StoreConfig) -> Result<KubernetesStore, Error> {
-        let settings = Settings::from_config(cfg)?;
+        KubernetesStore::with_settings(network, Settings::from_config(cfg)?)
+    }
+
+    /// Opens the store of `network` with `settings` read already (leniently, for DEL).
+    pub fn with_settings(network: &str, settings: Settings) -> Result<KubernetesStore, Error> {
         let kubeconfig = settings.kubeconfig_path()?;
         let conn = Conn::open(&kubeconfig, settings.timeout)?;
         let api = Api::namespaced(conn.client.clone(), &settings.namespace);
