@@ -18,7 +18,7 @@ BY_ID = {t.id: t for t in TARGETS}
 OVERLAY_IDS = ["home-assistant/overlays/k3s-single-node", "home-assistant/overlays/multi-node"]
 CHANGED = {  # site.yaml values a user might have, none of them equal to an example value
     "lanSubnet": "10.77.3.0/24", "lanGateway": "10.77.3.254", "lanPool": "10.77.3.100-10.77.3.120",
-    "homeAssistantLanIp": "10.77.3.10", "mosquittoLanIp": "10.77.3.11", "podCidr": "10.88.0.0/14",
+    "homeAssistantLanIp": "10.77.3.10", "mosquittoLanIp": "10.77.3.11", "matterServerLanIp": "10.77.3.12", "podCidr": "10.88.0.0/14",
     "domain": "lab.test", "homeAssistantHost": "hass.lab.test", "autheliaHost": "login.lab.test",
     "zigbee2mqttHost": "z2m.lab.test", "zwaveJsUiHost": "zw.lab.test", "nodeRedHost": "nr.lab.test",
     "codeServerHost": "vs.lab.test", "esphomeHost": "esp.lab.test",
@@ -58,7 +58,8 @@ def test_site_yaml_is_the_one_file_of_addresses(oid, changed_site):
     ipam = json.loads(one(docs, "NetworkAttachmentDefinition", "iot")["spec"]["config"])["ipam"]
     assert (ipam["subnet"], ipam["gateway"], ipam["pool"]) == (CHANGED["lanSubnet"], CHANGED["lanGateway"], [CHANGED["lanPool"]])
     assert ipam["reservations"] == {f"{HA_NAMESPACE}/home-assistant-0": CHANGED["homeAssistantLanIp"],
-                                    f"{HA_NAMESPACE}/mosquitto-0": CHANGED["mosquittoLanIp"]}
+                                    f"{HA_NAMESPACE}/mosquitto-0": CHANGED["mosquittoLanIp"],
+                                    f"{HA_NAMESPACE}/matter-server-0": CHANGED["matterServerLanIp"]}
     seed = [c for c in find(docs, "ConfigMap") if c["metadata"]["name"].startswith("home-assistant-seed")][0]
     assert json.loads(seed["data"]["http.json"])["data"]["stable"]["trusted_proxies"] == [CHANGED["podCidr"]]
     hosts = {i["metadata"]["name"]: (i["spec"]["rules"][0]["host"], i["spec"]["tls"][0]["hosts"][0])
