@@ -248,7 +248,9 @@ def test_mosquitto_config_refuses_anonymous_clients_for_real():
     mode; Debian 12's 2.0.11 does not, so the owner/mode rule is checked statically in the test above.)"""
     broker = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
     need(broker, "mosquitto is not installed (apt package mosquitto)")
-    conf = mosquitto_conf(render(OVERLAYS["k3s-single-node"]))
+    docs = render(OVERLAYS["k3s-single-node"])
+    conf = mosquitto_conf(docs)
+    acl = [cm for cm in find(docs, "ConfigMap") if "acl" in (cm.get("data") or {})][0]["data"]["acl"]
     secrets = generated_secrets()
     passwd = base64.b64decode(secrets["mosquitto-passwd"]["data"]["passwd"]).decode()
     z2m = {k: base64.b64decode(v).decode() for k, v in secrets["mqtt-zigbee2mqtt"]["data"].items()}
@@ -258,7 +260,9 @@ def test_mosquitto_config_refuses_anonymous_clients_for_real():
         (tmp / "data").mkdir()
         (tmp / "passwd").write_text(passwd)
         os.chmod(tmp / "passwd", 0o600)
-        text = conf.replace("/mosquitto/auth/passwd", str(tmp / "passwd"))
+        (tmp / "acl").write_text(acl)
+        os.chmod(tmp / "acl", 0o600)
+        text = conf.replace("/mosquitto/auth/passwd", str(tmp / "passwd")).replace("/mosquitto/auth/acl", str(tmp / "acl"))
         text = text.replace("/mosquitto/data/", str(tmp / "data") + "/")
         text = re.sub(r"(?m)^listener 1883$", f"listener {port} 127.0.0.1", text)
         if os.geteuid() == 0:  # the broker drops root to its own user, which must own the files (as in the pod)
@@ -267,7 +271,7 @@ def test_mosquitto_config_refuses_anonymous_clients_for_real():
             except KeyError:
                 user = None
             if user:
-                for p in (tmp, tmp / "data", tmp / "passwd"):
+                for p in (tmp, tmp / "data", tmp / "passwd", tmp / "acl"):
                     os.chown(p, user.pw_uid, user.pw_gid)
             else:
                 text += "\nuser root\n"
@@ -297,14 +301,20 @@ def test_mosquitto_config_refuses_anonymous_clients_for_real():
 # ------------------------------------------------------------------------------------- Authelia
 
 
-NGINX_AUTH_URL = "nginx.ingress.kubernetes.io/auth-url"
+AUTHELIA_FILTER = {"type": "ExtensionRef", "extensionRef": {"group": "traefik.io", "kind": "Middleware",
+                                                             "name": "authelia"}}
 
 
-def authelia_guarded(ing):
-    """Traefik's Middleware or ingress-nginx's auth-url pointing at Authelia."""
-    ann = ing["metadata"].get("annotations") or {}
-    return AUTHELIA_MIDDLEWARE in ann.get(MIDDLEWARE_ANNOTATION, "").split(",") or \
-        ann.get(NGINX_AUTH_URL, "").startswith("http://authelia.home-assistant.svc.cluster.local:9091/api/authz/")
+def authelia_guarded(route):
+    """An Ingress naming Traefik's Authelia Middleware, or an HTTPRoute whose every rule filters through it."""
+    if route["kind"] == "HTTPRoute":
+        return all(AUTHELIA_FILTER in r.get("filters", []) for r in route["spec"]["rules"])
+    ann = route["metadata"].get("annotations") or {}
+    return AUTHELIA_MIDDLEWARE in ann.get(MIDDLEWARE_ANNOTATION, "").split(",")
+
+
+def route_hosts(route):
+    return route["spec"]["hostnames"] if route["kind"] == "HTTPRoute" else [r["host"] for r in route["spec"]["rules"]]
 
 
 def authelia_template(text, env):
@@ -317,7 +327,8 @@ def authelia_template(text, env):
 @pytest.mark.parametrize("target", HA_TARGETS, ids=HA_IDS)
 def test_authelia_guards_every_ui_but_never_home_assistant(target):
     docs = render(target)
-    ingresses = find(docs, "Ingress")
+    ingresses = find(docs, "Ingress") + find(docs, "HTTPRoute")
+    assert not (find(docs, "Ingress") and find(docs, "HTTPRoute")), "one way in, not two"
     for ing in ingresses:
         name = ing["metadata"]["name"]
         if name in ("home-assistant", "authelia"):
@@ -328,13 +339,10 @@ def test_authelia_guards_every_ui_but_never_home_assistant(target):
     assert {"zigbee2mqtt", "zwave-js-ui"} & {i["metadata"]["name"] for i in ingresses} <= guarded
     if not find(docs, "StatefulSet", "authelia"):
         return
-    if find(docs, "Middleware"):
-        mw = one(docs, "Middleware", "authelia")
-        assert f"{mw['metadata']['namespace']}-{mw['metadata']['name']}@kubernetescrd" == AUTHELIA_MIDDLEWARE
-        assert mw["apiVersion"] == "traefik.io/v1alpha1" and set(mw["spec"]) == {"forwardAuth"}
-        address = mw["spec"]["forwardAuth"]["address"]
-    else:
-        address = [i["metadata"]["annotations"][NGINX_AUTH_URL] for i in ingresses if authelia_guarded(i)][0]
+    mw = one(docs, "Middleware", "authelia")
+    assert f"{mw['metadata']['namespace']}-{mw['metadata']['name']}@kubernetescrd" == AUTHELIA_MIDDLEWARE
+    assert mw["apiVersion"] == "traefik.io/v1alpha1" and set(mw["spec"]) == {"forwardAuth"}
+    address = mw["spec"]["forwardAuth"]["address"]
     m = re.fullmatch(r"http://([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)/api/authz/([a-z-]+)", address)
     assert m, address
     svc = one(docs, "Service", m.group(1))
@@ -347,7 +355,7 @@ def test_authelia_guards_every_ui_but_never_home_assistant(target):
     config = yaml.safe_load(authelia_template(raw, env))
     assert m.group(4) in config["server"]["endpoints"]["authz"], f"Authelia has no {m.group(4)} endpoint"
     protected = {d for rule in config["access_control"]["rules"] for d in rule["domain"]}
-    hosts = {r["host"]: i["metadata"]["name"] for i in ingresses for r in i["spec"]["rules"]}
+    hosts = {h: i["metadata"]["name"] for i in ingresses for h in route_hosts(i)}
     assert {h for h, n in hosts.items() if n in guarded} <= protected
     assert not [h for h, n in hosts.items() if n == "home-assistant" and h in protected]
     assert config["access_control"]["default_policy"] == "deny"
@@ -475,8 +483,11 @@ def test_home_assistant_statefulset(target):
     # service, ingress, PDB
     svc = one(docs, "Service", "home-assistant")
     assert svc["spec"]["ports"][0]["appProtocol"] == "kubernetes.io/ws"
-    ing = one(docs, "Ingress", "home-assistant")
-    assert ing["spec"]["ingressClassName"] == ("nginx" if "ingress-nginx" in target.id else "traefik")
+    if "gateway-api" in target.id:
+        route = one(docs, "HTTPRoute", "home-assistant")
+        assert route["spec"]["rules"][0]["backendRefs"] == [{"name": "home-assistant", "port": 8123}]
+    else:
+        assert one(docs, "Ingress", "home-assistant")["spec"]["ingressClassName"] == "traefik"
     pdb = one(docs, "PodDisruptionBudget", "home-assistant")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
     assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "config"
