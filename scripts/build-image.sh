@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Builds the iotlan image (Containerfile, FROM scratch) for amd64 and arm64 with podman or buildah, whichever
-# is present, as localhost/iotlan:<version>-<arch> plus a manifest list localhost/iotlan:<version>.
+# is present, as <name>:<version>-<arch> plus a manifest list <name>:<version> (<version>: Cargo.toml's).
 #
 #   scripts/build-image.sh             build the static binaries (scripts/build-static.sh), then the images
 #   scripts/build-image.sh --no-build  use the binaries already in dist/
-#   scripts/build-image.sh --save DIR  also write DIR/iotlan-<version>-<arch>.tar (for `k3s ctr images import`)
+#   scripts/build-image.sh --name REPO the image's name without tag (default localhost/iotlan); the release
+#                                      workflow (.github/workflows/release.yml) passes the registry's name
+#   scripts/build-image.sh --save DIR  also write one image archive per arch, DIR/iotlan-<version>-<arch>.tar
+#                                      (docker-archive, tagged <name>:<version>): what a node without a registry
+#                                      imports (k3s: /var/lib/rancher/k3s/agent/images/; ctr -n k8s.io images import)
 #
 # FROM scratch needs no registry, so this works offline. Without podman or buildah it says so and exits 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build=1 save=""
+build=1 save="" name=localhost/iotlan
 while (($#)); do
     case $1 in
         --no-build) build=0 ;;
-        --save) save=$2; shift ;;
-        *) echo "usage: $0 [--no-build] [--save DIR]" >&2; exit 2 ;;
+        --save) save=${2:?--save needs a directory}; shift ;;
+        --name) name=${2:?--name needs an image name}; shift ;;
+        *) echo "usage: $0 [--no-build] [--name REPO] [--save DIR]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -26,7 +31,7 @@ else
     exit 1
 fi
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
-image=localhost/iotlan:$version
+image=$name:$version
 
 ((build)) && bash scripts/build-static.sh
 for arch in amd64 arm64; do
@@ -45,9 +50,12 @@ for arch in amd64 arm64; do
     echo "build-image: $image-$arch"
     if [ -n "$save" ]; then
         mkdir -p "$save"
-        rm -f "$save/iotlan-$version-$arch.tar"
-        # Named without the arch suffix, as the DaemonSet refers to it.
-        "$tool" push -q "$image-$arch" "docker-archive:$save/iotlan-$version-$arch.tar:$image" >/dev/null
+        archive=$save/iotlan-$version-$arch.tar
+        # Named without the arch suffix, as the DaemonSet refers to it; written under a temporary name and
+        # renamed, so that a node's import directory never holds half an archive.
+        rm -f "$archive" "$archive.tmp"
+        "$tool" push -q "$image-$arch" "docker-archive:$archive.tmp:$image" >/dev/null
+        mv -f "$archive.tmp" "$archive"
         echo "build-image: $save/iotlan-$version-$arch.tar"
     fi
 done

@@ -41,7 +41,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::addr::Family;
 use crate::error::Error;
-use crate::lease::{AllocRequest, Attachment, Lease};
+use crate::lease::{AllocRequest, Attachment, AvoidReason, Lease};
 use crate::names;
 use crate::pool::Pool;
 
@@ -72,6 +72,12 @@ pub trait Claims {
     /// (the file store) answers true for all of its leases.
     fn is_local(&self, holder: &Lease, node: Option<&str>) -> bool {
         holder.node.is_none() || holder.node.as_deref() == node
+    }
+    /// The allocation goes on under another key (`identity`): a store that caches what it read of the
+    /// allocation's key reads that one's from now on. Stores that look every identity up by name
+    /// need nothing.
+    fn rekey(&mut self, identity: &str) {
+        let _ = identity;
     }
     /// Whether `node` is lost: gone from the cluster, or not Ready for longer than the grace period.
     /// A store that cannot tell answers false (the lease is then never taken over).
@@ -116,6 +122,17 @@ pub struct Claimed {
 /// Runs the allocation order for `req` against a store's [`Claims`]. Returns one lease per family of the
 /// pool, IPv4 first, and the claims made. `node` is recorded in new leases; `check` judges whether an
 /// earlier sandbox of the same pod on this node has left the wire.
+///
+/// The key the leases are held under is the pod (`req.identity`), whatever the interface is called:
+/// the order of a pod's networks sets its interface names (`networks: "cameras, iot"` makes iot's
+/// attachment `net2`), and nothing that identifies the pod may depend on it. Two exceptions:
+/// - a second attachment of the same network in the same sandbox (another interface of the same
+///   container holds the pod's address) is keyed `identity@ifname`, found when a claim meets its
+///   sibling, so that it costs nothing in the common case;
+/// - an identity `namespace/name@ifname` left by a build that keyed every interface but `net1` so
+///   ([`LEGACY_FIRST_IFNAME`]): when the pod has no reservation and no address of its own, but that
+///   record names one, the attachment keeps using it, so a running home keeps its addresses (and the
+///   CNI layer's MAC, derived from the same key) across the upgrade.
 pub fn allocate(
     pool: &Pool,
     req: &AllocRequest,
@@ -125,6 +142,77 @@ pub fn allocate(
 ) -> Result<Grant, Error> {
     names::validate_identity(&req.identity)?;
     req.attachment.validate()?;
+    let requested = requested_per_family(pool, req)?;
+    let mut keyed = keyed_request(pool, req, claims)?;
+    let mut may_rekey = true;
+    // At most: the pod's key, then the attachment's own (a second attachment, or the key its leases
+    // already have), then that key once more were its store to answer differently.
+    for _ in 0..3 {
+        match allocate_as(pool, &keyed, &requested, node, claims, check, may_rekey)? {
+            Keyed::Granted(g) => return Ok(g),
+            Keyed::Rekey(key) => {
+                claims.rekey(&key);
+                keyed = AllocRequest {
+                    identity: key,
+                    ..req.clone()
+                };
+                may_rekey = false;
+            }
+        }
+    }
+    Err(Error::Unavailable {
+        reason: format!(
+            "{}: the key of its addresses changed while they were being allocated",
+            req.attachment
+        ),
+    })
+}
+
+/// The interface name that a build before per-pod keys left unkeyed; every other interface of a
+/// pod was keyed `namespace/name@ifname`.
+pub const LEGACY_FIRST_IFNAME: &str = "net1";
+
+/// The key of a second attachment of the same network in one sandbox: `identity@ifname`.
+pub fn per_interface_key(req: &AllocRequest) -> String {
+    format!("{}@{}", req.identity, req.attachment.ifname)
+}
+
+/// `req` under the key its leases are held by: the pod, or a legacy per-interface identity the pod
+/// still holds its only addresses under (see [`allocate`]).
+fn keyed_request(
+    pool: &Pool,
+    req: &AllocRequest,
+    claims: &mut dyn Claims,
+) -> Result<AllocRequest, Error> {
+    let pod_named = req.identity.contains('/') && !req.identity.contains('@');
+    let reserved = pool
+        .families()
+        .into_iter()
+        .any(|f| pool.reservation(&req.identity, f).is_some());
+    if !pod_named
+        || req.attachment.ifname == LEGACY_FIRST_IFNAME
+        || reserved
+        || !req.requested.is_empty()
+        || !claims.previous(&req.identity)?.is_empty()
+    {
+        return Ok(req.clone());
+    }
+    let legacy = per_interface_key(req);
+    claims.rekey(&legacy);
+    if claims.previous(&legacy)?.is_empty() {
+        claims.rekey(&req.identity);
+        return Ok(req.clone());
+    }
+    tracing::info!(identity = %req.identity, key = %legacy,
+        "keeping the addresses an earlier build keyed by this interface's name");
+    Ok(AllocRequest {
+        identity: legacy,
+        ..req.clone()
+    })
+}
+
+/// The requested addresses, at most one per family of the pool.
+fn requested_per_family(pool: &Pool, req: &AllocRequest) -> Result<Vec<IpAddr>, Error> {
     let families = pool.families();
     let mut requested: Vec<IpAddr> = Vec::new();
     for &ip in &req.requested {
@@ -146,8 +234,38 @@ pub fn allocate(
         }
         requested.push(ip);
     }
+    Ok(requested)
+}
 
+/// What one keyed allocation came to.
+enum Keyed {
+    Granted(Grant),
+    /// The attachment's addresses are held under another key: its own, because another interface
+    /// of the same sandbox holds the pod's address (a second attachment), or the one its leases
+    /// already have (a retried ADD). Nothing of this try is left claimed.
+    Rekey(String),
+}
+
+/// The allocation order under `req.identity`. `may_rekey`: a claim that meets another interface of
+/// the same sandbox answers [`Keyed::Rekey`] with its own key instead of treating it as another pod.
+fn allocate_as(
+    pool: &Pool,
+    req: &AllocRequest,
+    requested: &[IpAddr],
+    node: Option<&str>,
+    claims: &mut dyn Claims,
+    check: &dyn SandboxCheck,
+    may_rekey: bool,
+) -> Result<Keyed, Error> {
+    let families = pool.families();
     let existing = claims.held_by(&req.attachment)?;
+    if let Some(other) = existing
+        .iter()
+        .map(|l| &l.identity)
+        .find(|k| **k != req.identity)
+    {
+        return Ok(Keyed::Rekey(other.clone()));
+    }
     for l in &existing {
         if let Some(&want) = requested
             .iter()
@@ -178,6 +296,7 @@ pub fn allocate(
         node,
         check,
         claims,
+        may_rekey,
     };
 
     // Decide first, claim second: every refusal of the request comes before any claim.
@@ -201,6 +320,18 @@ pub fn allocate(
             }
             (None, None) => None,
         };
+        if let Some(ip) = fixed {
+            if let Some(AvoidReason::NodeAddress { interface }) = req.avoided(ip) {
+                return Err(Error::NotAllowed {
+                    ip,
+                    why: format!(
+                        "it is this node's own address (on {interface}); a pod given it would take the \
+                         node off the LAN: reserve another address for {}",
+                        req.identity
+                    ),
+                });
+            }
+        }
         plan.push((fam, fixed));
     }
 
@@ -218,12 +349,17 @@ pub fn allocate(
                     .flatten()
                     .copied()
                     .filter(|ip| Family::of(ip) == fam)
+                    .filter(|ip| req.avoided(*ip).is_none())
                     .find(|ip| pool.check_assignable(*ip, &req.identity).is_ok());
                 search(pool, &mut takeover, req, fam, sticky, &lease_for)
             }
         };
         match result {
-            Ok(c) => claimed.push(c),
+            Ok(Some(c)) => claimed.push(c),
+            Ok(None) => {
+                undo(takeover.claims, &claimed);
+                return Ok(Keyed::Rekey(per_interface_key(req)));
+            }
             Err(e) => {
                 undo(takeover.claims, &claimed);
                 return Err(e);
@@ -239,10 +375,10 @@ pub fn allocate(
         undo(claims, &claimed);
         return Err(e);
     }
-    Ok(Grant {
+    Ok(Keyed::Granted(Grant {
         leases: all,
         claimed,
-    })
+    }))
 }
 
 /// The claims of one allocation with what it needs to judge a takeover.
@@ -250,6 +386,8 @@ struct Takeover<'a> {
     node: Option<&'a str>,
     check: &'a dyn SandboxCheck,
     claims: &'a mut dyn Claims,
+    /// Whether meeting another interface of the same sandbox asks for a key of this attachment's own.
+    may_rekey: bool,
 }
 
 impl Takeover<'_> {
@@ -291,11 +429,21 @@ fn is_stale_self(holder: &Lease, req: &AllocRequest) -> bool {
     holder.identity == req.identity && holder.container_id != req.attachment.container_id
 }
 
+/// Whether `holder` is another interface of the same sandbox under the same key (a second
+/// attachment of one network in one pod).
+fn is_sibling(holder: &Lease, req: &AllocRequest) -> bool {
+    holder.identity == req.identity
+        && holder.container_id == req.attachment.container_id
+        && holder.ifname != req.attachment.ifname
+}
+
 /// What one claim of an address the pod wants came to.
 enum Own {
     Claimed(Claimed),
     /// Another pod holds it.
     HeldBy(Lease),
+    /// Another interface of the same sandbox holds it: this attachment needs its own key.
+    Sibling,
     /// An earlier sandbox of this pod held it, had left the wire, and the takeover lost a race.
     LostTakeover,
 }
@@ -313,6 +461,7 @@ fn claim_own(t: &mut Takeover, req: &AllocRequest, lease: &Lease) -> Result<Own,
             }))
         }
         Some(h) if is_stale_self(&h, req) => h,
+        Some(h) if t.may_rekey && is_sibling(&h, req) => return Ok(Own::Sibling),
         Some(h) => return Ok(Own::HeldBy(h)),
     };
     t.may_replace(&holder)?;
@@ -328,12 +477,18 @@ fn claim_own(t: &mut Takeover, req: &AllocRequest, lease: &Lease) -> Result<Own,
 }
 
 /// Claims an address the attachment must get (a reservation or a request), taking over a stale lease of
-/// the same identity; any other holder is a conflict.
-fn claim_fixed(t: &mut Takeover, req: &AllocRequest, lease: Lease) -> Result<Claimed, Error> {
+/// the same identity; any other holder is a conflict. `None`: another interface of the same sandbox
+/// holds it ([`Keyed::Rekey`]).
+fn claim_fixed(
+    t: &mut Takeover,
+    req: &AllocRequest,
+    lease: Lease,
+) -> Result<Option<Claimed>, Error> {
     // Two rounds: the holder may change between the lost claim and the takeover in a lock-free store.
     for _ in 0..2 {
         match claim_own(t, req, &lease)? {
-            Own::Claimed(c) => return Ok(c),
+            Own::Claimed(c) => return Ok(Some(c)),
+            Own::Sibling => return Ok(None),
             Own::HeldBy(h) => return Err(h.conflict()),
             Own::LostTakeover => {}
         }
@@ -353,24 +508,26 @@ fn search(
     fam: Family,
     sticky: Option<IpAddr>,
     lease_for: &dyn Fn(IpAddr) -> Lease,
-) -> Result<Claimed, Error> {
+) -> Result<Option<Claimed>, Error> {
     if let Some(ip) = sticky {
         // The pod's own address; on a sandbox that may still be up it waits (StillInUse) rather
         // than hand the pod a second address under the same MAC. Held by another pod: search on.
-        if let Own::Claimed(c) = claim_own(t, req, &lease_for(ip))? {
-            return Ok(c);
+        match claim_own(t, req, &lease_for(ip))? {
+            Own::Claimed(c) => return Ok(Some(c)),
+            Own::Sibling => return Ok(None),
+            Own::HeldBy(_) | Own::LostTakeover => {}
         }
     }
     for ip in pool.candidates(fam, &req.identity) {
-        if Some(ip) == sticky || !t.claims.is_free(ip)? {
+        if Some(ip) == sticky || req.avoided(ip).is_some() || !t.claims.is_free(ip)? {
             continue;
         }
         let lease = lease_for(ip);
         if t.claims.claim(&lease, None)?.is_none() {
-            return Ok(Claimed {
+            return Ok(Some(Claimed {
                 lease,
                 replaced: None,
-            });
+            }));
         }
     }
     Err(pool.exhausted(fam))

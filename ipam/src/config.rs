@@ -148,10 +148,84 @@ impl Default for StoreConfig {
     }
 }
 
+/// A whole number read as leniently as DEL reads (`10000` or `"10000"`), clamped to `range`;
+/// `None` (the default) when it cannot be read. Logs what it changed.
+pub(crate) fn lenient_u64(
+    field: &str,
+    value: &serde_json::Value,
+    range: std::ops::RangeInclusive<u64>,
+) -> Option<u64> {
+    let n = match value {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_i64().map(|i| i.max(0) as u64))
+            .or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
+        serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    let Some(n) = n else {
+        ignored(field, value, "its default");
+        return None;
+    };
+    let clamped = n.clamp(*range.start(), *range.end());
+    if clamped != n || !value.is_u64() {
+        tracing::warn!(field, given = %value, used = clamped,
+            "a value ADD would refuse, read leniently for DEL");
+    }
+    Some(clamped)
+}
+
+fn ignored(field: &str, value: &serde_json::Value, instead: &str) {
+    tracing::warn!(field, given = %value, instead, "an unreadable value, ignored for DEL");
+}
+
 /// How long the file store keeps an unused sticky identity record by default, in days.
 pub const DEFAULT_IDENTITY_RETENTION_DAYS: u64 = 30;
 
 impl StoreConfig {
+    /// Reads the `store` object as a DEL must: whatever ADD would refuse today (a string where a
+    /// number belongs, a value out of range, a key of a newer build) never keeps a pod's addresses
+    /// held. Numbers given as strings are read, values out of range are clamped, anything else
+    /// unreadable falls back to its default; each such key is logged. Keys of other kinds stay in
+    /// `extra` for them to read just as leniently.
+    pub fn lenient(v: &serde_json::Value) -> StoreConfig {
+        let mut cfg = StoreConfig::default();
+        let Some(obj) = v.as_object() else {
+            if !v.is_null() {
+                tracing::warn!(store = %v, "ipam.store is not an object: using the defaults");
+            }
+            return cfg;
+        };
+        for (key, value) in obj {
+            match key.as_str() {
+                "kind" => match value.as_str() {
+                    Some(k) => cfg.kind = k.to_string(),
+                    None => ignored("store.kind", value, "the default, file"),
+                },
+                "dir" => match value.as_str().map(PathBuf::from) {
+                    Some(d) if d.is_absolute() => cfg.dir = Some(d),
+                    _ => ignored("store.dir", value, DEFAULT_STORE_DIR),
+                },
+                "lockTimeoutMs" => {
+                    cfg.lock_timeout_ms =
+                        lenient_u64("store.lockTimeoutMs", value, 1..=MAX_LOCK_TIMEOUT_MS)
+                }
+                "identityRetentionDays" => {
+                    cfg.identity_retention_days =
+                        lenient_u64("store.identityRetentionDays", value, 0..=u64::MAX / 86_400)
+                }
+                "gcGraceSeconds" => {
+                    cfg.gc_grace_seconds =
+                        lenient_u64("store.gcGraceSeconds", value, 0..=MAX_GC_GRACE_SECONDS)
+                }
+                _ => {
+                    cfg.extra.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        cfg
+    }
+
     /// Checks the keys every kind shares: paths are absolute (a relative one would land in whatever
     /// directory the runtime runs the plugin from) and every wait is bounded.
     pub fn validate(&self) -> Result<(), crate::Error> {

@@ -49,6 +49,34 @@ pub struct AllocRequest {
     /// Where the sandbox lives and which pod object it is, recorded in the leases so that a later
     /// ADD of the same pod can tell whether this sandbox is still on the wire.
     pub sandbox: Sandbox,
+    /// Addresses this allocation must not hand out, and why ([`Avoid`]).
+    pub avoid: Vec<Avoid>,
+}
+
+/// An address an allocation must not hand out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Avoid {
+    pub ip: IpAddr,
+    pub why: AvoidReason,
+}
+
+/// Why an address is avoided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AvoidReason {
+    /// The node itself carries it (on the named interface): a pod given it would take the node's
+    /// address off the LAN (a macvlan child cannot hear its parent, so no probe finds it). Never
+    /// handed out; a reservation or request of it is refused.
+    NodeAddress { interface: String },
+    /// Found in use on the LAN lately (the conflict check): skipped by the search and by
+    /// stickiness; a reservation or request of it is still tried, and the check then names the device.
+    InUseOnLan,
+}
+
+impl AllocRequest {
+    /// What the allocation knows of `ip` as an address to avoid.
+    pub fn avoided(&self, ip: IpAddr) -> Option<&AvoidReason> {
+        self.avoid.iter().find(|a| a.ip == ip).map(|a| &a.why)
+    }
 }
 
 /// What identifies one sandbox beyond its container ID: its network namespace path (`CNI_NETNS`)
@@ -60,6 +88,11 @@ pub struct Sandbox {
     pub netns: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    /// The node's boot ID (`/proc/sys/kernel/random/boot_id`) when the sandbox was made: a sandbox
+    /// of another boot is gone, whatever the clock says (a Pi without a real-time clock steps its
+    /// clock after boot, so lease times cannot be compared with the boot time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 /// One allocated address and who holds it.

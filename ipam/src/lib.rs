@@ -74,6 +74,8 @@ pub use addr::Family;
 pub use allocator::{Grant, NeverGone, SandboxCheck};
 pub use config::{PoolConfig, StoreConfig};
 pub use error::Error;
-pub use lease::{AllocRequest, Allocation, Assigned, Attachment, Dns, Lease, Route, Sandbox};
+pub use lease::{
+    AllocRequest, Allocation, Assigned, Attachment, Avoid, AvoidReason, Dns, Lease, Route, Sandbox,
+};
 pub use pool::Pool;
-pub use store::{open_store, open_store_of, FileStore, MemoryStore, Store};
+pub use store::{open_store, open_store_to_release, FileStore, MemoryStore, Store};

@@ -98,6 +98,7 @@ mod tests {
             sandbox: Sandbox {
                 netns: None,
                 pod_uid: uid.map(str::to_string),
+                boot_id: None,
             },
         }
     }

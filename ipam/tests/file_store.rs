@@ -29,6 +29,26 @@ fn expect_corrupt(r: Result<impl std::fmt::Debug, Error>, file: &Path) {
     }
 }
 
+/// `file` is named by [`Store::unreadable`] and its lease left out of [`Store::leases`] (which
+/// still lists every readable one).
+fn expect_unreadable(store: &FileStore, file: &Path) {
+    let named = store.unreadable().unwrap();
+    assert!(
+        named
+            .iter()
+            .any(|n| n.contains(&file.display().to_string())),
+        "{} is not named: {named:?}",
+        file.display()
+    );
+    let leases = store.leases().unwrap();
+    assert!(
+        leases
+            .iter()
+            .all(|l| !file.ends_with(format!("ip:{}", l.ip))),
+        "{leases:?}"
+    );
+}
+
 /// Replaces the record at `path` by a link to `target` (what a hand edit would leave).
 fn set_record(path: &Path, target: &[u8]) {
     use std::os::unix::ffi::OsStrExt;
@@ -174,12 +194,22 @@ fn truncated_and_corrupted_records_are_named_never_reset() {
 
     // Truncated in the middle.
     set_record(&lease_file, &full[..full.len() / 2]);
-    expect_corrupt(store.leases(), &lease_file);
+    expect_unreadable(&store, &lease_file);
     expect_corrupt(store.find(&Attachment::new("a", "net1")), &lease_file);
-    expect_corrupt(store.release(&Attachment::new("a", "net1")), &lease_file);
+    // DEL never sticks on it (kubelet would retry forever): it is skipped, and its address stays
+    // held while the record cannot be read.
+    assert!(store
+        .release(&Attachment::new("a", "net1"))
+        .unwrap()
+        .is_empty());
+    assert_eq!(record(&lease_file), &full[..full.len() / 2]);
     // GC names the corrupt record and leaves it as it is, but still collects the rest (the
     // spec's "keep going"): c, which nobody lists as valid, is freed.
     let c = store.allocate(&pool, &req("ns/c", "c")).unwrap();
+    assert_ne!(
+        c[0].ip, leases[0].ip,
+        "an unreadable lease's address is not handed out"
+    );
     expect_corrupt(store.gc(&[Attachment::new("b", "net1")]), &lease_file);
     assert!(store
         .find(&Attachment::new("c", "net1"))
@@ -190,40 +220,58 @@ fn truncated_and_corrupted_records_are_named_never_reset() {
     // Garbage.
     for bad in [&b"\x01garbage"[..], b"{\"ip\": 7}"] {
         set_record(&lease_file, bad);
-        expect_corrupt(store.leases(), &lease_file);
+        expect_unreadable(&store, &lease_file);
         assert_eq!(record(&lease_file), bad, "the record was rewritten");
     }
     // A regular file where the link belongs (an editor's "save" does that).
     fs::remove_file(&lease_file).unwrap();
     fs::write(&lease_file, &full).unwrap();
-    let e = store.leases().unwrap_err();
-    assert!(e.to_string().contains("not a symbolic link"), "{e}");
-    expect_corrupt(store.leases(), &lease_file);
+    let named = store.unreadable().unwrap();
+    assert!(
+        named.iter().any(|e| e.contains("not a symbolic link")),
+        "{named:?}"
+    );
+    expect_unreadable(&store, &lease_file);
     // A lease record that names another address.
     let other = String::from_utf8(full.clone())
         .unwrap()
         .replace(&leases[0].ip.to_string(), "192.168.20.99");
     set_record(&lease_file, other.as_bytes());
-    expect_corrupt(store.leases(), &lease_file);
-    // Restored, everything works again and nothing was lost.
+    expect_unreadable(&store, &lease_file);
+    // Restored, everything works again and nothing was lost: the lease is a's still (its DEL
+    // skipped it and kept its index), and a DEL now frees it.
     set_record(&lease_file, &full);
+    assert!(store.unreadable().unwrap().is_empty());
     assert_eq!(store.leases().unwrap().len(), 2);
+    assert_eq!(
+        store.release(&Attachment::new("a", "net1")).unwrap().len(),
+        1
+    );
+    assert_eq!(store.leases().unwrap().len(), 1);
 
-    // A corrupted attachment index and identity record.
+    // A corrupted attachment index: DEL searches the leases instead, frees the attachment's, and
+    // leaves the index for the operator; CHECK and ADD name it.
     let index = dir.path().join("iot/attachment:b:net1");
+    let b_ip = store.find(&Attachment::new("b", "net1")).unwrap()[0].ip;
     set_record(&index, b"{\"ips\": [");
     expect_corrupt(store.find(&Attachment::new("b", "net1")), &index);
     expect_corrupt(store.allocate(&pool, &req("ns/b", "b")), &index);
+    let freed = store.release(&Attachment::new("b", "net1")).unwrap();
+    assert_eq!(freed.iter().map(|l| l.ip).collect::<Vec<_>>(), vec![b_ip]);
+    assert_eq!(record(&index), b"{\"ips\": [");
+    expect_unreadable(&store, &index);
+    fs::remove_file(&index).unwrap();
+    // A corrupted identity record: ADD names it, and leaves it.
     let identity = dir.path().join("iot/identity:ns:a");
     set_record(&identity, b"nonsense");
-    store.release(&Attachment::new("a", "net1")).unwrap();
-    expect_corrupt(store.allocate(&pool, &req("ns/a", "a2")), &identity);
+    expect_corrupt(store.allocate(&pool, &req("ns/a", "a3")), &identity);
     assert_eq!(record(&identity), b"nonsense");
+    expect_unreadable(&store, &identity);
 
     // A foreign file in the network directory is named too.
     let foreign = dir.path().join("iot/notes.txt");
     fs::write(&foreign, b"x").unwrap();
-    expect_corrupt(store.leases(), &foreign);
+    expect_unreadable(&store, &foreign);
 }
 
 #[test]

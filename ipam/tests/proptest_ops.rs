@@ -15,7 +15,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use iotlan_ipam::{
-    AllocRequest, Attachment, Error, Family, FileStore, Lease, MemoryStore, Pool, Store,
+    AllocRequest, Attachment, Avoid, AvoidReason, Error, Family, FileStore, Lease, MemoryStore,
+    Pool, Store,
 };
 use proptest::prelude::*;
 
@@ -61,6 +62,7 @@ fn dual_pool() -> Pool {
 /// the subnet.
 const REQUESTABLE_V4: &[&str] = &[
     "192.168.20.200",
+    NODE_V4,
     "192.168.20.202",
     "192.168.20.203",
     "192.168.20.1",
@@ -70,6 +72,9 @@ const REQUESTABLE_V4: &[&str] = &[
     "192.168.21.9",
     "192.168.20.251",
 ];
+/// The node's own address on the LAN, inside the pool ranges: never a pod's.
+const NODE_V4: &str = "192.168.20.205";
+
 const REQUESTABLE_V6: &[&str] = &["fd20::100", "fd20::101", "fd20::102", "fd20::1", "fd20::5"];
 
 #[derive(Clone, Debug)]
@@ -83,16 +88,19 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0..12usize, 0..2usize, prop::option::weighted(0.25, 0..REQUESTABLE_V4.len()),
+        6 => (0..12usize, 0..3usize, prop::option::weighted(0.25, 0..REQUESTABLE_V4.len()),
               prop::option::weighted(0.2, 0..REQUESTABLE_V6.len()))
             .prop_map(|(c, i, r4, r6)| Op::Add(c, i, r4, r6)),
-        3 => (0..12usize, 0..2usize).prop_map(|(c, i)| Op::Del(c, i)),
+        3 => (0..12usize, 0..3usize).prop_map(|(c, i)| Op::Del(c, i)),
         1 => any::<u16>().prop_map(Op::Gc),
     ]
 }
 
+/// Interface names a pod's attachment may have: the order of its networks sets them.
+const IFNAMES: [&str; 3] = ["net1", "net2", "iot0"];
+
 fn att(c: usize, i: usize) -> Attachment {
-    Attachment::new(format!("ctr{c:02}"), ["net1", "net2"][i])
+    Attachment::new(format!("ctr{c:02}"), IFNAMES[i])
 }
 
 /// Container c belongs to identity c % 8: containers c and c + 8 are two sandboxes of one pod.
@@ -115,12 +123,62 @@ enum Expect {
     StillInUse,
 }
 
+/// The model's ADD: the expectation, and the key the leases are held under (the pod; its own key
+/// for a second attachment of the same sandbox; a per-interface key an earlier build left, which the
+/// pod keeps while it has no reservation and no addresses of its own).
 fn model_add(
     pool: &Pool,
     held: &BTreeMap<IpAddr, Lease>,
     last: &BTreeMap<String, Vec<IpAddr>>,
     req: &AllocRequest,
-) -> Expect {
+) -> (Expect, String) {
+    let per_interface = format!("{}@{}", req.identity, req.attachment.ifname);
+    let reserved = pool
+        .families()
+        .into_iter()
+        .any(|f| pool.reservation(&req.identity, f).is_some());
+    let legacy = req.identity.contains('/')
+        && req.attachment.ifname != "net1"
+        && !reserved
+        && req.requested.is_empty()
+        && last.get(&req.identity).is_none_or(|v| v.is_empty())
+        && last.get(&per_interface).is_some_and(|v| !v.is_empty());
+    // A retried ADD: the attachment's leases have their key already.
+    let held_key = held
+        .values()
+        .find(|l| l.is_held_by(&req.attachment))
+        .map(|l| l.identity.clone());
+    let key = match held_key {
+        Some(k) => k,
+        None if legacy => per_interface.clone(),
+        None => req.identity.clone(),
+    };
+    let keyed = AllocRequest {
+        identity: key.clone(),
+        ..req.clone()
+    };
+    match model_add_as(pool, held, last, &keyed, true) {
+        Some(e) => (e, key),
+        None => {
+            let second = AllocRequest {
+                identity: per_interface.clone(),
+                ..req.clone()
+            };
+            let e = model_add_as(pool, held, last, &second, false).unwrap_or(Expect::Conflict);
+            (e, per_interface)
+        }
+    }
+}
+
+/// The allocation under `req.identity`; `None` when a claim meets another interface of the same
+/// sandbox under that key (and `may_rekey`): the attachment needs a key of its own.
+fn model_add_as(
+    pool: &Pool,
+    held: &BTreeMap<IpAddr, Lease>,
+    last: &BTreeMap<String, Vec<IpAddr>>,
+    req: &AllocRequest,
+    may_rekey: bool,
+) -> Option<Expect> {
     let mine: Vec<&Lease> = held
         .values()
         .filter(|l| l.is_held_by(&req.attachment))
@@ -129,7 +187,7 @@ fn model_add(
     // Requests of a family the pool lacks, or two of one family.
     for r in &req.requested {
         if !families.contains(&Family::of(r)) {
-            return Expect::NotAllowed;
+            return Some(Expect::NotAllowed);
         }
     }
     for l in &mine {
@@ -138,11 +196,18 @@ fn model_add(
             .iter()
             .any(|r| Family::of(r) == Family::of(&l.ip) && *r != l.ip)
         {
-            return Expect::NotAllowed;
+            return Some(Expect::NotAllowed);
         }
     }
+    let node: IpAddr = NODE_V4.parse().unwrap();
     let stale_self =
         |l: &Lease| l.identity == req.identity && l.container_id != req.attachment.container_id;
+    let sibling = |l: &Lease| {
+        may_rekey
+            && l.identity == req.identity
+            && l.container_id == req.attachment.container_id
+            && l.ifname != req.attachment.ifname
+    };
     // Refusals of the request come first, for every family, before anything is claimed.
     let mut plan = Vec::new();
     for fam in families {
@@ -152,16 +217,19 @@ fn model_add(
         }
         let want = req.requested.iter().copied().find(|r| Family::of(r) == fam);
         let fixed = match (pool.reservation(&req.identity, fam), want) {
-            (Some(r), Some(w)) if r != w => return Expect::NotAllowed,
+            (Some(r), Some(w)) if r != w => return Some(Expect::NotAllowed),
             (Some(r), _) => Some(r),
             (None, Some(w)) => {
                 if pool.check_assignable(w, &req.identity).is_err() {
-                    return Expect::NotAllowed;
+                    return Some(Expect::NotAllowed);
                 }
                 Some(w)
             }
             (None, None) => None,
         };
+        if fixed == Some(node) {
+            return Some(Expect::NotAllowed);
+        }
         plan.push((fam, fixed, false));
     }
     let mut out = Vec::new();
@@ -174,8 +242,9 @@ fn model_add(
         if let Some(ip) = fixed {
             match held.get(&ip) {
                 // An earlier sandbox of this pod that may still be up: never taken over blindly.
-                Some(h) if stale_self(h) => return Expect::StillInUse,
-                Some(_) => return Expect::Conflict,
+                Some(h) if stale_self(h) => return Some(Expect::StillInUse),
+                Some(h) if sibling(h) => return None,
+                Some(_) => return Some(Expect::Conflict),
                 None => out.push(ip),
             }
             continue;
@@ -185,6 +254,7 @@ fn model_add(
             .into_iter()
             .flatten()
             .copied()
+            .filter(|ip| *ip != node)
             .find(|ip| Family::of(ip) == fam && pool.check_assignable(*ip, &req.identity).is_ok());
         if let Some(ip) = sticky {
             match held.get(&ip) {
@@ -192,19 +262,20 @@ fn model_add(
                     out.push(ip);
                     continue;
                 }
-                Some(h) if stale_self(h) => return Expect::StillInUse,
+                Some(h) if stale_self(h) => return Some(Expect::StillInUse),
+                Some(h) if sibling(h) => return None,
                 Some(_) => {}
             }
         }
         match pool
             .candidates(fam, &req.identity)
-            .find(|ip| !held.contains_key(ip))
+            .find(|ip| *ip != node && !held.contains_key(ip))
         {
             Some(ip) => out.push(ip),
-            None => return Expect::Exhausted,
+            None => return Some(Expect::Exhausted),
         }
     }
-    Expect::Ips(out)
+    Some(Expect::Ips(out))
 }
 
 fn run(pool: &Pool, store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> {
@@ -224,9 +295,15 @@ fn run(pool: &Pool, store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> 
                     identity: identity(*c).to_string(),
                     attachment: att(*c, *i),
                     requested,
+                    avoid: vec![Avoid {
+                        ip: NODE_V4.parse().unwrap(),
+                        why: AvoidReason::NodeAddress {
+                            interface: "eth0".into(),
+                        },
+                    }],
                     ..AllocRequest::default()
                 };
-                let expect = model_add(pool, &before, &last, &req);
+                let (expect, key) = model_add(pool, &before, &last, &req);
                 let got = store.allocate(pool, &req);
                 let after = by_ip(&store.leases().unwrap());
                 match (&expect, got) {
@@ -235,7 +312,7 @@ fn run(pool: &Pool, store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> 
                         prop_assert_eq!(&ips, want, "{:?}", op);
                         prop_assert_eq!(store.find(&req.attachment).unwrap(), leases.clone());
                         for l in &leases {
-                            prop_assert_eq!(&l.identity, &req.identity);
+                            prop_assert_eq!(&l.identity, &key);
                             prop_assert_eq!(after.get(&l.ip), Some(l));
                         }
                         // Nothing else changed, except stale leases of this pod that were taken over.
@@ -248,7 +325,7 @@ fn run(pool: &Pool, store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> 
                             after.len(),
                             before.len() + ips.iter().filter(|ip| !before.contains_key(ip)).count()
                         );
-                        last.insert(req.identity.clone(), ips);
+                        last.insert(key, ips);
                     }
                     (Expect::Exhausted, Err(Error::Exhausted { .. }))
                     | (Expect::Conflict, Err(Error::Conflict { .. }))
@@ -279,7 +356,7 @@ fn run(pool: &Pool, store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> 
             Op::Gc(mask) => {
                 let valid: Vec<Attachment> = (0..12)
                     .filter(|c| mask & (1 << c) != 0)
-                    .flat_map(|c| [att(c, 0), att(c, 1)])
+                    .flat_map(|c| [att(c, 0), att(c, 1), att(c, 2)])
                     .collect();
                 let valid_set: BTreeSet<&Attachment> = valid.iter().collect();
                 let mut freed = store.gc(&valid).unwrap();

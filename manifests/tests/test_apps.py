@@ -21,7 +21,8 @@ import yaml
 from conftest import (HA_NAMESPACE, MANIFESTS, NO_PROBES_ANNOTATION, TARGET_IDS, TARGETS, collect_render,
                       containers, find, generated_secrets, name_of, need, one, pod_template, render, workloads)
 
-HA_TARGETS = [t for t in TARGETS if t.is_home_assistant]
+HA_TARGETS = [t for t in TARGETS if t.is_home_assistant and t.id != "home-assistant/namespace"]
+RADIO_TARGETS = [t for t in HA_TARGETS if t.is_ha_overlay or t.extra is None and t.id.split(" ")[0].endswith(("zigbee2mqtt", "zwave-js-ui"))]
 HA_IDS = [t.id for t in HA_TARGETS]
 OVERLAYS = {t.id.split("/")[-1]: t for t in TARGETS if t.is_ha_overlay}
 RADIO_APPS = {"zigbee2mqtt", "zwave-js-ui"}
@@ -247,7 +248,9 @@ def test_mosquitto_config_refuses_anonymous_clients_for_real():
     mode; Debian 12's 2.0.11 does not, so the owner/mode rule is checked statically in the test above.)"""
     broker = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
     need(broker, "mosquitto is not installed (apt package mosquitto)")
-    conf = mosquitto_conf(render(OVERLAYS["k3s-single-node"]))
+    docs = render(OVERLAYS["k3s-single-node"])
+    conf = mosquitto_conf(docs)
+    acl = [cm for cm in find(docs, "ConfigMap") if "acl" in (cm.get("data") or {})][0]["data"]["acl"]
     secrets = generated_secrets()
     passwd = base64.b64decode(secrets["mosquitto-passwd"]["data"]["passwd"]).decode()
     z2m = {k: base64.b64decode(v).decode() for k, v in secrets["mqtt-zigbee2mqtt"]["data"].items()}
@@ -257,7 +260,9 @@ def test_mosquitto_config_refuses_anonymous_clients_for_real():
         (tmp / "data").mkdir()
         (tmp / "passwd").write_text(passwd)
         os.chmod(tmp / "passwd", 0o600)
-        text = conf.replace("/mosquitto/auth/passwd", str(tmp / "passwd"))
+        (tmp / "acl").write_text(acl)
+        os.chmod(tmp / "acl", 0o600)
+        text = conf.replace("/mosquitto/auth/passwd", str(tmp / "passwd")).replace("/mosquitto/auth/acl", str(tmp / "acl"))
         text = text.replace("/mosquitto/data/", str(tmp / "data") + "/")
         text = re.sub(r"(?m)^listener 1883$", f"listener {port} 127.0.0.1", text)
         if os.geteuid() == 0:  # the broker drops root to its own user, which must own the files (as in the pod)
@@ -266,7 +271,7 @@ def test_mosquitto_config_refuses_anonymous_clients_for_real():
             except KeyError:
                 user = None
             if user:
-                for p in (tmp, tmp / "data", tmp / "passwd"):
+                for p in (tmp, tmp / "data", tmp / "passwd", tmp / "acl"):
                     os.chown(p, user.pw_uid, user.pw_gid)
             else:
                 text += "\nuser root\n"
@@ -296,14 +301,20 @@ def test_mosquitto_config_refuses_anonymous_clients_for_real():
 # ------------------------------------------------------------------------------------- Authelia
 
 
-NGINX_AUTH_URL = "nginx.ingress.kubernetes.io/auth-url"
+AUTHELIA_FILTER = {"type": "ExtensionRef", "extensionRef": {"group": "traefik.io", "kind": "Middleware",
+                                                             "name": "authelia"}}
 
 
-def authelia_guarded(ing):
-    """Traefik's Middleware or ingress-nginx's auth-url pointing at Authelia."""
-    ann = ing["metadata"].get("annotations") or {}
-    return AUTHELIA_MIDDLEWARE in ann.get(MIDDLEWARE_ANNOTATION, "").split(",") or \
-        ann.get(NGINX_AUTH_URL, "").startswith("http://authelia.home-assistant.svc.cluster.local:9091/api/authz/")
+def authelia_guarded(route):
+    """An Ingress naming Traefik's Authelia Middleware, or an HTTPRoute whose every rule filters through it."""
+    if route["kind"] == "HTTPRoute":
+        return all(AUTHELIA_FILTER in r.get("filters", []) for r in route["spec"]["rules"])
+    ann = route["metadata"].get("annotations") or {}
+    return AUTHELIA_MIDDLEWARE in ann.get(MIDDLEWARE_ANNOTATION, "").split(",")
+
+
+def route_hosts(route):
+    return route["spec"]["hostnames"] if route["kind"] == "HTTPRoute" else [r["host"] for r in route["spec"]["rules"]]
 
 
 def authelia_template(text, env):
@@ -316,7 +327,8 @@ def authelia_template(text, env):
 @pytest.mark.parametrize("target", HA_TARGETS, ids=HA_IDS)
 def test_authelia_guards_every_ui_but_never_home_assistant(target):
     docs = render(target)
-    ingresses = find(docs, "Ingress")
+    ingresses = find(docs, "Ingress") + find(docs, "HTTPRoute")
+    assert not (find(docs, "Ingress") and find(docs, "HTTPRoute")), "one way in, not two"
     for ing in ingresses:
         name = ing["metadata"]["name"]
         if name in ("home-assistant", "authelia"):
@@ -324,16 +336,13 @@ def test_authelia_guards_every_ui_but_never_home_assistant(target):
         else:
             assert authelia_guarded(ing), f"the {name} UI is not behind Authelia"
     guarded = {i["metadata"]["name"] for i in ingresses if i["metadata"]["name"] not in ("home-assistant", "authelia")}
-    assert {"zigbee2mqtt", "zwave-js-ui"} <= guarded
+    assert {"zigbee2mqtt", "zwave-js-ui"} & {i["metadata"]["name"] for i in ingresses} <= guarded
     if not find(docs, "StatefulSet", "authelia"):
         return
-    if find(docs, "Middleware"):
-        mw = one(docs, "Middleware", "authelia")
-        assert f"{mw['metadata']['namespace']}-{mw['metadata']['name']}@kubernetescrd" == AUTHELIA_MIDDLEWARE
-        assert mw["apiVersion"] == "traefik.io/v1alpha1" and set(mw["spec"]) == {"forwardAuth"}
-        address = mw["spec"]["forwardAuth"]["address"]
-    else:
-        address = [i["metadata"]["annotations"][NGINX_AUTH_URL] for i in ingresses if authelia_guarded(i)][0]
+    mw = one(docs, "Middleware", "authelia")
+    assert f"{mw['metadata']['namespace']}-{mw['metadata']['name']}@kubernetescrd" == AUTHELIA_MIDDLEWARE
+    assert mw["apiVersion"] == "traefik.io/v1alpha1" and set(mw["spec"]) == {"forwardAuth"}
+    address = mw["spec"]["forwardAuth"]["address"]
     m = re.fullmatch(r"http://([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)/api/authz/([a-z-]+)", address)
     assert m, address
     svc = one(docs, "Service", m.group(1))
@@ -346,7 +355,7 @@ def test_authelia_guards_every_ui_but_never_home_assistant(target):
     config = yaml.safe_load(authelia_template(raw, env))
     assert m.group(4) in config["server"]["endpoints"]["authz"], f"Authelia has no {m.group(4)} endpoint"
     protected = {d for rule in config["access_control"]["rules"] for d in rule["domain"]}
-    hosts = {r["host"]: i["metadata"]["name"] for i in ingresses for r in i["spec"]["rules"]}
+    hosts = {h: i["metadata"]["name"] for i in ingresses for h in route_hosts(i)}
     assert {h for h, n in hosts.items() if n in guarded} <= protected
     assert not [h for h, n in hosts.items() if n == "home-assistant" and h in protected]
     assert config["access_control"]["default_policy"] == "deny"
@@ -374,10 +383,12 @@ def required_node_expressions(spec):
     return [e for term in terms for e in term.get("matchExpressions", [])]
 
 
-@pytest.mark.parametrize("target", HA_TARGETS, ids=HA_IDS)
+@pytest.mark.parametrize("target", RADIO_TARGETS, ids=[t.id for t in RADIO_TARGETS])
 def test_radio_apps_use_by_id_devices_with_stated_access(target):
     docs = render(target)
     for name in RADIO_APPS:
+        if not find(docs, "StatefulSet", name):
+            continue
         sts = one(docs, "StatefulSet", name)
         spec = sts["spec"]["template"]["spec"]
         radios = [v for v in spec["volumes"] if "hostPath" in v]
@@ -394,15 +405,15 @@ def test_base_and_multi_node_pin_radios_to_the_tainted_radio_node():
     """The radio apps need the node label (any value) and tolerate the taint key with any effect: the seed's
     Pi is tainted NoExecute, which a NoSchedule-only toleration would not cover."""
     by_id = {t.id: t for t in TARGETS}
-    for tid in ("home-assistant/base", "home-assistant/overlays/multi-node"):
+    for tid in ("home-assistant/components/zigbee2mqtt (on its base)", "home-assistant/components/zwave-js-ui (on its base)",
+                "home-assistant/overlays/multi-node"):
         docs = render(by_id[tid])
         for obj, _, spec in workloads(docs):
             tolerates = [t for t in spec.get("tolerations", []) if t.get("key") == RADIO_LABEL]
             if app_name(obj) in RADIO_APPS:
                 assert {"key": RADIO_LABEL, "operator": "Exists"} in required_node_expressions(spec)
                 assert tolerates == [{"key": RADIO_LABEL, "operator": "Exists"}], "any value, any effect"
-                if tid.endswith("multi-node"):
-                    assert spec["nodeSelector"]["kubernetes.io/arch"] == "arm64"
+                assert "nodeSelector" not in spec, "the label pins them, on a node of any architecture"
             else:
                 assert not tolerates, f"{name_of(obj)} must not tolerate the radio node's taint"
                 if tid.endswith("multi-node") and obj["kind"] in ("Deployment", "StatefulSet"):
@@ -472,8 +483,11 @@ def test_home_assistant_statefulset(target):
     # service, ingress, PDB
     svc = one(docs, "Service", "home-assistant")
     assert svc["spec"]["ports"][0]["appProtocol"] == "kubernetes.io/ws"
-    ing = one(docs, "Ingress", "home-assistant")
-    assert ing["spec"]["ingressClassName"] == ("nginx" if "ingress-nginx" in target.id else "traefik")
+    if "gateway-api" in target.id:
+        route = one(docs, "HTTPRoute", "home-assistant")
+        assert route["spec"]["rules"][0]["backendRefs"] == [{"name": "home-assistant", "port": 8123}]
+    else:
+        assert one(docs, "Ingress", "home-assistant")["spec"]["ingressClassName"] == "traefik"
     pdb = one(docs, "PodDisruptionBudget", "home-assistant")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
     assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "config"
@@ -502,9 +516,11 @@ def test_postgres_init_and_nightly_backup(target):
     assert claim == ["postgres-backup"] and one(docs, "PersistentVolumeClaim", "postgres-backup")
 
 
-@pytest.mark.parametrize("target", HA_TARGETS, ids=HA_IDS)
+@pytest.mark.parametrize("target", RADIO_TARGETS, ids=[t.id for t in RADIO_TARGETS])
 def test_zigbee2mqtt_skips_onboarding_and_takes_secrets_from_env(target):
     docs = render(target)
+    if not find(docs, "StatefulSet", "zigbee2mqtt"):
+        return
     seed = yaml.safe_load(one(docs, "ConfigMap", find_cm_name(docs, "zigbee2mqtt-seed"))["data"]["configuration.yaml"])
     assert seed["onboarding"] is False
     assert "password" not in seed["mqtt"] and "user" not in seed["mqtt"]
@@ -519,9 +535,11 @@ def test_zigbee2mqtt_skips_onboarding_and_takes_secrets_from_env(target):
     assert seed["serial"]["port"] in [m["mountPath"] for m in spec["containers"][0]["volumeMounts"]]
 
 
-@pytest.mark.parametrize("target", HA_TARGETS, ids=HA_IDS)
+@pytest.mark.parametrize("target", RADIO_TARGETS, ids=[t.id for t in RADIO_TARGETS])
 def test_zwave_js_ui_ports_and_session_secret(target):
     docs = render(target)
+    if not find(docs, "StatefulSet", "zwave-js-ui"):
+        return
     sts = one(docs, "StatefulSet", "zwave-js-ui")
     c = sts["spec"]["template"]["spec"]["containers"][0]
     assert {p["containerPort"] for p in c["ports"]} == {8091, 3000}

@@ -1,8 +1,9 @@
-"""The one file of addresses (components/site), the ingress-nginx choice, Bluetooth, the database operators,
+"""The one file of addresses (components/site), the Gateway API and cert-manager options, Bluetooth, the database operators,
 Flux, the SOPS-ready Secrets, the /config backup and SELinux: what a user would check after rendering."""
 
 import ipaddress
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -11,17 +12,17 @@ import tempfile
 import pytest
 import yaml
 
-from conftest import (HA_NAMESPACE, MANIFESTS, TARGETS, find, generated_secret_files, name_of, one, render,
+from conftest import (HA_NAMESPACE, MANIFESTS, TARGETS, find, generated_secret_files, name_of, need, one, render,
                       render_text, run, tool, workloads)
 
 BY_ID = {t.id: t for t in TARGETS}
 OVERLAY_IDS = ["home-assistant/overlays/k3s-single-node", "home-assistant/overlays/multi-node"]
 CHANGED = {  # site.yaml values a user might have, none of them equal to an example value
     "lanSubnet": "10.77.3.0/24", "lanGateway": "10.77.3.254", "lanPool": "10.77.3.100-10.77.3.120",
-    "homeAssistantLanIp": "10.77.3.10", "mosquittoLanIp": "10.77.3.11", "podCidr": "10.88.0.0/14",
+    "homeAssistantLanIp": "10.77.3.10", "mosquittoLanIp": "10.77.3.11", "matterServerLanIp": "10.77.3.12", "podCidr": "10.88.0.0/14",
     "domain": "lab.test", "homeAssistantHost": "hass.lab.test", "autheliaHost": "login.lab.test",
     "zigbee2mqttHost": "z2m.lab.test", "zwaveJsUiHost": "zw.lab.test", "nodeRedHost": "nr.lab.test",
-    "codeServerHost": "vs.lab.test", "esphomeHost": "esp.lab.test",
+    "codeServerHost": "vs.lab.test", "esphomeHost": "esp.lab.test", "clusterIssuer": "lab-dns01",
     "zigbeeNodeLabel": "node-role.kubernetes.io/zigbee-ctrl", "zwaveNodeLabel": "node-role.kubernetes.io/zwave-ctrl",
     "radioTaintKey": "du5t1n.me/machine", "dialoutGid": 18,
     "zigbeeAdapter": "ember", "zigbeeDevice": "/dev/serial/by-id/usb-zigbee-test", "zwaveDevice": "/dev/serial/by-id/usb-zwave-test",
@@ -58,7 +59,8 @@ def test_site_yaml_is_the_one_file_of_addresses(oid, changed_site):
     ipam = json.loads(one(docs, "NetworkAttachmentDefinition", "iot")["spec"]["config"])["ipam"]
     assert (ipam["subnet"], ipam["gateway"], ipam["pool"]) == (CHANGED["lanSubnet"], CHANGED["lanGateway"], [CHANGED["lanPool"]])
     assert ipam["reservations"] == {f"{HA_NAMESPACE}/home-assistant-0": CHANGED["homeAssistantLanIp"],
-                                    f"{HA_NAMESPACE}/mosquitto-0": CHANGED["mosquittoLanIp"]}
+                                    f"{HA_NAMESPACE}/mosquitto-0": CHANGED["mosquittoLanIp"],
+                                    f"{HA_NAMESPACE}/matter-server-0": CHANGED["matterServerLanIp"]}
     seed = [c for c in find(docs, "ConfigMap") if c["metadata"]["name"].startswith("home-assistant-seed")][0]
     assert json.loads(seed["data"]["http.json"])["data"]["stable"]["trusted_proxies"] == [CHANGED["podCidr"]]
     hosts = {i["metadata"]["name"]: (i["spec"]["rules"][0]["host"], i["spec"]["tls"][0]["hosts"][0])
@@ -93,26 +95,83 @@ def test_overlays_list_site_last():
         assert comps[-1] == "../../components/site", f"{oid}: components/site must come last"
 
 
-# ------------------------------------------------------------------------------------------ ingress-nginx
+# ------------------------------------------------------------------------------ Gateway API, cert-manager
+
+ROUTE_HOSTS = {"home-assistant": "homeAssistantHost", "authelia": "autheliaHost", "zigbee2mqtt": "zigbee2mqttHost",
+               "zwave-js-ui": "zwaveJsUiHost", "node-red": "nodeRedHost", "code-server": "codeServerHost",
+               "esphome": "esphomeHost"}
+
+
+def render_overlay_with(root, oid, extras):
+    """kubectl kustomize of overlay `oid` of the manifests tree `root` with `extras` inserted before site."""
+    from conftest import overlay_copy
+    with tempfile.TemporaryDirectory(prefix="iotlan-extras-") as tmp:
+        doc = overlay_copy(root / oid, tmp)
+        comps = doc["components"]
+        for extra in extras:
+            comps.insert(len(comps) - 1, os.path.relpath(root / "home-assistant/components" / extra, tmp))
+        pathlib.Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump(doc))
+        res = run([tool("kubectl"), "kustomize", "--load-restrictor", "LoadRestrictionsNone", tmp])
+    assert res.returncode == 0, res.stderr
+    return [d for d in yaml.safe_load_all(res.stdout) if d]
+
+
+def check_gateway_and_certificate(docs, site):
+    assert not find(docs, "Ingress"), "the Gateway API replaces every Ingress"
+    gw = one(docs, "Gateway", "home-assistant")
+    assert gw["apiVersion"] == "gateway.networking.k8s.io/v1" and gw["spec"]["gatewayClassName"] == "traefik"
+    (listener,) = gw["spec"]["listeners"]
+    # Traefik's Gateway provider binds a listener to the entry point with that port: websecure is 8443 in the pods
+    assert (listener["protocol"], listener["port"]) == ("HTTPS", 8443)
+    assert listener["hostname"] == "*." + site["domain"]
+    assert listener["tls"]["certificateRefs"] == [{"kind": "Secret", "name": "home-assistant-tls"}]
+    for name, key in ROUTE_HOSTS.items():
+        route = one(docs, "HTTPRoute", name)
+        assert route["spec"]["hostnames"] == [site[key]]
+        assert route["spec"]["parentRefs"] == [{"name": "home-assistant", "sectionName": "websecure"}]
+        (rule,) = route["spec"]["rules"]
+        guarded = {"type": "ExtensionRef", "extensionRef": {"group": "traefik.io", "kind": "Middleware",
+                                                           "name": "authelia"}} in rule.get("filters", [])
+        assert guarded == (name not in ("home-assistant", "authelia")), name
+        backend = rule["backendRefs"][0]
+        svc = find(docs, "Service", backend["name"])
+        if svc:
+            assert backend["port"] in [p["port"] for p in svc[0]["spec"]["ports"]]
+    cert = one(docs, "Certificate", "home-assistant-tls")
+    assert cert["apiVersion"] == "cert-manager.io/v1" and cert["spec"]["secretName"] == "home-assistant-tls"
+    assert cert["spec"]["dnsNames"] == [site["domain"], "*." + site["domain"]]
+    assert cert["spec"]["issuerRef"] == {"group": "cert-manager.io", "kind": "ClusterIssuer",
+                                         "name": site["clusterIssuer"]}
 
 
 @pytest.mark.parametrize("oid", OVERLAY_IDS)
-def test_ingress_nginx_replaces_traefik_everywhere(oid):
-    docs = render(BY_ID[f"{oid} + ingress-nginx"])
-    objects = yaml.safe_dump_all([d for d in docs if d["kind"] != "ConfigMap"])  # (config comments may name it)
-    assert "traefik" not in objects.lower()
-    assert {i["spec"]["ingressClassName"] for i in find(docs, "Ingress")} == {"nginx"}
-    nginx_peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
-                  "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}}}
-    exposed = {i["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] for i in find(docs, "Ingress")}
-    for name in exposed:
-        policy = one(docs, "NetworkPolicy", name)
-        assert nginx_peer in policy["spec"]["ingress"][0]["from"], name
+def test_gateway_api_with_cert_manager_follows_every_site_value(oid):
+    with tempfile.TemporaryDirectory(prefix="iotlan-site-") as tmp:
+        root = pathlib.Path(tmp, "manifests")
+        shutil.copytree(MANIFESTS, root, ignore=shutil.ignore_patterns("tests", ".pytest_cache"))
+        site = root / "home-assistant/components/site/site.yaml"
+        doc = yaml.safe_load(site.read_text())
+        doc["spec"] = CHANGED
+        site.write_text(yaml.safe_dump(doc))
+        check_gateway_and_certificate(render_overlay_with(root, oid, ["gateway-api", "cert-manager"]), CHANGED)
+    example = yaml.safe_load((MANIFESTS / "home-assistant/components/site/site.yaml").read_text())["spec"]
+    check_gateway_and_certificate(render_overlay_with(MANIFESTS, oid, ["gateway-api", "cert-manager"]), example)
+
+
+@pytest.mark.parametrize("oid", OVERLAY_IDS)
+def test_cert_manager_with_traefik_ingress_serves_the_certificate(oid):
+    docs = render(BY_ID[f"{oid} + cert-manager"])
+    assert one(docs, "Certificate", "home-assistant-tls")
     for ing in find(docs, "Ingress"):
-        signin = (ing["metadata"].get("annotations") or {}).get("nginx.ingress.kubernetes.io/auth-signin")
-        if signin:
-            auth_host = one(docs, "Ingress", "authelia")["spec"]["rules"][0]["host"]
-            assert signin.startswith(f"https://{auth_host}/"), "site's autheliaHost reaches auth-signin"
+        assert ing["spec"]["tls"][0]["secretName"] == "home-assistant-tls", ing["metadata"]["name"]
+        assert ing["spec"]["tls"][0]["hosts"] == [ing["spec"]["rules"][0]["host"]]
+
+
+def test_ingress_nginx_is_gone():
+    """Retired in March 2026: no component, no annotation of it anywhere."""
+    assert not (MANIFESTS / "home-assistant/components/ingress-nginx").exists()
+    for path in MANIFESTS.rglob("*.yaml"):
+        assert "nginx.ingress.kubernetes.io" not in path.read_text(), path
 
 
 @pytest.mark.parametrize("oid", OVERLAY_IDS)
@@ -126,17 +185,39 @@ def test_traefik_is_the_default_controller(oid):
 
 
 @pytest.mark.parametrize("oid", OVERLAY_IDS)
-def test_bluetooth_pins_ha_and_grants_only_net_admin_and_net_raw(oid):
+def test_bluetooth_pins_ha_and_uses_bluez_over_dbus_without_inert_capabilities(oid):
     docs = render(BY_ID[f"{oid} + bluetooth"])
     spec = one(docs, "StatefulSet", "home-assistant")["spec"]["template"]["spec"]
     assert spec["nodeSelector"]["home-assistant/bluetooth"] == "true"
     ha = spec["containers"][0]
-    assert sorted(ha["securityContext"]["capabilities"]["add"]) == ["NET_ADMIN", "NET_RAW"]
+    assert spec["securityContext"]["runAsUser"] == 1000 and spec["securityContext"]["runAsNonRoot"] is True
+    assert "add" not in ha["securityContext"]["capabilities"], "inert for uid 1000 (see the test below)"
     assert ha["securityContext"]["capabilities"]["drop"] == ["ALL"] and not ha["securityContext"].get("privileged")
     dbus = [v for v in spec["volumes"] if v["name"] == "dbus"][0]
     assert dbus["hostPath"] == {"path": "/run/dbus", "type": "Directory"}
     assert {"name": "dbus", "mountPath": "/run/dbus", "readOnly": True} in ha["volumeMounts"]
     assert "org.bluez" in (MANIFESTS / "home-assistant/components/bluetooth/bluez-policy.conf").read_text()
+
+
+def test_a_capability_without_ambient_is_gone_after_exec_for_a_non_root_user():
+    """What the README states, measured on this kernel with util-linux's setpriv: a uid-1000 process that holds
+    NET_ADMIN and NET_RAW in its bounding and inheritable sets, as runc leaves a non-root container's process
+    (containerd's CRI strips ambient capabilities: internal/cri/server/container_create.go, WithoutAmbientCaps,
+    containerd v2.4 development branch), exec's a program without file capabilities with an empty effective set.
+    The control: the same with the ambient set filled keeps them (what Kubernetes does not offer)."""
+    import os
+    import shutil
+    need(os.geteuid() == 0 and shutil.which("setpriv"), "needs root and setpriv (util-linux)")
+    base = ["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups", "--inh-caps", "+net_admin,+net_raw",
+            "--bounding-set", "-all,+net_admin,+net_raw"]
+    read = ["sh", "-c", "grep -E '^Cap(Eff|Amb):' /proc/self/status"]
+    net_admin_and_raw = (1 << 12) | (1 << 13)
+    caps = lambda out: {k: int(v, 16) for k, v in (ln.split(":\t") for ln in out.splitlines())}
+    without = caps(subprocess.run(base + read, capture_output=True, text=True, timeout=30, check=True).stdout)
+    assert without == {"CapEff": 0, "CapAmb": 0}
+    with_ambient = caps(subprocess.run(base + ["--ambient-caps", "+net_admin,+net_raw"] + read, capture_output=True,
+                                       text=True, timeout=30, check=True).stdout)
+    assert with_ambient["CapEff"] == net_admin_and_raw
 
 
 # ------------------------------------------------------------------------------------ database operators
@@ -198,15 +279,16 @@ def test_flux_kustomizations_chain_multus_iotlan_home_assistant():
         assert d["apiVersion"] == "kustomize.toolkit.fluxcd.io/v1" and d["metadata"]["namespace"] == "flux-system"
         spec = d["spec"]
         # The Leases' namespace is never pruned: removing the iotlan Kustomization keeps the address records.
-        assert spec["prune"] is (name != "iotlan-namespace"), f"{name}: prune {spec['prune']}"
+        assert spec["prune"] is (not name.endswith("-namespace")), f"{name}: prune {spec['prune']}"
         assert spec["interval"] and spec["sourceRef"]["kind"] == "GitRepository"
         assert spec["path"].startswith("./manifests/")
         if name != "home-assistant-secrets":  # that one is the user's, written by create-secrets.sh --dry-run
             assert (MANIFESTS.parent / spec["path"] / "kustomization.yaml").exists(), spec["path"]
     deps = {n: [x["name"] for x in d["spec"].get("dependsOn", [])] for n, d in ks.items()}
-    assert deps["multus"] == [] and deps["iotlan-namespace"] == []
+    assert deps["multus"] == [] and deps["iotlan-namespace"] == [] and deps["home-assistant-namespace"] == []
     assert set(deps["iotlan"]) == {"multus", "iotlan-namespace"}
-    assert set(deps["home-assistant"]) == {"iotlan", "home-assistant-secrets"}
+    assert set(deps["home-assistant"]) == {"iotlan", "home-assistant-namespace", "home-assistant-secrets"}
+    assert deps["home-assistant-secrets"] == ["home-assistant-namespace"]
     assert ks["home-assistant-secrets"]["spec"]["decryption"]["provider"] == "sops"
 
 
@@ -214,7 +296,7 @@ def test_sops_ready_secret_files():
     files = generated_secret_files()
     kust = yaml.safe_load(files["kustomization.yaml"])
     assert sorted(kust["resources"]) == sorted(f for f in files if f != "kustomization.yaml")
-    assert "namespace.yaml" in kust["resources"] and "mqtt-devices.yaml" in kust["resources"]
+    assert "namespace.yaml" not in files and "mqtt-devices.yaml" in kust["resources"]
     rules = yaml.safe_load((MANIFESTS / "flux/secrets/.sops.yaml").read_text())["creation_rules"][0]
     assert rules["encrypted_regex"] == "^(data|stringData)$"
 
@@ -265,7 +347,7 @@ def test_iotlan_daemonset_runs_as_spc_t(tid):
 
 
 def test_radio_apps_may_fetch_updates_over_https_only():
-    docs = render(BY_ID["home-assistant/base"])
+    docs = render(BY_ID["home-assistant/overlays/multi-node"])
     for name in ("zigbee2mqtt", "zwave-js-ui"):
         rules = one(docs, "NetworkPolicy", name)["spec"]["egress"]
         web = [r for r in rules if any("ipBlock" in p for p in r["to"])]

@@ -1,39 +1,25 @@
-"""The README's check of which adapter Home Assistant listens on, run against the situations a user meets.
+"""The README's check of which adapter Home Assistant listens on, run for real in a network namespace shaped like
+HA's pod: `eth0` on the cluster network with the default route, `net1` on the IoT LAN.
 
-Followed: home-assistant/core homeassistant/components/network/util.py (async_default_next_broadcast_hop,
-_first_ip_nexthop_from_route, load_adapters: the adapter holding RTA_PREFSRC of the route to MDNS_TARGET_IP
-224.0.0.251 is auto-enabled) and network/const.py (STORAGE_KEY core.network, configured_adapters). Read at
-commits 076157ff8163 (util.py) and 08361f8f986d (const.py); that logic is what DESIGN.md states for 2026.11,
-which could not be run here (its image needs Python 3.14). The README's snippet is executed with stand-ins for
-pyroute2 and ifaddr (the two libraries HA itself uses there) that describe a pod's interfaces and routes."""
+Followed: home-assistant/core homeassistant/components/network/util.py, async_get_source_ip (the source address
+of a non-blocking UDP socket connected to (MDNS_TARGET_IP, 1)) and async_load_adapters (the ifaddr adapter that
+holds that address is `default` and `auto`), and network/const.py (MDNS_TARGET_IP 224.0.0.251, STORAGE_KEY
+core.network, configured_adapters). Read in the PyPI release 2026.2.3 (the newest this machine's index holds;
+the pinned image is newer and cannot be downloaded here); HA no longer depends on pyroute2 there
+(homeassistant/package_constraints.txt). The snippet runs with the pinned ifaddr (HA's constraint, 0.2.0)."""
 
 import json
-import pathlib
+import os
 import re
+import shutil
 import subprocess
-import sys
+import uuid
 
 import pytest
 
-from conftest import MANIFESTS
+from conftest import MANIFESTS, TOOLS_VENV, need
 
-STUBS = '''
-import json, os, types, sys
-world = json.loads(os.environ["FAKE_NET"])
-class IPRoute:
-    def route(self, cmd, dst):
-        assert cmd == "get" and dst == "224.0.0.251"
-        return [{"attrs": [["RTA_OIF", 2], ["RTA_PREFSRC", world["src"]]]}]
-pyroute2 = types.ModuleType("pyroute2"); pyroute2.IPRoute = IPRoute
-class IP:
-    def __init__(self, ip): self.ip = ip
-class Adapter:
-    def __init__(self, name, ips): self.nice_name = name; self.ips = [IP(i) for i in ips]
-ifaddr = types.ModuleType("ifaddr")
-ifaddr.get_adapters = lambda: [Adapter(n, ips) for n, ips in world["adapters"].items()]
-sys.modules.update(pyroute2=pyroute2, ifaddr=ifaddr)
-'''
-ADAPTERS = {"lo": ["127.0.0.1"], "eth0": ["10.42.0.17"], "net1": ["192.168.20.205"]}
+POD = {"eth0": "10.42.0.17/24", "net1": "192.168.20.205/24"}
 
 
 def readme_snippet():
@@ -43,34 +29,75 @@ def readme_snippet():
     return m.group(1)
 
 
-def run_check(tmp_path, src, configured=None):
+def test_the_check_uses_has_own_method():
+    code = readme_snippet()
+    assert 's.connect(("224.0.0.251", 1))' in code and "getsockname()[0]" in code
+    assert "homeassistant/components/network/util.py" in code
+    assert "pyroute2" not in code, "HA's image does not ship pyroute2"
+
+
+def ip(*args, netns=None):
+    cmd = ["ip"] + (["-n", netns] if netns else []) + list(args)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, f"{' '.join(cmd)}: {res.stderr}"
+
+
+@pytest.fixture
+def pod_netns():
+    """A pod-like namespace: eth0 (default route via 10.42.0.1) and net1, each a veth whose peer sits in a second
+    namespace this test owns. Nothing of the host's network is touched."""
+    need(os.geteuid() == 0 and shutil.which("ip"), "needs root and ip (iproute2) for network namespaces")
+    python = TOOLS_VENV / "bin/python"
+    need(python.exists() and subprocess.run([str(python), "-c", "import ifaddr"]).returncode == 0,
+         f"ifaddr missing in {TOOLS_VENV} (manifests/setup.sh)")
+    tag = uuid.uuid4().hex[:6]
+    pod, peer = f"ha-pod-{tag}", f"ha-peer-{tag}"
+    ip("netns", "add", pod)
+    ip("netns", "add", peer)
+    try:
+        for name, addr in POD.items():
+            ip("link", "add", name, "netns", pod, "type", "veth", "peer", "name", f"p-{name}", "netns", peer)
+            ip("addr", "add", addr, "dev", name, netns=pod)
+            ip("link", "set", name, "up", netns=pod)
+            ip("link", "set", f"p-{name}", "up", netns=peer)
+        ip("link", "set", "lo", "up", netns=pod)
+        ip("route", "add", "default", "via", "10.42.0.1", "dev", "eth0", netns=pod)
+        yield pod, str(python)
+    finally:
+        subprocess.run(["ip", "netns", "del", pod], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", peer], capture_output=True, timeout=30)
+
+
+def run_check(pod, python, tmp_path, configured=None):
     code = readme_snippet()
     store = tmp_path / ".storage" / "core.network"
     if configured is not None:
         store.parent.mkdir(parents=True, exist_ok=True)
-        store.write_text(json.dumps({"version": 1, "key": "core.network", "data": {"configured_adapters": configured}}))
+        store.write_text(json.dumps({"version": 1, "key": "core.network",
+                                     "data": {"configured_adapters": configured}}))
     code = code.replace('"/config/.storage/core.network"', json.dumps(str(store)))
-    env = {"FAKE_NET": json.dumps({"src": src, "adapters": ADAPTERS}), "PATH": "/usr/bin:/bin"}
-    res = subprocess.run([sys.executable, "-c", STUBS + code], capture_output=True, text=True, env=env, timeout=30)
+    res = subprocess.run(["ip", "netns", "exec", pod, python, "-c", code], capture_output=True, text=True,
+                         timeout=60)
     assert res.returncode == 0, res.stderr
     return res.stdout
 
 
-def test_the_check_names_the_route_source():
-    assert '"224.0.0.251"' in readme_snippet() and "RTA_PREFSRC" in readme_snippet()
-    assert "homeassistant/components/network/util.py" in readme_snippet()
+def test_without_a_multicast_route_via_net1_ha_picks_eth0(pod_netns, tmp_path):
+    pod, python = pod_netns
+    out = run_check(pod, python, tmp_path)
+    assert "multicast route source: 10.42.0.17 -> auto-enabled: ['eth0']" in out, out
+    assert "none, so the auto-enabled" in out
 
 
-def test_without_a_multicast_route_via_net1_ha_picks_eth0(tmp_path):
-    out = run_check(tmp_path, "10.42.0.17")
-    assert "auto-enabled: ['eth0']" in out and "none, so the auto-enabled" in out
+def test_with_iotlan_routing_multicast_via_net1_ha_picks_net1(pod_netns, tmp_path):
+    """What iotlan's multicastRoutes installs: 224.0.0.0/4 via net1 with net1's address as preferred source."""
+    pod, python = pod_netns
+    ip("route", "add", "224.0.0.0/4", "dev", "net1", "src", "192.168.20.205", netns=pod)
+    out = run_check(pod, python, tmp_path)
+    assert "multicast route source: 192.168.20.205 -> auto-enabled: ['net1']" in out, out
 
 
-def test_with_iotlan_routing_multicast_via_net1_ha_picks_net1(tmp_path):
-    out = run_check(tmp_path, "192.168.20.205")
-    assert "auto-enabled: ['net1']" in out
-
-
-def test_the_settings_fallback_shows_as_chosen(tmp_path):
-    out = run_check(tmp_path, "10.42.0.17", configured=["eth0", "net1"])
+def test_the_settings_fallback_shows_as_chosen(pod_netns, tmp_path):
+    pod, python = pod_netns
+    out = run_check(pod, python, tmp_path, configured=["eth0", "net1"])
     assert "enabled in Settings: ['eth0', 'net1']" in out

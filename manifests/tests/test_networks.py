@@ -111,10 +111,13 @@ def test_iot_pool_lies_outside_a_typical_router_dhcp_range():
 
 
 def test_file_store_variant_differs_only_in_the_store():
-    base = cni_config(yaml.safe_load((MANIFESTS / "iotlan/network/nad-iot.yaml").read_text()))
-    single = cni_config(yaml.safe_load((MANIFESTS / "iotlan/network/file-store/nad-iot-file-store.yaml").read_text()))
-    assert base["ipam"].pop("store")["kind"] == "kubernetes"
-    assert single["ipam"].pop("store")["kind"] == "file"
+    """The file-store component fills only the NAD's store slot: every other key is the cluster variant's."""
+    by_id = {t.id: t for t in TARGETS}
+    base = cni_config(find(render(by_id["iotlan/network"]), "NetworkAttachmentDefinition", "iot")[0])
+    single = cni_config(find(render(by_id["iotlan/network/file-store (on its base)"]),
+                             "NetworkAttachmentDefinition", "iot")[0])
+    assert base["ipam"].pop("store") == {"kind": "kubernetes", "namespace": "iotlan-system"}
+    assert single["ipam"].pop("store") == {"kind": "file", "dir": "/var/lib/cni/iotlan"}
     assert base == single
 
 

@@ -12,8 +12,10 @@ from conftest import MANIFESTS, TARGET_IDS, TARGETS, generated_secrets, render, 
 
 # Kinds the Kubernetes JSON schemas do not know. kubernetes-validate only warns on them; test_networks.py and
 # test_apps.py check these kinds themselves.
-# (Flux Kustomization, the zalando `postgresql` and CloudNativePG `Cluster`: test_extras.py checks their required fields.)
-OWN_CHECKED_KINDS = {"NetworkAttachmentDefinition", "Middleware", "Kustomization", "postgresql", "Cluster"}
+# (Flux Kustomization, the zalando `postgresql` and CloudNativePG `Cluster`, Gateway API's Gateway and HTTPRoute,
+# cert-manager's Certificate: test_extras.py checks their required fields.)
+OWN_CHECKED_KINDS = {"NetworkAttachmentDefinition", "Middleware", "Kustomization", "postgresql", "Cluster",
+                     "Gateway", "HTTPRoute", "Certificate"}
 K3S_ERA_VERSION = "1.30.0"
 
 
@@ -32,12 +34,13 @@ def test_discovers_every_expected_kustomization():
         "home-assistant/overlays/multi-node",
         "flux",
     ] + [f"home-assistant/components/{c} (on its base)" for c in
-         ["piper", "whisper", "node-red", "esphome", "code-server", "authelia", "site", "ingress-nginx",
+         ["piper", "whisper", "node-red", "esphome", "code-server", "authelia", "site", "gateway-api",
+          "cert-manager", "matter-server", "zigbee2mqtt", "zwave-js-ui",
           "bluetooth", "postgres-zalando", "postgres-cnpg", "avoid-radio-node"]]:
         assert expected in ids
     # each overlay with each optional component it does not list itself
     for overlay in ("k3s-single-node", "multi-node"):
-        for c in ("ingress-nginx", "bluetooth", "postgres-zalando", "postgres-cnpg"):
+        for c in ("gateway-api", "cert-manager", "matter-server", "bluetooth", "postgres-zalando", "postgres-cnpg"):
             assert f"home-assistant/overlays/{overlay} + {c}" in ids
 
 

@@ -474,6 +474,33 @@ impl DelConf {
 }
 
 /// CNI network names end up in file names: same rule as container IDs.
+/// The iotlan plugin configurations in `bytes`: the configuration itself, or, for a conflist (a
+/// NAD may hold iotlan then tuning), each plugin of type `iotlan` with the list's `cniVersion` and
+/// `name`, as a runtime hands them to the plugin.
+pub fn iotlan_plugins(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::Decode(format!("not JSON: {e}")))?;
+    let Some(plugins) = v.get("plugins").and_then(|p| p.as_array()) else {
+        return Ok(vec![bytes.to_vec()]);
+    };
+    let out: Vec<Vec<u8>> = plugins
+        .iter()
+        .filter(|p| p.get("type").and_then(|t| t.as_str()) == Some("iotlan"))
+        .map(|p| {
+            let mut p = p.clone();
+            p["cniVersion"] = v.get("cniVersion").cloned().unwrap_or_default();
+            p["name"] = v.get("name").cloned().unwrap_or_default();
+            serde_json::to_vec(&p).map_err(|e| Error::Decode(format!("conflist plugin: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    if out.is_empty() {
+        return Err(Error::InvalidConfig(
+            "the conflist has no plugin of type iotlan".into(),
+        ));
+    }
+    Ok(out)
+}
+
 pub fn validate_network_name(name: &str) -> Result<()> {
     iotlan_ipam::names::validate_network(name).map_err(|e| Error::InvalidConfig(e.to_string()))
 }

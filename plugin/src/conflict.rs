@@ -6,7 +6,8 @@
 //!
 //! An answer is a conflict. It is recorded node-locally in `<stateDir>/_conflicts/<network>/<ip>.json`
 //! (time, MAC, the identity that met it) and honoured for [`HOLD`]: the pool skips that address
-//! (ADD adds it to the pool's exclusions) and `iotlan status` can list it ([`recent`]).
+//! (ADD passes it to the allocator as an address to avoid) and `iotlan status` can list it
+//! ([`recent`]).
 //!
 //! Who pays: an address the attachment already held, one taken over from the same pod's earlier
 //! sandbox, and one this identity verified on this node within [`VERIFIED_FOR`]
@@ -19,14 +20,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use iotlan_ipam::{Avoid, AvoidReason};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::cni::env::Container;
 use crate::cni::result::CniResult;
 use crate::config::NetConf;
 use crate::error::{Error, Result};
-use crate::ipam::{Claim, IN_PROCESS_TYPE};
+use crate::ipam::{Claim, Ipam, IN_PROCESS_TYPE};
 use crate::mac::Mac;
 use crate::netlink::Link;
 use crate::packet::ArpSocket;
@@ -181,45 +182,6 @@ impl Conflict {
     }
 }
 
-/// Every address `ipam` reserves, and the addresses the runtime requested: a conflict on one of
-/// these fails the ADD instead of moving on.
-pub fn pinned(ipam: &Value, requested: &[IpAddr]) -> Vec<IpAddr> {
-    let mut out = requested.to_vec();
-    for v in ipam
-        .get("reservations")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flat_map(|m| m.values())
-    {
-        let many = v.as_array().cloned().unwrap_or_else(|| vec![v.clone()]);
-        out.extend(
-            many.iter()
-                .filter_map(Value::as_str)
-                .filter_map(|s| s.split('/').next())
-                .filter_map(|s| s.parse::<IpAddr>().ok()),
-        );
-    }
-    out
-}
-
-/// Adds `avoid` (less the pinned addresses) to the pool's `exclude` list of an iotlan-ipam config.
-pub fn exclude(ipam: &mut Value, avoid: &[IpAddr], pinned: &[IpAddr]) {
-    let Some(obj) = ipam.as_object_mut() else {
-        return;
-    };
-    let list = obj
-        .entry("exclude")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if let Some(list) = list.as_array_mut() {
-        for ip in avoid
-            .iter()
-            .filter(|ip| ip.is_ipv4() && !pinned.contains(ip))
-        {
-            list.push(Value::String(ip.to_string()));
-        }
-    }
-}
-
 /// Whether `identity` verified (or held) `ip` on this node within [`VERIFIED_FOR`].
 pub fn verified_recently(state_dir: &Path, network: &str, ip: IpAddr, identity: &str) -> bool {
     fs::read(verified_path(state_dir, network, ip))
@@ -272,75 +234,75 @@ pub fn probe(
     Ok(None)
 }
 
-/// Runs `attempt` (one ADD) and, when the conflict check finds a pool address in use, records the
-/// conflict and runs it again with that address excluded, up to [`MAX_RETRIES`] times. Every
-/// attempt undid its own allocation and link before it returned the conflict.
+/// What one ADD attempt attached: the CNI result, and the key the pool granted the addresses
+/// under (the pod's identity, or its own key for a second attachment of the network).
+pub struct Attached {
+    pub result: CniResult,
+    pub key: String,
+}
+
+/// Runs `attempt` (one ADD) with the addresses to avoid: the node's own (`node`), and, with the
+/// check on, those found in use lately. When the conflict check finds a pool address in use, it
+/// records the conflict and runs it again with that address avoided too, up to [`MAX_RETRIES`]
+/// times. Every attempt undid its own allocation and link before it returned the conflict.
 pub fn with_retries(
     conf: &NetConf,
     ctr: &Container,
-    mut attempt: impl FnMut(&NetConf) -> Result<CniResult>,
+    ipam: &Ipam,
+    node: Vec<Avoid>,
+    mut attempt: impl FnMut(&[Avoid]) -> Result<Attached>,
 ) -> Result<CniResult> {
     let checking = conf.conflict_check.is_some();
     let pool = conf.ipam_type == IN_PROCESS_TYPE;
-    let pinned = pinned(&conf.ipam, &conf.requested_ips);
-    let mut avoid: Vec<IpAddr> = if checking && pool {
-        // Only what lies in today's subnets: a record from before a subnet change must not make
-        // the pool config invalid.
-        let subnets = conf.ipam_subnets();
-        recent(&conf.state_dir, &conf.name)
-            .into_iter()
-            .map(|c| c.ip)
-            .filter(|ip| subnets.iter().any(|n| n.contains(*ip)))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut tried = 0;
+    let mut avoid = node;
+    if checking && pool {
+        avoid.extend(
+            recent(&conf.state_dir, &conf.name)
+                .into_iter()
+                .map(|c| Avoid {
+                    ip: c.ip,
+                    why: AvoidReason::InUseOnLan,
+                }),
+        );
+    }
+    let identity = ctr.identity();
+    let mut tried: Vec<IpAddr> = Vec::new();
     loop {
-        let outcome = if avoid.is_empty() {
-            attempt(conf)
-        } else {
-            let mut steered = conf.clone();
-            exclude(&mut steered.ipam, &avoid, &pinned);
-            attempt(&steered)
-        };
-        match outcome {
-            Ok(result) => {
+        match attempt(&avoid) {
+            Ok(Attached { result, key }) => {
                 if checking {
                     for ip in &result.ips {
-                        mark_verified(
-                            &conf.state_dir,
-                            &conf.name,
-                            ip.address.ip(),
-                            &ctr.pool_identity(),
-                        );
+                        mark_verified(&conf.state_dir, &conf.name, ip.address.ip(), &key);
                     }
                 }
                 return Ok(result);
             }
             Err(Error::AddressInUseOnLan { ip, mac, .. }) => {
-                tracing::warn!(%ip, %mac, identity = %ctr.pool_identity(), "address already in use on the LAN");
-                note(&conf.state_dir, &conf.name, ip, &mac, &ctr.pool_identity());
+                tracing::warn!(%ip, %mac, %identity, "address already in use on the LAN");
+                note(&conf.state_dir, &conf.name, ip, &mac, &identity);
                 let hint = if !pool {
                     format!(
                         "; ipam plugin {} handed it out: exclude it there, or give that device another address",
                         conf.ipam_type
                     )
-                } else if pinned.contains(&ip) {
+                } else if ipam.pinned(conf, &identity, ip) {
                     format!(
                         "; it is reserved for or requested by this pod, so iotlan will not pick another: give that \
                          device another address, or change the reservation (conflicts are remembered for {} min)",
                         HOLD.as_secs() / 60
                     )
-                } else if tried == MAX_RETRIES {
+                } else if tried.len() == MAX_RETRIES {
                     format!(
                         "; {} pool addresses in a row were in use ({}): the pool overlaps devices with static addresses",
-                        tried + 1,
-                        avoid.iter().chain([&ip]).map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                        tried.len() + 1,
+                        tried.iter().chain([&ip]).map(ToString::to_string).collect::<Vec<_>>().join(", ")
                     )
                 } else {
-                    avoid.push(ip);
-                    tried += 1;
+                    avoid.push(Avoid {
+                        ip,
+                        why: AvoidReason::InUseOnLan,
+                    });
+                    tried.push(ip);
                     continue;
                 };
                 return Err(Error::AddressInUseOnLan { ip, mac, hint });
@@ -351,12 +313,11 @@ pub fn with_retries(
 }
 
 /// The IPv4 addresses of this allocation that the conflict check must probe: those it claimed new
-/// (not kept, not taken over from the same pod), unless this identity verified them lately here.
-pub fn targets(conf: &NetConf, ctr: &Container, r: &CniResult, claim: &Claim) -> Vec<Ipv4Addr> {
+/// (not kept, not taken over from the same pod), unless `key` verified them lately here.
+pub fn targets(conf: &NetConf, key: &str, r: &CniResult, claim: &Claim) -> Vec<Ipv4Addr> {
     if conf.conflict_check.is_none() {
         return Vec::new();
     }
-    let identity = ctr.pool_identity();
     r.ips
         .iter()
         .filter_map(|ip| match ip.address.ip() {
@@ -370,7 +331,7 @@ pub fn targets(conf: &NetConf, ctr: &Container, r: &CniResult, claim: &Claim) ->
                 .any(|c| c.lease.ip == IpAddr::V4(*v4) && c.replaced.is_none()),
             Claim::Delegated => true,
         })
-        .filter(|v4| !verified_recently(&conf.state_dir, &conf.name, IpAddr::V4(*v4), &identity))
+        .filter(|v4| !verified_recently(&conf.state_dir, &conf.name, IpAddr::V4(*v4), key))
         .collect()
 }
 
@@ -418,7 +379,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_expire_and_pinned_addresses_stay_in_the_pool() {
+    fn records_expire_and_verified_notes_are_per_identity() {
         let d = tempfile_dir();
         let ip: IpAddr = "10.1.0.5".parse().unwrap();
         let c = Conflict {
@@ -435,17 +396,6 @@ mod tests {
         };
         record(&d, "iot", &old).unwrap();
         assert_eq!(recent(&d, "iot"), vec![c]);
-
-        let mut ipam =
-            serde_json::json!({"reservations": {"a/b": "10.1.0.7", "c/d": ["10.1.0.8/24"]}});
-        let pinned = pinned(&ipam, &["10.1.0.9".parse().unwrap()]);
-        assert_eq!(pinned.len(), 3);
-        let avoid: Vec<IpAddr> = ["10.1.0.5", "10.1.0.8"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
-        exclude(&mut ipam, &avoid, &pinned);
-        assert_eq!(ipam["exclude"], serde_json::json!(["10.1.0.5"]));
 
         assert!(!verified_recently(&d, "iot", ip, "a/b"));
         mark_verified(&d, "iot", ip, "a/b");

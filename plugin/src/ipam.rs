@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command as Process, Stdio};
 
 use iotlan_ipam::{
-    AllocRequest, Attachment as PoolAttachment, Grant, Pool, PoolConfig, Sandbox, Store,
+    AllocRequest, Attachment as PoolAttachment, Avoid, Grant, Pool, PoolConfig, Sandbox, Store,
 };
 use serde_json::Value;
 
@@ -44,24 +44,28 @@ impl Ipam {
         delegate(env, &conf.ipam_type)
     }
 
-    /// Allocates the pod's addresses. `interface` is the index the ips refer to in the final result.
-    /// The [`Claim`] is what [`Ipam::undo`] takes back if the ADD fails later.
+    /// Allocates the pod's addresses, none of `avoid` (the node's own addresses, addresses found in
+    /// use on the LAN). `interface` is the index the ips refer to in the final result. The
+    /// [`Claim`] is what [`Ipam::undo`] takes back if the ADD fails later.
     pub fn add(
         &self,
         conf: &NetConf,
         ctr: &Container,
         interface: Option<usize>,
+        avoid: &[Avoid],
     ) -> Result<(CniResult, Claim)> {
         match self {
             Ipam::Pool { pool, store } => {
                 let req = AllocRequest {
-                    identity: ctr.pool_identity(),
+                    identity: ctr.identity(),
                     attachment: pool_attachment(ctr),
                     requested: conf.requested_ips.clone(),
                     sandbox: Sandbox {
                         netns: ctr.netns.as_ref().map(|p| p.display().to_string()),
                         pod_uid: ctr.args.uid.clone(),
+                        boot_id: crate::sandbox::boot_id(),
                     },
+                    avoid: avoid.to_vec(),
                 };
                 let grant = store.grant(pool, &req, &crate::sandbox::OnThisNode::new())?;
                 let result = result_of(pool.allocation(&grant.leases), interface);
@@ -103,15 +107,20 @@ impl Ipam {
     /// [`crate::shim::identity`]), attached as `identity`/`ifname`: granted on first use, the same
     /// ones after (a reservation for the identity pins them). `None` for a delegated plugin, which
     /// has no notion of a node.
-    pub fn node_addresses(&self, identity: &str, ifname: &str) -> Result<Option<Vec<IpAddr>>> {
+    pub fn node_addresses(
+        &self,
+        identity: &str,
+        ifname: &str,
+        avoid: &[Avoid],
+    ) -> Result<Option<Vec<IpAddr>>> {
         let Ipam::Pool { pool, store } = self else {
             return Ok(None);
         };
         let req = AllocRequest {
             identity: identity.to_string(),
             attachment: PoolAttachment::new(identity, ifname),
-            requested: Vec::new(),
-            sandbox: Sandbox::default(),
+            avoid: avoid.to_vec(),
+            ..AllocRequest::default()
         };
         let leases = store.allocate(pool, &req)?;
         Ok(Some(leases.iter().map(|l| l.ip).collect()))
@@ -143,21 +152,6 @@ impl Ipam {
         match self {
             Ipam::Delegate { plugin } => exec(plugin, "DEL", raw).map(drop),
             Ipam::Pool { .. } => Ok(()),
-        }
-    }
-
-    /// Releases the attachment's addresses. Idempotent.
-    pub fn del(&self, conf: &NetConf, ctr: &Container) -> Result<()> {
-        match self {
-            Ipam::Pool { store, .. } => {
-                // By the identity the ADD was granted for: the store finds the leases by name.
-                let freed = store.release_for(&ctr.pool_identity(), &pool_attachment(ctr))?;
-                for l in freed {
-                    tracing::info!(ip = %l.ip, identity = %l.identity, "released");
-                }
-                Ok(())
-            }
-            Ipam::Delegate { plugin } => exec(plugin, "DEL", &conf.raw).map(drop),
         }
     }
 
@@ -245,6 +239,28 @@ pub fn delegate(env: &Env, ipam_type: &str) -> Result<Ipam> {
 pub enum Claim {
     Pool(Grant),
     Delegated,
+}
+
+impl Claim {
+    /// The key the pool granted the addresses under, when it is not the pod's identity (a second
+    /// attachment of the network in the pod, or a key an earlier build used): the derived MAC
+    /// follows it.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Claim::Pool(g) => g.leases.first().map(|l| l.identity.as_str()),
+            Claim::Delegated => None,
+        }
+    }
+}
+
+impl Ipam {
+    /// Whether `ip` is one this attachment must get and no other (the runtime asked for it, or
+    /// the pool reserves it for `key`): a conflict on it fails the ADD instead of moving on.
+    pub fn pinned(&self, conf: &NetConf, key: &str, ip: IpAddr) -> bool {
+        conf.requested_ips.contains(&ip)
+            || matches!(self, Ipam::Pool { pool, .. }
+                if pool.reservation(key, iotlan_ipam::Family::of(&ip)) == Some(ip))
+    }
 }
 
 /// Parses and validates the pool, and opens its store.

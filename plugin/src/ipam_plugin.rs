@@ -6,6 +6,7 @@ use crate::cni::result::CniResult;
 use crate::config::NetConf;
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
+use crate::netlink::Netlink;
 
 pub fn run(command: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_json::Value>> {
     let (pool, store) = crate::ipam::open_pool(&conf.name, &conf.ipam)?;
@@ -19,9 +20,17 @@ pub fn run(command: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_j
             .ok_or_else(|| Error::InvalidEnv("CNI_CONTAINERID is not set".into()))
     };
     match command {
-        Command::Add => Ok(Some(
-            ipam.add(conf, att()?, None)?.0.to_json(conf.cni_version),
-        )),
+        Command::Add => {
+            // The node's own addresses are never a pod's: this plugin runs in the node's namespace.
+            let mut nl =
+                Netlink::open().map_err(|e| Error::netlink("cannot open a netlink socket", e))?;
+            let node = crate::master::node_addresses(&mut nl, None, &conf.ipam_subnets())?;
+            Ok(Some(
+                ipam.add(conf, att()?, None, &node)?
+                    .0
+                    .to_json(conf.cni_version),
+            ))
+        }
         // DEL never gets here: it is served leniently, before the configuration is parsed whole.
         Command::Del => {
             crate::verbs::del::release(env, &crate::config::DelConf::parse(&conf.raw), att()?)

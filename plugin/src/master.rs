@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use iotlan_ipam::{Avoid, AvoidReason};
 use ipnetwork::IpNetwork;
 
 use crate::config::NetConf;
@@ -60,6 +61,37 @@ pub fn resolve_with(nl: &mut Netlink, master: Option<&str>, subnets: &[IpNetwork
         if subnets.is_empty() { "the ipam subnet".to_string() } else { subnets.join(", ") },
         names(nl)
     )))
+}
+
+/// The node's own addresses in `subnets`, each with the interface that carries it (the master, the
+/// host shim, any other): the pool must never hand them out. A macvlan child cannot hear its
+/// parent, so no conflict probe would find the master's address in use; and a pod given it takes
+/// the router's entry for it, so the node loses its LAN until the pod goes.
+pub fn node_addresses(
+    nl: &mut Netlink,
+    master: Option<&Link>,
+    subnets: &[IpNetwork],
+) -> Result<Vec<Avoid>> {
+    let ctx = |e| Error::netlink("cannot list the node's addresses", e);
+    let mut out = Vec::new();
+    for a in nl.addresses().map_err(ctx)? {
+        let ip = a.address.ip();
+        if !subnets.iter().any(|s| s.contains(ip)) {
+            continue;
+        }
+        let interface = match master {
+            Some(m) if m.index == a.index => m.name.clone(),
+            _ => nl
+                .link_by_index(a.index)
+                .map_err(ctx)?
+                .map_or_else(|| format!("interface {}", a.index), |l| l.name),
+        };
+        out.push(Avoid {
+            ip,
+            why: AvoidReason::NodeAddress { interface },
+        });
+    }
+    Ok(out)
 }
 
 /// The IPv4 default route's gateway and interface, if there is one.

@@ -219,6 +219,15 @@ impl Netlink {
             .map(drop)
     }
 
+    /// Sets a (down) link's MAC.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.exchange(RouteNetlinkMessage::SetLink(msg), 0)
+            .map(drop)
+    }
+
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;

@@ -14,6 +14,16 @@ pub struct Netns {
     file: File,
 }
 
+/// What a namespace path is now ([`Netns::judge`]).
+pub enum Judged {
+    /// Provably gone.
+    Gone,
+    /// A namespace, open.
+    Open(Netns),
+    /// It cannot be told: the error says why.
+    Unknown(io::Error),
+}
+
 impl Netns {
     /// The calling thread's current namespace.
     pub fn current() -> Result<Netns> {
@@ -32,6 +42,26 @@ impl Netns {
         }
     }
 
+    /// What `path` (a `CNI_NETNS` a runtime passed) is now. Only two answers prove the sandbox's
+    /// namespace gone: the path does not exist (or is a `/proc/<pid>/ns/net` of an exited process),
+    /// or it is a file that is no namespace (the runtime unmounted it and left the file it was
+    /// bound to). Anything else that fails (EMFILE, EPERM, an LSM's denial) proves nothing.
+    pub fn judge(path: &Path) -> Judged {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Judged::Gone,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Judged::Gone,
+            Err(e) => return Judged::Unknown(e),
+        };
+        match nix::sys::statfs::fstatfs(file.as_fd()) {
+            Ok(st) if st.filesystem_type() == nix::sys::statfs::NSFS_MAGIC => {
+                Judged::Open(Netns { file })
+            }
+            Ok(_) => Judged::Gone,
+            Err(e) => Judged::Unknown(e.into()),
+        }
+    }
+
     /// A namespace from an open file of it (the caller checked it is one).
     pub fn from_file(file: File) -> Netns {
         Netns { file }
@@ -42,10 +72,10 @@ impl Netns {
     }
 
     /// Moves the calling thread into the namespace for the rest of its life (for a worker thread
-    /// that ends there; the main thread uses [`Netns::run`]).
-    pub fn enter_for_this_thread(&self) -> Result<()> {
+    /// that ends there; the main thread uses [`Netns::run`]). `EINVAL`: a namespace, but not a
+    /// network namespace.
+    pub fn enter_for_this_thread(&self) -> std::result::Result<(), nix::Error> {
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(|e| Error::io("cannot enter the pod's network namespace", e.into()))
     }
 
     /// Runs `f` with this thread inside the namespace, then returns to `home`, even when `f` fails.

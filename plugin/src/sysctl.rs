@@ -54,6 +54,26 @@ pub fn enable_optimistic_dad(ifname: &str) -> std::io::Result<()> {
     write_if_present(&dir.join("use_optimistic"), "1")
 }
 
+/// Makes `ifname` answer ARP only for the addresses it carries itself (`arp_ignore` 1), unless it
+/// is already at least that strict. By default Linux answers on every interface for every address
+/// of the host, so with the host shim both the NIC and the shim would answer for the node's
+/// address and for the shim's, and the router's entry could flip between the two MACs. Returns
+/// whether it changed the setting.
+pub fn arp_answers_own_addresses_only(ifname: &str) -> std::io::Result<bool> {
+    let path = Path::new("/proc/sys/net/ipv4/conf")
+        .join(ifname)
+        .join("arp_ignore");
+    let now = std::fs::read_to_string(&path)?;
+    if now.trim().parse::<u32>().unwrap_or(0) >= 1 {
+        return Ok(false);
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)?
+        .write_all(b"1")?;
+    Ok(true)
+}
+
 /// Writes a sysctl; one that does not exist (no IPv6 on this host, an older kernel) is skipped.
 fn write_if_present(path: &Path, value: &str) -> std::io::Result<()> {
     match std::fs::OpenOptions::new().write(true).open(path) {

@@ -371,3 +371,83 @@ fn status_shows_the_duplicate_address_the_reassert_pass_reported() {
         "{v:#}"
     );
 }
+
+/// A NAD whose config is a conflist (iotlan, then tuning): `validate`, `leases --config` and
+/// `status --config -` read the iotlan plugin in it, as the manifests' README tells users to.
+#[test]
+fn status_and_leases_read_a_conflist_nad() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plugin = config();
+    plugin["ipam"]["store"] = json!({ "kind": "file", "dir": dir.path().join("store") });
+    let conflist = json!({
+        "cniVersion": "1.0.0", "name": "iot",
+        "plugins": [
+            { "type": "iotlan", "ipam": plugin["ipam"].clone() },
+            { "type": "tuning", "sysctl": { "net.ipv4.conf.net1.arp_notify": "1" } }
+        ]
+    });
+    let path = dir.path().join("nad.json");
+    std::fs::write(&path, conflist.to_string()).unwrap();
+    // One lease, as the IPAM plugin grants it.
+    let mut child = Command::new(IPAM)
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "c-ha")
+        .env("CNI_NETNS", "/var/run/netns/does-not-matter")
+        .env("CNI_IFNAME", "net1")
+        .env(
+            "CNI_ARGS",
+            "K8S_POD_NAMESPACE=home-assistant;K8S_POD_NAME=home-assistant-0",
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut one = plugin.clone();
+    one["name"] = json!("iot");
+    one["cniVersion"] = json!("1.0.0");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(one.to_string().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+
+    let o = Command::new(IOTLAN)
+        .args(["validate"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new(IOTLAN)
+        .args(["leases", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let r = rows(&o);
+    assert_eq!(r.len(), 1, "{}", text(&o));
+    assert_eq!(r[0].1, "home-assistant/home-assistant-0", "{}", text(&o));
+    let mut child = Command::new(IOTLAN)
+        .args(["status", "--config", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conflist.to_string().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("network iot: 1 held, 29 free of 30"),
+        "{}",
+        text(&o)
+    );
+}

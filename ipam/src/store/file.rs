@@ -391,18 +391,6 @@ impl FileStore {
         }
         Ok(records)
     }
-
-    /// The leases of the `ip:` records `ips`, in address order.
-    fn read_leases(&self, ips: &[IpAddr]) -> Result<Vec<Lease>, Error> {
-        let mut out = Vec::new();
-        for &ip in ips {
-            if let Some(l) = self.read_lease(ip)? {
-                out.push(l);
-            }
-        }
-        out.sort_by_key(|l| (Family::of(&l.ip), l.ip));
-        Ok(out)
-    }
 }
 
 /// The names in a network directory, by kind.
@@ -563,6 +551,11 @@ impl Store for FileStore {
         self.sync()
     }
 
+    /// A corrupt record never fails the release (kubelet would retry it forever, or Multus thick
+    /// drop it): it is skipped with an error in the log, what can be read is freed, and
+    /// [`Store::unreadable`] (`iotlan status`) and GC name the record. A corrupt `ip:` record
+    /// keeps its address held, so nobody else gets it while it cannot be read; a corrupt index is
+    /// made up for by a scan of the `ip:` records.
     fn release(&self, att: &Attachment) -> Result<Vec<Lease>, Error> {
         att.validate()?;
         let _lock = self.lock(true)?;
@@ -571,12 +564,37 @@ impl Store for FileStore {
         if fs::symlink_metadata(&index_path).is_err() {
             return Ok(Vec::new());
         }
-        let freed = self.attachment_leases(att)?;
+        let (ips, index_readable) = match Self::read::<IpList>(&index_path) {
+            Ok(index) => (index.unwrap_or_default().ips, true),
+            Err(e @ Error::Corrupt { .. }) => {
+                tracing::error!(error = %e, attachment = %att,
+                    "skipping a corrupt record: searching the leases for the attachment's addresses");
+                (self.records()?.ips, false)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut freed = Vec::new();
+        let mut skipped = false;
+        for ip in ips {
+            match self.read_lease(ip) {
+                Ok(Some(l)) if l.is_held_by(att) => freed.push(l),
+                Ok(_) => {}
+                Err(e @ Error::Corrupt { .. }) => {
+                    skipped = true;
+                    tracing::error!(error = %e, attachment = %att,
+                        "skipping a corrupt record: its address stays held until it is fixed or removed")
+                }
+                Err(e) => return Err(e),
+            }
+        }
         // The leases first, then the index: a crash in between leaves an index DEL can repeat.
+        // An index that still lists a lease that could not be read stays, for a DEL after the fix.
         for l in &freed {
             FileStore::remove(&self.ip_path(l.ip))?;
         }
-        FileStore::remove(&index_path)?;
+        if index_readable && !skipped {
+            FileStore::remove(&index_path)?;
+        }
         self.touch_identities(&freed);
         self.sync()?;
         Ok(freed)
@@ -599,11 +617,13 @@ impl Store for FileStore {
         let mut freed = Vec::new();
         let mut holding: HashSet<String> = HashSet::new();
         let mut kept_attachments: HashSet<Attachment> = HashSet::new();
+        let mut unreadable: HashSet<IpAddr> = HashSet::new();
         for &ip in &records.ips {
             let lease = match self.read_lease(ip) {
                 Ok(Some(l)) => l,
                 Ok(None) => continue,
                 Err(e) => {
+                    unreadable.insert(ip);
                     corrupt.push(e);
                     continue;
                 }
@@ -617,8 +637,18 @@ impl Store for FileStore {
             }
         }
         for att in records.attachments {
-            if !valid.contains(&att) && !kept_attachments.contains(&att) {
-                FileStore::remove(&self.attachment_path(&att))?;
+            if valid.contains(&att) || kept_attachments.contains(&att) {
+                continue;
+            }
+            // An index that lists an unreadable lease stays: it is how a DEL after the repair
+            // finds that lease.
+            let path = self.attachment_path(&att);
+            let lists_unreadable = Self::read::<IpList>(&path)
+                .ok()
+                .flatten()
+                .is_some_and(|i| i.ips.iter().any(|ip| unreadable.contains(ip)));
+            if !lists_unreadable {
+                FileStore::remove(&path)?;
             }
         }
         // An identity that lets go of an address here starts its retention now, as on DEL.
@@ -656,12 +686,46 @@ impl Store for FileStore {
         }
     }
 
+    /// Every lease that can be read; corrupt records are logged and left to [`Store::unreadable`].
     fn leases(&self) -> Result<Vec<Lease>, Error> {
         let _lock = self.lock(false)?;
         let records = self.records()?;
-        if let Some(first) = records.corrupt.into_iter().next() {
-            return Err(first);
+        let mut out = Vec::new();
+        for &ip in &records.ips {
+            match self.read_lease(ip) {
+                Ok(Some(l)) => out.push(l),
+                Ok(None) => {}
+                Err(e @ Error::Corrupt { .. }) => {
+                    tracing::warn!(error = %e, "skipping a corrupt record")
+                }
+                Err(e) => return Err(e),
+            }
         }
-        self.read_leases(&records.ips)
+        out.sort_by_key(|l| (Family::of(&l.ip), l.ip));
+        Ok(out)
+    }
+
+    fn unreadable(&self) -> Result<Vec<String>, Error> {
+        let _lock = self.lock(false)?;
+        let records = self.records()?;
+        let mut out: Vec<String> = records.corrupt.iter().map(ToString::to_string).collect();
+        let mut check = |r: Result<(), Error>| match r {
+            Err(e @ Error::Corrupt { .. }) => {
+                out.push(e.to_string());
+                Ok(())
+            }
+            other => other,
+        };
+        for &ip in &records.ips {
+            check(self.read_lease(ip).map(drop))?;
+        }
+        for att in &records.attachments {
+            check(Self::read::<IpList>(&self.attachment_path(att)).map(drop))?;
+        }
+        for path in &records.identities {
+            check(Self::read::<Latest>(path).map(drop))?;
+        }
+        out.sort();
+        Ok(out)
     }
 }

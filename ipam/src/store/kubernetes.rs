@@ -118,7 +118,11 @@ impl KubernetesStore {
     /// Opens the store of `network` as `cfg` describes (see the module docs for the keys).
     /// Nothing is sent to the API server until the first operation.
     pub fn open(network: &str, cfg: &StoreConfig) -> Result<KubernetesStore, Error> {
-        let settings = Settings::from_config(cfg)?;
+        KubernetesStore::with_settings(network, Settings::from_config(cfg)?)
+    }
+
+    /// Opens the store of `network` with `settings` read already (leniently, for DEL).
+    pub fn with_settings(network: &str, settings: Settings) -> Result<KubernetesStore, Error> {
         let kubeconfig = settings.kubeconfig_path()?;
         let conn = Conn::open(&kubeconfig, settings.timeout)?;
         let api = Api::namespaced(conn.client.clone(), &settings.namespace);
@@ -318,6 +322,42 @@ impl KubernetesStore {
     }
 }
 
+impl KubernetesStore {
+    /// After a takeover was undone: the identity object lists the earlier sandbox's attachment
+    /// again (the takeover's grant dropped its entry), so that its DEL, and a retried ADD of it,
+    /// find its addresses by name instead of counting them as new claims.
+    fn restore_entries(&self, grant: &Grant) -> Result<(), Error> {
+        let mut put_back: Vec<(Attachment, Vec<Lease>)> = Vec::new();
+        for old in grant.claimed.iter().filter_map(|c| c.replaced.as_ref()) {
+            match put_back.iter_mut().find(|(a, _)| old.is_held_by(a)) {
+                Some((_, leases)) => leases.push(old.clone()),
+                None => put_back.push((old.attachment(), vec![old.clone()])),
+            }
+        }
+        for (att, leases) in put_back {
+            let identity = leases[0].identity.clone();
+            let mut txn = self.txn(&identity, &att);
+            let mut current = Vec::new();
+            for l in &leases {
+                // Only what the undo really put back.
+                if txn.holder(l.ip)?.is_some_and(|now| now == *l) {
+                    current.push(l.clone());
+                }
+            }
+            if current.is_empty() {
+                continue;
+            }
+            let req = AllocRequest {
+                identity,
+                attachment: att,
+                ..AllocRequest::default()
+            };
+            allocator::Claims::finish(&mut txn, &req, &current)?;
+        }
+        Ok(())
+    }
+}
+
 impl Store for KubernetesStore {
     fn grant(
         &self,
@@ -352,7 +392,8 @@ impl Store for KubernetesStore {
             true => node_record::remove(&self.state_dir, &self.network, &att),
             false => node_record::save(&self.state_dir, &self.network, &kept),
         }
-        txn.abandon(&grant.claimed)
+        txn.abandon(&grant.claimed)?;
+        self.restore_entries(grant)
     }
 
     /// By name when this node's record of the attachment names its identity (the node that

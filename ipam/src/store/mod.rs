@@ -55,6 +55,11 @@ pub trait Store: Send + Sync {
     fn gc(&self, valid: &[Attachment]) -> Result<Vec<Lease>, Error>;
     /// Every lease, sorted by address (for STATUS and the operator CLI).
     fn leases(&self) -> Result<Vec<Lease>, Error>;
+    /// The records that cannot be read (each named, with why), for the operator CLI. A store whose
+    /// records are checked by someone else (the API server) has none.
+    fn unreadable(&self) -> Result<Vec<String>, Error> {
+        Ok(Vec::new())
+    }
 }
 
 /// A shared store is a store (one handle per thread, same state).
@@ -85,6 +90,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     fn leases(&self) -> Result<Vec<Lease>, Error> {
         (**self).leases()
     }
+    fn unreadable(&self) -> Result<Vec<String>, Error> {
+        (**self).unreadable()
+    }
 }
 
 /// Opens the store `cfg` describes for `network`.
@@ -97,12 +105,17 @@ pub fn open_store(network: &str, cfg: &StoreConfig, pool: &Pool) -> Result<Box<d
             format!("the pool belongs to {:?}, not {network:?}", pool.network()),
         ));
     }
-    open_store_of(network, cfg)
+    open_kind(network, cfg, false)
 }
 
-/// Opens the store of `network` without a pool: what DEL needs to release, whatever else of the
-/// configuration no longer parses.
-pub fn open_store_of(network: &str, cfg: &StoreConfig) -> Result<Box<dyn Store>, Error> {
+/// Opens the store of `network` without a pool, from a `store` object read with
+/// [`StoreConfig::lenient`]: what DEL needs to release, whatever else of the configuration ADD
+/// would refuse today. The kind's own keys are read as leniently.
+pub fn open_store_to_release(network: &str, cfg: &StoreConfig) -> Result<Box<dyn Store>, Error> {
+    open_kind(network, cfg, true)
+}
+
+fn open_kind(network: &str, cfg: &StoreConfig, lenient: bool) -> Result<Box<dyn Store>, Error> {
     names::validate_network(network)?;
     cfg.validate()?;
     match cfg.kind.as_str() {
@@ -116,14 +129,25 @@ pub fn open_store_of(network: &str, cfg: &StoreConfig) -> Result<Box<dyn Store>,
             ))
         }
         #[cfg(feature = "kubernetes")]
-        "kubernetes" => Ok(Box::new(
-            kubernetes::KubernetesStore::open(network, cfg)?.with_gc_grace(cfg.gc_grace()),
-        )),
+        "kubernetes" => {
+            let settings = if lenient {
+                kubernetes::Settings::lenient(cfg)
+            } else {
+                kubernetes::Settings::from_config(cfg)?
+            };
+            Ok(Box::new(
+                kubernetes::KubernetesStore::with_settings(network, settings)?
+                    .with_gc_grace(cfg.gc_grace()),
+            ))
+        }
         #[cfg(not(feature = "kubernetes"))]
-        "kubernetes" => Err(Error::config(
-            "store.kind",
-            "this build has no kubernetes store (cargo feature \"kubernetes\")",
-        )),
+        "kubernetes" => {
+            let _ = lenient;
+            Err(Error::config(
+                "store.kind",
+                "this build has no kubernetes store (cargo feature \"kubernetes\")",
+            ))
+        }
         other => Err(Error::config(
             "store.kind",
             format!("unknown store kind {other:?}; expected \"file\" or \"kubernetes\""),

@@ -113,7 +113,12 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 
 impl ApiServer {
     pub fn start() -> ApiServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        ApiServer::start_with(TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+    }
+
+    /// Serves on `listener`: one bound elsewhere than on this process's loopback (inside a test
+    /// LAN's namespace, so that plugins run in the nodes' namespaces reach it).
+    pub fn start_with(listener: TcpListener) -> ApiServer {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -341,9 +346,14 @@ pub fn write_kubeconfig(path: &Path, server: &str, namespace: &str, token: &str)
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr); // wake the accept loop
+        // Wake the accept loop; a listener in a namespace this process cannot reach is left to
+        // the end of the process.
+        let woken =
+            TcpStream::connect_timeout(&self.addr, std::time::Duration::from_secs(1)).is_ok();
         if let Some(t) = self.accept.take() {
-            let _ = t.join();
+            if woken {
+                let _ = t.join();
+            }
         }
     }
 }

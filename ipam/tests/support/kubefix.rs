@@ -109,6 +109,7 @@ pub fn req_uid(identity: &str, cid: &str, uid: &str) -> AllocRequest {
         sandbox: Sandbox {
             netns: None,
             pod_uid: Some(uid.to_string()),
+            boot_id: None,
         },
         ..contract::req(identity, cid)
     }

@@ -36,29 +36,13 @@ pub fn validate(path: Option<&str>) -> i32 {
     }
 }
 
-/// Validates one configuration, or every plugin of a conflist, and summarises what it found.
+/// Validates one configuration, or every iotlan plugin of a conflist, and summarises what it found.
 pub fn check(bytes: &[u8]) -> Result<String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| Error::Decode(format!("not JSON: {e}")))?;
-    if let Some(plugins) = v.get("plugins").and_then(|p| p.as_array()) {
-        let mut lines = Vec::new();
-        for p in plugins
-            .iter()
-            .filter(|p| p.get("type").and_then(|t| t.as_str()) == Some("iotlan"))
-        {
-            let mut p = p.clone();
-            p["cniVersion"] = v.get("cniVersion").cloned().unwrap_or_default();
-            p["name"] = v.get("name").cloned().unwrap_or_default();
-            lines.push(check_one(&serde_json::to_vec(&p).unwrap_or_default())?);
-        }
-        if lines.is_empty() {
-            return Err(Error::InvalidConfig(
-                "the conflist has no plugin of type iotlan".into(),
-            ));
-        }
-        return Ok(lines.join("\n"));
-    }
-    check_one(bytes)
+    let lines = crate::config::iotlan_plugins(bytes)?
+        .iter()
+        .map(|p| check_one(p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(lines.join("\n"))
 }
 
 fn check_one(bytes: &[u8]) -> Result<String> {

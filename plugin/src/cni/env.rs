@@ -58,31 +58,18 @@ pub struct PodArgs {
 }
 
 impl Container {
-    /// "namespace/name" when the runtime names the pod, else the container ID.
+    /// Who the pool and the derived MAC know this attachment as: "namespace/name" when the runtime
+    /// names the pod, else the container ID. Never the interface name: the order of a pod's
+    /// networks sets it (`networks: "cameras, iot"` makes iot's attachment `net2`). The pool keys a
+    /// second attachment of the same network in the same pod apart by itself
+    /// ([`iotlan_ipam::allocator`]).
     pub fn identity(&self) -> String {
         match (&self.args.namespace, &self.args.name) {
             (Some(ns), Some(name)) => format!("{ns}/{name}"),
             _ => self.container_id.clone(),
         }
     }
-
-    /// Who the pool and the derived MAC know this interface as: the identity for `net1` (what
-    /// Multus names the first network) and for container-ID identities, `namespace/name@ifname` for
-    /// a pod's further interfaces, so that `net1` and `net2` of one pod never share an address
-    /// record or a MAC. A reservation for a second interface is keyed the same way.
-    pub fn pool_identity(&self) -> String {
-        let identity = self.identity();
-        if self.ifname == FIRST_IFNAME || self.args.name.is_none() || self.args.namespace.is_none()
-        {
-            identity
-        } else {
-            format!("{identity}@{}", self.ifname)
-        }
-    }
 }
-
-/// The interface name Multus gives a pod's first additional network.
-pub const FIRST_IFNAME: &str = "net1";
 
 /// Everything read from the environment for one invocation.
 #[derive(Debug, Clone)]

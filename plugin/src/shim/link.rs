@@ -52,7 +52,48 @@ pub(super) fn probe_new(
     Ok(())
 }
 
+/// The shim on `master`, made when missing (of the record's kind), up, and answering ARP only for
+/// its own address ([`answer_own_addresses`]).
 pub(super) fn ensure_link(
+    nl: &mut Netlink,
+    r: &Record,
+    master: &Link,
+    driver: Driver,
+    mtu: Option<u32>,
+) -> Result<Link> {
+    let link = ensure_child(nl, r, master, driver, mtu)?;
+    answer_own_addresses(&link, master)?;
+    Ok(link)
+}
+
+/// Each of the node's addresses is answered by its own MAC: the shim answers ARP only for the
+/// shim's address, and (a macvlan shim, which has a MAC of its own) the master only for the
+/// master's (`arp_ignore` 1 on both; an ipvlan shim shares the master's MAC, so the master is left
+/// as it is). Without it both MACs answer for both addresses, and the router's entry for the
+/// shim's address can end up on the NIC. A stricter setting already there is kept.
+fn answer_own_addresses(shim: &Link, master: &Link) -> Result<()> {
+    let mut ifnames = vec![&shim.name];
+    if shim.kind.as_deref() != Some("ipvlan") {
+        ifnames.push(&master.name);
+    }
+    for ifname in ifnames {
+        match crate::sysctl::arp_answers_own_addresses_only(ifname) {
+            Ok(true) => {
+                tracing::info!(%ifname, "hostShim: ARP answered only for the interface's own addresses (arp_ignore=1)")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!("cannot set net.ipv4.conf.{ifname}.arp_ignore"),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ensure_child(
     nl: &mut Netlink,
     r: &Record,
     master: &Link,

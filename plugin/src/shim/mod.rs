@@ -22,6 +22,8 @@ mod record;
 use std::net::IpAddr;
 use std::path::Path;
 
+use iotlan_ipam::{Avoid, AvoidReason};
+
 use crate::cni::env::Container;
 use crate::cni::result::IpConfig;
 use crate::config::{GcAttachment, HostShim, NetConf};
@@ -90,7 +92,28 @@ fn try_attach(
     let mut nl = Netlink::open().map_err(|e| Error::netlink("cannot open a netlink socket", e))?;
     let r = &mut locked.record;
     if r.addresses.get(&conf.name).is_none_or(|a| a.is_empty()) {
-        let addresses = shim_addresses(conf, shim, ipam, &r.node, &r.link)?;
+        // The node's other addresses are not the shim's to take (its own, should it have some
+        // left from an earlier record, are).
+        // Nor an address a LAN device answered for lately.
+        let mut avoid: Vec<Avoid> = crate::master::node_addresses(
+            &mut nl,
+            Some(master),
+            &conf.ipam_subnets(),
+        )?
+        .into_iter()
+        .filter(
+            |a| !matches!(&a.why, AvoidReason::NodeAddress { interface } if *interface == r.link),
+        )
+        .collect();
+        avoid.extend(
+            crate::conflict::recent(&conf.state_dir, &conf.name)
+                .into_iter()
+                .map(|c| Avoid {
+                    ip: c.ip,
+                    why: AvoidReason::InUseOnLan,
+                }),
+        );
+        let addresses = shim_addresses(conf, shim, ipam, &r.node, &r.link, &avoid)?;
         if conf.conflict_check.is_some() {
             // A first address is probed as the pods' are (RFC 5227), from the shim before it has
             // any: a device that already uses it keeps it, the pool skips it, and the next ADD
@@ -123,6 +146,21 @@ fn try_attach(
     Ok(())
 }
 
+/// The address `hostShim.addresses` gives this node's shim on `master`: the node's, never a pod's,
+/// also before the shim carries it.
+pub fn given_address(shim: &HostShim, master: &Link) -> Option<Avoid> {
+    if shim.addresses.is_empty() {
+        return None;
+    }
+    let ip = *shim.addresses.get(&node_of(master))?;
+    Some(Avoid {
+        ip,
+        why: AvoidReason::NodeAddress {
+            interface: link_name(&master.name),
+        },
+    })
+}
+
 /// This node's shim addresses for `conf`'s network: `hostShim.addresses[<node>]`, else the pool's
 /// address for the node's identity (a reservation for `iotlan-shim.<node>` pins it).
 fn shim_addresses(
@@ -131,12 +169,13 @@ fn shim_addresses(
     ipam: &Ipam,
     node: &str,
     link: &str,
+    avoid: &[Avoid],
 ) -> Result<Vec<IpAddr>> {
     if let Some(ip) = shim.addresses.get(node) {
         return Ok(vec![*ip]);
     }
     let id = identity(node);
-    match ipam.node_addresses(&id, link)? {
+    match ipam.node_addresses(&id, link, avoid)? {
         Some(ips) if !ips.is_empty() => Ok(ips),
         _ => Err(Error::InvalidConfig(format!(
             "hostShim: node {node} has no address: give it one in hostShim.addresses, or use \

@@ -11,14 +11,18 @@
 //!   earlier sandbox is put back. A delegated IPAM plugin is called with DEL, except when
 //!   `CNI_IFNAME` already existed (its addresses are then the earlier ADD's).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Duration;
+
+use iotlan_ipam::Avoid;
 
 use crate::cni::env::{Container, Env};
 use crate::cni::result::{CniResult, Interface};
 use crate::config::{DriverChoice, NetConf};
+use crate::conflict::Attached;
 use crate::driver::{self, memory, Driver};
 use crate::error::{Error, Result};
 use crate::ipam::{Claim, Ipam};
@@ -28,11 +32,6 @@ use crate::netns::Netns;
 use crate::{conflict, master, packet, pod, probe};
 
 pub fn run(env: &Env, conf: &NetConf, ctr: &Container) -> Result<CniResult> {
-    conflict::with_retries(conf, ctr, |c| add_once(env, c, ctr))
-}
-
-/// One ADD attempt with one allocation; a conflict found by the check undoes it like any failure.
-fn add_once(env: &Env, conf: &NetConf, ctr: &Container) -> Result<CniResult> {
     let netns_path = ctr
         .netns
         .as_ref()
@@ -64,31 +63,61 @@ fn add_once(env: &Env, conf: &NetConf, ctr: &Container) -> Result<CniResult> {
             )));
         }
     }
-
     let ipam = Ipam::for_config(env, conf)?;
+    // The node's own addresses are never a pod's (a delegated plugin keeps its own rules).
+    let node = match ipam {
+        Ipam::Pool { .. } => {
+            let mut node = master::node_addresses(&mut nl, Some(&master), &conf.ipam_subnets())?;
+            node.extend(
+                conf.host_shim
+                    .as_ref()
+                    .and_then(|s| crate::shim::given_address(s, &master)),
+            );
+            node
+        }
+        Ipam::Delegate { .. } => Vec::new(),
+    };
+    let ctx = Ctx {
+        conf,
+        ctr,
+        home: &home,
+        pod_ns: &pod_ns,
+        master: &master,
+    };
+    conflict::with_retries(conf, ctr, &ipam, node, |avoid| {
+        add_once(&ctx, &mut nl, &ipam, avoid, netns_path)
+    })
+}
+
+/// One ADD attempt with one allocation, avoiding `avoid`; a conflict found by the check undoes it
+/// like any failure.
+fn add_once(
+    ctx: &Ctx,
+    nl: &mut Netlink,
+    ipam: &Ipam,
+    avoid: &[Avoid],
+    netns_path: &Path,
+) -> Result<Attached> {
+    let Ctx {
+        conf, ctr, master, ..
+    } = *ctx;
     std::thread::scope(|scope| {
         // The addresses are allocated on a helper thread (in this, the node's, namespace) while
         // this one creates the link: the store's fsync, or the delegated plugin's exec, overlaps
         // with the kernel's work.
-        let mut addrs = Allocation::start(scope, || ipam.add(conf, ctr, Some(0)));
-        let ctx = Ctx {
-            conf,
-            ctr,
-            home: &home,
-            pod_ns: &pod_ns,
-            master: &master,
-        };
-        let attached = attach(&ctx, &mut nl, &mut addrs);
+        let mut addrs = Allocation::start(scope, || ipam.add(conf, ctr, Some(0), avoid));
+        let attached = attach(ctx, nl, &mut addrs);
         match (attached, addrs.finish()) {
-            (Ok((link, driver)), Ok((mut result, _))) => {
+            (Ok((link, driver)), Ok((mut result, claim))) => {
+                let key = claim.key().map_or_else(|| ctr.identity(), str::to_string);
                 let mac = link.mac.map(Mac).map(|m| m.to_string()).unwrap_or_default();
                 tracing::info!(
                     %driver, master = %master.name, ifname = %ctr.ifname, %mac,
                     ips = ?result.ips.iter().map(|i| i.address.to_string()).collect::<Vec<_>>(),
-                    identity = %ctr.pool_identity(), container = %ctr.container_id, "attached"
+                    %key, container = %ctr.container_id, "attached"
                 );
                 if let Some(shim) = &conf.host_shim {
-                    crate::shim::attach(conf, shim, &ipam, ctr, &master, driver, &result.ips);
+                    crate::shim::attach(conf, shim, ipam, ctr, master, driver, &result.ips);
                 }
                 result.interfaces = vec![Interface {
                     name: ctr.ifname.clone(),
@@ -96,12 +125,12 @@ fn add_once(env: &Env, conf: &NetConf, ctr: &Container) -> Result<CniResult> {
                     mtu: conf.mtu,
                     sandbox: netns_path.display().to_string(),
                 }];
-                Ok(result)
+                Ok(Attached { result, key })
             }
             // The addresses could not be had: the attempt removed the link it made already.
             (_, Err(e)) => Err(e),
             (Err(e), Ok((_, claim))) => {
-                undo_allocation(&ipam, conf, &claim, &e);
+                undo_allocation(ipam, conf, &claim, &e);
                 Err(e)
             }
         }
@@ -252,7 +281,7 @@ fn try_driver(
         Driver::Macvlan => {
             let mac = conf
                 .requested_mac
-                .unwrap_or_else(|| Mac::derived(&conf.name, &ctr.pool_identity()));
+                .unwrap_or_else(|| Mac::derived(&conf.name, &ctr.identity()));
             driver::macvlan::create(nl, master, pod_fd, &temp, mac, conf.macvlan_mode, conf.mtu)
         }
         Driver::Ipvlan => {
@@ -278,10 +307,39 @@ fn try_driver(
 
     // The allocation is needed from here on: which addresses to probe, and (ipvlan) the master's
     // socket for the probe, opened in this namespace.
+    let identity = ctr.identity();
+    let key = addrs
+        .wait()
+        .and_then(|(_, c)| c.key())
+        .unwrap_or(&identity)
+        .to_string();
     let targets = addrs
         .wait()
-        .map(|(r, c)| conflict::targets(conf, ctr, r, c))
+        .map(|(r, c)| conflict::targets(conf, &key, r, c))
         .unwrap_or_default();
+    // An address taken over from a sandbox on another node (its node is lost, the store says):
+    // nothing may answer for it on the LAN any more. Probed from the master, which hears the old
+    // device even though it has this pod's MAC.
+    let taken_over = addrs
+        .wait()
+        .map(|(_, c)| taken_over_from_another_node(c))
+        .unwrap_or_default();
+    let takeover_sock = match taken_over.is_empty() {
+        true => None,
+        false => Some(
+            packet::ArpSocket::open(master.index, master.mac.unwrap_or_default())
+                .map_err(|e| {
+                    Error::io(
+                        format!(
+                            "cannot open an ARP socket on {} to probe a takeover",
+                            master.name
+                        ),
+                        e,
+                    )
+                })
+                .map_err(Attempt::Fatal)?,
+        ),
+    };
     let mut sock = None;
     if drv == Driver::Ipvlan && !targets.is_empty() {
         match packet::ArpSocket::open(master.index, master.mac.unwrap_or_default()) {
@@ -310,9 +368,25 @@ fn try_driver(
                         "the new link {temp} vanished from the pod's namespace"
                     ))
                 })?;
-            let Some((addrs, _)) = addrs.wait() else {
+            let Some((addrs, claim)) = addrs.wait() else {
                 delete_made(&mut pnl, &made);
                 return Ok(Err(Attempt::NoAddresses));
+            };
+            if let Some(s) = &takeover_sock {
+                if let Err(e) = old_holder_silent(conf, s, master, &taken_over) {
+                    delete_made(&mut pnl, &made);
+                    return Ok(Err(Attempt::Fatal(e)));
+                }
+            }
+            let made = match (drv, conf.requested_mac) {
+                (Driver::Macvlan, None) => match mac_for_key(&mut pnl, &made, conf, ctr, claim) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        delete_made(&mut pnl, &made);
+                        return Ok(Err(Attempt::Fatal(e)));
+                    }
+                },
+                _ => made,
             };
             let timeout =
                 Duration::from_millis(conf.conflict_check.as_ref().map_or(0, |c| c.timeout_ms));
@@ -439,6 +513,102 @@ fn announce_again(link: &Link, addrs: &CniResult, count: u32, interval_ms: u64) 
             }
         }
     }
+}
+
+/// The MAC follows the pool's key: a second attachment of the network in this pod gets its own,
+/// derived from its key (two macvlans with one MAC on one master cannot both come up), and so does
+/// a key an earlier build used. With a delegated IPAM plugin the pool knows no key: a second
+/// attachment is the one whose pod already has a link with the pod's MAC.
+fn mac_for_key(
+    pnl: &mut Netlink,
+    made: &Link,
+    conf: &NetConf,
+    ctr: &Container,
+    claim: &Claim,
+) -> Result<Link> {
+    let identity = ctr.identity();
+    let key = match claim.key() {
+        Some(key) if key == identity => return Ok(made.clone()),
+        Some(key) => key.to_string(),
+        None => {
+            let links = pnl
+                .links()
+                .map_err(|e| Error::netlink("cannot list the pod's links", e))?;
+            if !links
+                .iter()
+                .any(|l| l.index != made.index && l.mac.is_some() && l.mac == made.mac)
+            {
+                return Ok(made.clone());
+            }
+            iotlan_ipam::allocator::per_interface_key(&iotlan_ipam::AllocRequest {
+                identity,
+                attachment: iotlan_ipam::Attachment::new(&ctr.container_id, &ctr.ifname),
+                ..Default::default()
+            })
+        }
+    };
+    let mac = Mac::derived(&conf.name, &key);
+    pnl.set_mac(made.index, mac.0)
+        .map_err(|e| Error::netlink(format!("cannot set {}'s MAC to {mac}", made.name), e))?;
+    tracing::debug!(%key, %mac, "the MAC of this attachment's own key");
+    Ok(Link {
+        mac: Some(mac.0),
+        ..made.clone()
+    })
+}
+
+/// The IPv4 addresses this allocation took over from a sandbox on another node.
+fn taken_over_from_another_node(claim: &Claim) -> Vec<Ipv4Addr> {
+    let Claim::Pool(grant) = claim else {
+        return Vec::new();
+    };
+    grant
+        .claimed
+        .iter()
+        .filter(|c| {
+            c.replaced
+                .as_ref()
+                .is_some_and(|old| old.node.is_some() && old.node != c.lease.node)
+        })
+        .filter_map(|c| match c.lease.ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// Before a takeover across nodes: while anything on the LAN still answers for the address (the
+/// old sandbox on a node that lost its kubelet but still runs, with the same derived MAC), the ADD
+/// waits (11), and the takeover is undone with the rest of the allocation. `sock` is the master's:
+/// it hears a device with this pod's MAC, which the pod's own link would take for itself. Runs
+/// while the pod's link is still down.
+fn old_holder_silent(
+    conf: &NetConf,
+    sock: &packet::ArpSocket,
+    master: &Link,
+    ips: &[Ipv4Addr],
+) -> Result<()> {
+    let own = master.mac.unwrap_or_default();
+    let timeout = Duration::from_millis(
+        conf.conflict_check
+            .as_ref()
+            .map_or(conflict::ConflictCheck::default().timeout_ms, |c| {
+                c.timeout_ms
+            }),
+    );
+    for ip in ips {
+        let answer = conflict::probe(sock, *ip, own, timeout)
+            .map_err(|e| Error::io(format!("cannot probe {ip} on {}", master.name), e))?;
+        if let Some(mac) = answer {
+            return Err(Error::TryAgainLater(format!(
+                "{ip} was held by a sandbox on a node the cluster counts as lost, but {} still answers \
+                 for it on the LAN: the old sandbox still runs (a node without its kubelet). The ADD is \
+                 retried; stop that sandbox (or power the node off) to let the address move",
+                Mac(mac)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the link this ADD made (by its index: whatever name it has by now).

@@ -7,7 +7,11 @@
 //! - it reads only what it needs of the configuration ([`DelConf`]): a key ADD would refuse today
 //!   does not stop it;
 //! - the link comes off using only `CNI_NETNS` and `CNI_IFNAME`; an empty `CNI_NETNS`, a namespace
-//!   that is gone or is no namespace any more, and a link that is gone all mean "nothing to delete";
+//!   that is gone or is provably no network namespace any more, and a link that is gone all mean
+//!   "nothing to delete". A namespace that cannot be opened for any other reason (EMFILE, EPERM, an
+//!   LSM's denial) fails the DEL, so the runtime retries while the address stays held;
+//! - `ipam.store` is read leniently ([`StoreConfig::lenient`]): a value ADD would refuse today is
+//!   read, clamped or defaulted, never a reason to keep the lease;
 //! - the store is opened only after the link part started, and its failure (an unreachable API
 //!   server) never keeps the link: DEL then fails with the store's error, the runtime retries, and
 //!   the retry only has the release left to do.
@@ -24,21 +28,30 @@ use crate::config::DelConf;
 use crate::error::{Error, Result};
 use crate::ipam::IN_PROCESS_TYPE;
 use crate::netlink::Netlink;
-use crate::netns::Netns;
+use crate::netns::{Judged, Netns};
 use crate::pod;
 
 pub fn run(env: &Env, conf: &DelConf, ctr: &Container) -> Result<()> {
-    let pod_ns = ctr.netns.as_ref().and_then(|path| match Netns::open(path) {
-        Ok(None) => {
+    let pod_ns = match ctr.netns.as_deref().map(|path| (path, Netns::judge(path))) {
+        None => None,
+        Some((path, Judged::Gone)) => {
             tracing::debug!(netns = %path.display(), "the pod's namespace is gone: no link to delete");
             None
         }
-        Ok(Some(ns)) => Some(ns),
-        Err(e) => {
-            tracing::warn!(netns = %path.display(), error = %e, "cannot open the pod's namespace: no link to delete");
-            None
+        Some((_, Judged::Open(ns))) => Some(ns),
+        // It may still carry the link and its address: releasing now could hand the address to
+        // another pod while this one answers for it. The runtime retries DEL.
+        Some((path, Judged::Unknown(e))) => {
+            return Err(Error::io(
+                format!(
+                    "cannot open the pod's network namespace {} (DEL is retried; the address stays \
+                     held until its link is known to be gone)",
+                    path.display()
+                ),
+                e,
+            ))
         }
-    });
+    };
     let Some(pod_ns) = pod_ns else {
         return release(env, conf, ctr);
     };
@@ -46,11 +59,20 @@ pub fn run(env: &Env, conf: &DelConf, ctr: &Container) -> Result<()> {
     std::thread::scope(|s| {
         // Only this worker enters the pod's namespace; it ends there.
         let unlink = s.spawn(move || -> Result<bool> {
-            if let Err(e) = pod_ns.enter_for_this_thread() {
-                // Not a network namespace (the runtime replaced its bind mount): nothing of ours.
-                tracing::warn!(error = %e, "CNI_NETNS is not a network namespace: no link to delete");
-                let _ = withdrawn.send(());
-                return Ok(false);
+            match pod_ns.enter_for_this_thread() {
+                Ok(()) => {}
+                // A namespace of another kind: provably no network namespace, nothing of ours.
+                Err(nix::Error::EINVAL) => {
+                    tracing::warn!("CNI_NETNS is not a network namespace: no link to delete");
+                    let _ = withdrawn.send(());
+                    return Ok(false);
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        "cannot enter the pod's network namespace (DEL is retried)",
+                        e.into(),
+                    ))
+                }
             }
             let mut nl = Netlink::open()
                 .map_err(|e| Error::netlink("cannot open a netlink socket in the pod", e))?;
@@ -91,12 +113,11 @@ pub fn release(env: &Env, conf: &DelConf, ctr: &Container) -> Result<()> {
     if ipam_type != IN_PROCESS_TYPE {
         crate::ipam::delegate(env, ipam_type)?.del_raw(&conf.raw)?;
     } else {
-        let store_cfg: StoreConfig = match conf.ipam.get("store") {
-            None => StoreConfig::default(),
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| Error::InvalidConfig(format!("ipam.store: {e}")))?,
-        };
-        let store = iotlan_ipam::open_store_of(name, &store_cfg)?;
+        let store_cfg = conf
+            .ipam
+            .get("store")
+            .map_or_else(StoreConfig::default, StoreConfig::lenient);
+        let store = iotlan_ipam::open_store_to_release(name, &store_cfg)?;
         let att = PoolAttachment::new(ctr.container_id.clone(), ctr.ifname.clone());
         for l in store.release(&att)? {
             tracing::info!(ip = %l.ip, identity = %l.identity, "released");

@@ -52,6 +52,8 @@ pub const ANN_CREATED: &str = "iotlan/created-unix";
 /// The holder sandbox's network namespace path and pod UID (absent on objects written before them).
 pub const ANN_NETNS: &str = "iotlan/netns";
 pub const ANN_POD_UID: &str = "iotlan/pod-uid";
+/// The boot ID of the holder's node when its sandbox was made (absent on objects written before it).
+pub const ANN_BOOT_ID: &str = "iotlan/boot-id";
 /// On an identity object: the attachments it was granted addresses for, as JSON
 /// ([`AttachmentRecord`]), with each address object's uid and resourceVersion as created.
 pub const ANN_ATTACHMENTS: &str = "iotlan/attachments";
@@ -165,6 +167,7 @@ pub fn address_object(network: &str, netkey: &str, namespace: &str, lease: &Leas
         (ANN_NODE, &lease.node),
         (ANN_NETNS, &lease.sandbox.netns),
         (ANN_POD_UID, &lease.sandbox.pod_uid),
+        (ANN_BOOT_ID, &lease.sandbox.boot_id),
     ];
     for (key, value) in optional {
         if let Some(v) = value {
@@ -213,6 +216,7 @@ pub fn lease_of(network: &str, obj: &KLease) -> Result<Lease, String> {
         sandbox: Sandbox {
             netns: ann.get(ANN_NETNS).cloned(),
             pod_uid: ann.get(ANN_POD_UID).cloned(),
+            boot_id: ann.get(ANN_BOOT_ID).cloned(),
         },
     })
 }
@@ -413,6 +417,7 @@ mod tests {
             sandbox: Sandbox {
                 netns: Some("/var/run/netns/cni-1".into()),
                 pod_uid: Some("0b5c6a7e-uid".into()),
+                boot_id: Some("5f0e1c8a-boot".into()),
             },
         };
         let obj = address_object("iot", "iot", "iotlan-system", &l);

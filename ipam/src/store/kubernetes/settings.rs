@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::StoreConfig;
+use crate::config::{lenient_u64, StoreConfig};
 use crate::error::Error;
 
 /// Where the Lease objects live when `store.namespace` is not given.
@@ -16,6 +16,8 @@ pub const DEFAULT_KUBECONFIGS: [&str; 2] = [
 ];
 /// Connect and per-request timeout when `store.timeoutMs` is not given.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// The longest `store.timeoutMs` a lenient read keeps (DEL): every wait has a bound.
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
 /// How long a node must have been not Ready before it counts as lost, when
 /// `store.nodeLossGraceSeconds` is not given: 5 minutes, the pod eviction timeout Kubernetes
 /// itself has long used for NotReady nodes.
@@ -35,16 +37,22 @@ pub struct Settings {
     pub state_dir: PathBuf,
 }
 
-impl Settings {
-    /// Reads the kubernetes keys of `cfg`; unknown keys are an error naming them.
-    pub fn from_config(cfg: &StoreConfig) -> Result<Settings, Error> {
-        let mut s = Settings {
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
             namespace: DEFAULT_NAMESPACE.to_string(),
             kubeconfig: None,
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
             node_loss_grace: Duration::from_secs(DEFAULT_NODE_LOSS_GRACE_SECONDS),
             state_dir: PathBuf::from(crate::config::DEFAULT_STORE_DIR),
-        };
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the kubernetes keys of `cfg`; unknown keys are an error naming them.
+    pub fn from_config(cfg: &StoreConfig) -> Result<Settings, Error> {
+        let mut s = Settings::default();
         for (key, value) in &cfg.extra {
             let field = format!("store.{key}");
             match key.as_str() {
@@ -72,8 +80,13 @@ impl Settings {
                 "timeoutMs" => {
                     let ms = value
                         .as_u64()
-                        .filter(|ms| *ms > 0)
-                        .ok_or_else(|| Error::config(&field, "must be a positive integer"))?;
+                        .filter(|ms| (1..=MAX_TIMEOUT_MS).contains(ms))
+                        .ok_or_else(|| {
+                            Error::config(
+                                &field,
+                                format!("must be an integer from 1 to {MAX_TIMEOUT_MS} (ms)"),
+                            )
+                        })?;
                     s.timeout = Duration::from_millis(ms);
                 }
                 "nodeLossGraceSeconds" => {
@@ -101,6 +114,48 @@ impl Settings {
             }
         }
         Ok(s)
+    }
+
+    /// Reads the kubernetes keys of `cfg` as DEL must ([`StoreConfig::lenient`]): a key this build
+    /// does not know (written for a newer one) is ignored, a number given as a string is read, one
+    /// out of range is clamped, and anything else unreadable falls back to its default. Each is
+    /// logged.
+    pub fn lenient(cfg: &StoreConfig) -> Settings {
+        let mut s = Settings::default();
+        for (key, value) in &cfg.extra {
+            let field = format!("store.{key}");
+            match key.as_str() {
+                "namespace" => match value.as_str().filter(|ns| is_dns_label(ns)) {
+                    Some(ns) => s.namespace = ns.to_string(),
+                    None => tracing::warn!(%field, given = %value, "unreadable, ignored for DEL"),
+                },
+                "kubeconfig" | "stateDir" => {
+                    match value
+                        .as_str()
+                        .map(PathBuf::from)
+                        .filter(|p| p.is_absolute())
+                    {
+                        Some(p) if key == "kubeconfig" => s.kubeconfig = Some(p),
+                        Some(p) => s.state_dir = p,
+                        None => {
+                            tracing::warn!(%field, given = %value, "unreadable, ignored for DEL")
+                        }
+                    }
+                }
+                "timeoutMs" => {
+                    if let Some(ms) = lenient_u64(&field, value, 1..=MAX_TIMEOUT_MS) {
+                        s.timeout = Duration::from_millis(ms);
+                    }
+                }
+                "nodeLossGraceSeconds" => {
+                    if let Some(secs) = lenient_u64(&field, value, NODE_LOSS_GRACE_SECONDS) {
+                        s.node_loss_grace = Duration::from_secs(secs);
+                    }
+                }
+                _ => tracing::warn!(%field, "a key this build does not know, ignored for DEL"),
+            }
+        }
+        s
     }
 
     /// The kubeconfig to use: the configured one, else the first default that exists.

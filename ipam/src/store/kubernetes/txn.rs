@@ -37,8 +37,8 @@ pub(super) struct Txn<'a> {
     /// The identity and attachment this allocation is for.
     identity: String,
     att: Attachment,
-    /// The identity's object as read at the start (`Some(None)`: there is none).
-    record: Option<Option<KLease>>,
+    /// The objects of the identities this allocation was keyed by, as read (`None`: there is none).
+    records: HashMap<String, Option<KLease>>,
     /// Nodes asked about in this allocation, and whether they are lost.
     lost: HashMap<String, bool>,
 }
@@ -120,15 +120,15 @@ impl Txn<'_> {
 impl Txn<'_> {
     /// The identity's object, read once per allocation.
     fn record(&mut self) -> Result<Option<&KLease>, Error> {
-        if self.record.is_none() {
+        if !self.records.contains_key(&self.identity) {
             let s = self.store;
             let name = objects::identity_name(&s.netkey, &self.identity);
             let obj = s
                 .conn
                 .run(&format!("get lease {name}"), s.api.get_opt(&name))?;
-            self.record = Some(obj);
+            self.records.insert(self.identity.clone(), obj);
         }
-        Ok(self.record.as_ref().and_then(Option::as_ref))
+        Ok(self.records.get(&self.identity).and_then(Option::as_ref))
     }
 
     pub(super) fn parsed(&mut self) -> Result<IdentityRecord, Error> {
@@ -280,16 +280,22 @@ impl Claims for Txn<'_> {
             };
             match result {
                 Ok(written) => {
-                    self.record = Some(Some(written));
+                    self.records.insert(self.identity.clone(), Some(written));
                     return Ok(());
                 }
-                Err(e) if e.is(409) || e.is(404) => self.record = None,
+                Err(e) if e.is(409) || e.is(404) => {
+                    self.records.remove(&self.identity);
+                }
                 Err(e) => return Err(e.into()),
             }
         }
         Err(Error::Unavailable {
             reason: format!("lease {name} changed repeatedly while being written"),
         })
+    }
+
+    fn rekey(&mut self, identity: &str) {
+        self.identity = identity.to_string();
     }
 
     fn node_lost(&mut self, node: &str) -> Result<bool, Error> {
@@ -348,7 +354,7 @@ impl KubernetesStore {
             probes: 0,
             identity: identity.to_string(),
             att: att.clone(),
-            record: None,
+            records: HashMap::new(),
             lost: HashMap::new(),
         }
     }

@@ -97,6 +97,7 @@ fn report(o: &StoreArgs) -> Result<Value> {
         for (name, dir) in file_store_networks(&state_dir) {
             let store = FileStore::open(&dir, Duration::from_secs(10))?;
             let mut n = network_json(&name, None, &store.leases()?);
+            n["unreadable"] = json!(store.unreadable()?);
             n["conflicts"] = conflicts_of(&name);
             networks.push(n);
         }
@@ -110,35 +111,19 @@ fn report(o: &StoreArgs) -> Result<Value> {
         // Decided once, and only when a config asks for a kubernetes store.
         let mut kubeconfig: Option<access::Kubeconfig> = None;
         for path in &o.configs {
-            let mut bytes = read_config(path)?;
-            let kubernetes = is_kubernetes_store(&bytes);
-            if kubernetes {
-                if kubeconfig.is_none() {
-                    kubeconfig = Some(access::kubeconfig(o.kubeconfig.as_deref())?);
-                }
-                if let Some(p) = kubeconfig.as_ref().and_then(access::Kubeconfig::path) {
-                    bytes = with_kubeconfig(&bytes, p)?;
-                }
-            }
-            let conf = NetConf::parse(&bytes)?;
-            let (pool, store) = crate::ipam::open_pool(&conf.name, &conf.ipam)?;
-            let leases = store.leases()?;
-            let mut n = network_json(&conf.name, Some((pool.size(), pool.free(&leases))), &leases);
-            n["conflicts"] = conflicts_of(&conf.name);
-            if kubernetes {
-                // The leases are the command's answer; a failure to read the Events is shown
-                // beside them, not instead of them.
-                match duplicates(&conf) {
-                    Ok(d) => n["duplicates"] = d,
-                    Err(e) => {
-                        let why = format!("cannot list the DuplicateAddress Events: {e}");
-                        tracing::warn!(network = %conf.name, "{why}");
-                        n["duplicates"] = Value::Null;
-                        n["duplicatesError"] = json!(why);
+            // A NAD's config may be a conflist (iotlan, then tuning): each iotlan plugin in it.
+            for mut bytes in crate::config::iotlan_plugins(&read_config(path)?)? {
+                let kubernetes = is_kubernetes_store(&bytes);
+                if kubernetes {
+                    if kubeconfig.is_none() {
+                        kubeconfig = Some(access::kubeconfig(o.kubeconfig.as_deref())?);
+                    }
+                    if let Some(p) = kubeconfig.as_ref().and_then(access::Kubeconfig::path) {
+                        bytes = with_kubeconfig(&bytes, p)?;
                     }
                 }
+                networks.push(network_of_config(&bytes, kubernetes, &conflicts_of)?);
             }
-            networks.push(n);
         }
     }
     let drivers: Vec<Value> = memory::all(&state_dir)
@@ -157,6 +142,34 @@ fn report(o: &StoreArgs) -> Result<Value> {
         "drivers": drivers,
         "shims": shims,
     }))
+}
+
+/// One network's part of the report, from one plugin's config.
+fn network_of_config(
+    bytes: &[u8],
+    kubernetes: bool,
+    conflicts_of: &dyn Fn(&str) -> Value,
+) -> Result<Value> {
+    let conf = NetConf::parse(bytes)?;
+    let (pool, store) = crate::ipam::open_pool(&conf.name, &conf.ipam)?;
+    let leases = store.leases()?;
+    let mut n = network_json(&conf.name, Some((pool.size(), pool.free(&leases))), &leases);
+    n["unreadable"] = json!(store.unreadable()?);
+    n["conflicts"] = conflicts_of(&conf.name);
+    if kubernetes {
+        // The leases are the command's answer; a failure to read the Events is shown
+        // beside them, not instead of them.
+        match duplicates(&conf) {
+            Ok(d) => n["duplicates"] = d,
+            Err(e) => {
+                let why = format!("cannot list the DuplicateAddress Events: {e}");
+                tracing::warn!(network = %conf.name, "{why}");
+                n["duplicates"] = Value::Null;
+                n["duplicatesError"] = json!(why);
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// The conflicts of `network` recorded under `state_dir` within the hold, with when each stops

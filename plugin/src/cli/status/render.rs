@@ -33,6 +33,7 @@ pub fn render(view: View, r: &Value) -> String {
         if !leases.is_empty() && (view == View::Leases || leases.len() <= 20) {
             s.push_str(&leases_table(&leases, node, now));
         }
+        s.push_str(&unreadable_section(n));
         s.push_str(&conflicts_section(r, n, node, now));
         s.push_str(&duplicates_section(n, now));
     }
@@ -55,6 +56,23 @@ pub fn render(view: View, r: &Value) -> String {
         s.push_str(&table(&rows));
     }
     s.push_str(&shims_section(r, node));
+    s
+}
+
+/// Store records that cannot be read: each named, to fix or remove by hand. DEL skips them (a
+/// corrupt lease keeps its address held); GC reports them too.
+fn unreadable_section(n: &Value) -> String {
+    let bad = n["unreadable"].as_array().cloned().unwrap_or_default();
+    if bad.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(
+        "unreadable records ({}; skipped, an unreadable lease keeps its address held; fix or remove each):\n",
+        bad.len()
+    );
+    for b in bad {
+        s.push_str(&format!("  {}\n", b.as_str().unwrap_or("?")));
+    }
     s
 }
 

@@ -7,10 +7,17 @@ find /config/k8s -maxdepth 1 -type l -exec rm -f {} +
 for f in /includes/*.yaml; do
     ln -s "$f" "/config/k8s/${f##*/}"
 done
-# 2. First run only: a configuration.yaml that uses the includes.
+# 2. First run only: a configuration.yaml that uses the includes. Every start: the files it includes that the
+#    UI's editors write, created as Home Assistant's own first start does (_write_default_config in
+#    homeassistant/config.py: automations.yaml holds "[]", scripts.yaml and scenes.yaml are empty), so that a
+#    configuration.yaml of an older seed, once given the include lines, finds them.
 if [ ! -s /config/configuration.yaml ]; then
     cp /seed/configuration.yaml /config/configuration.yaml
 fi
+[ -e /config/automations.yaml ] || printf '[]' >/config/automations.yaml
+[ -e /config/scripts.yaml ] || : >/config/scripts.yaml
+[ -e /config/scenes.yaml ] || : >/config/scenes.yaml
+mkdir -p /config/themes
 # 3. First run only: reverse-proxy trust. Since 2026.8 HA keeps its http settings in .storage/http, a store
 #    at version 2 (homeassistant/components/http/config.py): `stable` is what HA boots with, `pending` an
 #    unconfirmed trial that HA reverts after 5 minutes, `yaml_migration_done` says the http: YAML block was
