@@ -688,7 +688,11 @@ fn dual_stack_ipv6_without_default_route_and_ra_policy() {
         .trim()
         .to_string()
     };
-    assert_eq!(sysctl("accept_ra"), "1");
+    assert_eq!(
+        sysctl("accept_ra"),
+        "2",
+        "accepted also if the pod turns forwarding on"
+    );
     assert_eq!(
         sysctl("accept_ra_defrtr"),
         "0",

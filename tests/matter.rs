@@ -422,3 +422,38 @@ fn a_default_route_from_the_ra_only_with_ipv6_default_route() {
     detach(&lan, &b, "ctr-matterdef-2", "matter-server-1", &without);
     detach(&lan, &a, "ctr-matterdef-1", "matter-server-0", &with);
 }
+
+/// A pod that forwards IPv6 (a VPN or a Thread tool in it turns `forwarding` on) still takes the
+/// Thread route: with `accept_ra` 1 the kernel ignores RAs on a forwarding interface, so iotlan sets
+/// 2 ("accept even when forwarding").
+#[test]
+fn the_thread_route_comes_also_when_the_pod_forwards_ipv6() {
+    if !ready() {
+        return;
+    }
+    let mut lan = Lan::new("matterfwd");
+    lan.add_node("otbr");
+    let state = State::new();
+    let c = conf(&state, json!({ "ipv6": { "acceptRA": true } }));
+    let pod = pod_with_cluster_eth0(&lan, "fwd");
+    attach(&lan, &pod, "ctr-matterfwd", "matter-server-0", &c);
+    let forwarding = in_netns(&pod, || {
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").expect("forwarding on");
+        std::fs::read_to_string("/proc/sys/net/ipv6/conf/net1/forwarding").unwrap_or_default()
+    })
+    .trim()
+    .to_string();
+    assert_eq!(forwarding, "1", "net1 forwards");
+    let br = BorderRouter::new(&lan.extra_nodes[0]);
+    let learnt = br.advertise_until(0, Duration::from_secs(10), || {
+        route_to(&pod, THREAD_PREFIX).is_some()
+    });
+    let table = String::from_utf8_lossy(&pod.ip(&["-6", "route", "show"]).stdout).to_string();
+    assert!(learnt, "no Thread route within 10 s:\n{table}");
+    assert_eq!(
+        route_to(&pod, THREAD_PREFIX).and_then(|r| r.dev).as_deref(),
+        Some("net1"),
+        "{table}"
+    );
+    detach(&lan, &pod, "ctr-matterfwd", "matter-server-0", &c);
+}

@@ -15,14 +15,22 @@ pub fn apply_ipv6(ifname: &str, v6: &Ipv6) -> std::io::Result<()> {
         write_if_present(&dir.join("accept_ra"), "0")?;
         return Ok(());
     }
+    // accept_ra 2: RAs are accepted even when something in the pod turns IPv6 forwarding on (with
+    // 1 the kernel would then ignore them, and the Thread route would silently never come).
     let settings: &[(&str, &str)] = &[
-        ("accept_ra", "1"),
+        ("accept_ra", "2"),
         ("accept_ra_defrtr", if v6.default_route { "1" } else { "0" }),
         ("accept_ra_pinfo", "1"),
-        ("accept_ra_rt_info_max_plen", "64"),
     ];
     for (key, value) in settings {
         write_if_present(&dir.join(key), value)?;
+    }
+    let rio = dir.join("accept_ra_rt_info_max_plen");
+    if rio.exists() {
+        write_if_present(&rio, "64")?;
+    } else if dir.exists() {
+        tracing::warn!(%ifname, "this kernel has no route information option support \
+            (CONFIG_IPV6_ROUTE_INFO): routes that Thread border routers announce will not be taken");
     }
     Ok(())
 }
