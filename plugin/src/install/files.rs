@@ -133,6 +133,26 @@ pub fn same_contents(path: &Path, want: &[u8], mode: u32) -> bool {
     f.read_to_end(&mut have).is_ok() && have == want
 }
 
+/// Makes `dest` hold exactly `contents` with permission bits `mode`, written atomically, unless it
+/// does already; its directory is created (mode `dir_mode`) and cleared of stale temp files first.
+/// Returns whether it wrote.
+pub fn replace_if_changed(
+    dest: &Path,
+    contents: &[u8],
+    mode: u32,
+    dir_mode: u32,
+) -> Result<bool, FileError> {
+    if same_contents(dest, contents, mode) {
+        return Ok(false);
+    }
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+        ensure_dir(dir, dir_mode)?;
+        remove_stale_temps(dir);
+    }
+    write_atomic(dest, contents, mode)?;
+    Ok(true)
+}
+
 /// Removes temp files left in `dir` by an installer that was killed mid-write. Only files
 /// older than a minute: another installer (a DaemonSet surge pod) may be writing right now.
 pub fn remove_stale_temps(dir: &Path) {
