@@ -188,6 +188,9 @@ def test_the_lease_namespace_outlives_the_daemonset():
     assert ns["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
     sa = one(docs, "ServiceAccount", "iotlan")
     assert sa["metadata"]["namespace"] == "iotlan-system"
+    for d in docs:
+        # Never pruned by Flux, also when an older install's iotlan Kustomization (whose base held them) drops them.
+        assert d["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/prune"] == "disabled", name_of(d)
     for tid in ("iotlan/base", "iotlan/k3s", "iotlan/k3s-before-2024-10"):
         kept = [name_of(d) for d in render(BY_ID[tid])
                 if d["kind"] in ("Namespace", "ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
