@@ -282,6 +282,30 @@ def test_the_agent_may_request_tokens_of_its_own_serviceaccount_only():
     assert bindings[0]["subjects"] == [{"kind": "ServiceAccount", "name": "iotlan", "namespace": "iotlan-system"}]
 
 
+# The CNI_NETNS each runtime passes: podman /run/netns/netns-<uuid>; containerd's CRI /var/run/netns/cni-<uuid>
+# (containerd v1.6.9 pkg/cri/server/sandbox_run.go, netnsMountDir); CRI-O /var/run/netns/<uuid>.
+RUNTIME_NETNS = ["/run/netns/netns-0e9f8a7b-6c5d-4e3f-2a1b-0c9d8e7f6a5b",
+                 "/var/run/netns/cni-1b2c3d4e-5f60-7a8b-9c0d-0e1f2a3b4c5d",
+                 "/var/run/netns/5c1e8d1a-93b2-4f6e-a0d7-2b8c9e4f1a36"]
+
+
+@pytest.mark.parametrize("tid", ["iotlan/base", "iotlan/k3s", "iotlan/k3s-before-2024-10"])
+def test_the_agent_sees_every_netns_path_a_runtime_passes(tid):
+    """The agent judges a sandbox gone by its CNI_NETNS under /host. The host's /var/run is a link to /run, which the
+    agent's view does not have: the directory of every path a runtime passes must be mounted at /host + that path,
+    from that host path, read-only, with new namespaces propagated."""
+    ds = one(render(BY_ID[tid]), "DaemonSet", "iotlan")
+    spec = ds["spec"]["template"]["spec"]
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
+    for netns in RUNTIME_NETNS:
+        directory = netns.rsplit("/", 1)[0]
+        m = mounts.get("/host" + directory)
+        assert m, f"{netns}: nothing mounted at /host{directory}"
+        assert host_paths[m["name"]] == directory, (netns, m)
+        assert m.get("readOnly") is True and m.get("mountPropagation") == "HostToContainer", m
+
+
 @pytest.mark.parametrize("tid", ["iotlan/base", "iotlan/k3s", "iotlan/k3s-before-2024-10"])
 def test_iotlan_daemonset_runs_as_spc_t(tid):
     ds = one(render(BY_ID[tid]), "DaemonSet", "iotlan")

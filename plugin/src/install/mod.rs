@@ -448,6 +448,7 @@ fn run(opts: &Options) -> Result<(), InstallError> {
     agent.tick()?;
     if opts.once {
         if opts.host_shims {
+            netns::warn_unseen_dirs(&opts.host_root);
             netns::repair_host_shims(opts);
         }
         return Ok(());
@@ -455,6 +456,9 @@ fn run(opts: &Options) -> Result<(), InstallError> {
     let mut reconciler = reconcile::Reconciler::new(&agent, opts);
     let mut file_reconciler = reconcile_files::FileReconciler::new(&agent, opts);
     let mut reasserter = reassert::NodeReasserter::new(&agent, opts);
+    if reasserter.is_some() || opts.host_shims {
+        netns::warn_unseen_dirs(&opts.host_root);
+    }
     let mut last_reconcile: Option<Instant> = None;
     loop {
         let due = (reconciler.is_some()
