@@ -72,7 +72,7 @@ pub fn node_of(master: &Link) -> String {
 
 /// The pool identity (and container ID) the shim's lease is held under: the node's, not a pod's.
 pub fn identity(node: &str) -> String {
-    format!("iotlan-shim.{node}")
+    iotlan_ipam::node::shim_identity(node)
 }
 
 fn dir(state_dir: &Path) -> PathBuf {
