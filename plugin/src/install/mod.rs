@@ -124,6 +124,15 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// `--identity-retention` as a duration; `None` (0 days) keeps the records.
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
+    fn identity_retention(&self) -> Option<Duration> {
+        (self.identity_retention_days > 0)
+            .then(|| Duration::from_secs(self.identity_retention_days.saturating_mul(86_400)))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum InstallError {
     #[error("{0}")]

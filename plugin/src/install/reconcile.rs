@@ -19,13 +19,7 @@ impl Reconciler {
             opts.reconcile_grace,
         ) {
             Ok(inner) => Some(Reconciler {
-                inner: inner.with_identity_retention((opts.identity_retention_days > 0).then(
-                    || {
-                        std::time::Duration::from_secs(
-                            opts.identity_retention_days.saturating_mul(86_400),
-                        )
-                    },
-                )),
+                inner: inner.with_identity_retention(opts.identity_retention()),
             }),
             Err(e) => {
                 tracing::error!("reconcile loop disabled: {e}");

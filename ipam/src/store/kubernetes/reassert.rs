@@ -124,6 +124,7 @@ pub struct Reasserter {
     namespace: Option<String>,
     state_dir: PathBuf,
     netns_gone: Option<NetnsGone>,
+    node: Option<String>,
 }
 
 impl Reasserter {
@@ -140,7 +141,16 @@ impl Reasserter {
             namespace: namespace.map(str::to_string),
             state_dir: state_dir.to_path_buf(),
             netns_gone: None,
+            node: None,
         })
+    }
+
+    /// This node's Kubernetes name (the agent's `NODE_NAME`): the node its duplicate-address
+    /// Events name, and that recreated Leases record. Without it, the name the plugin would use
+    /// ([`crate::node`]), which in the agent's pod is the pod's host name, not the node's.
+    pub fn with_node(mut self, node: Option<String>) -> Reasserter {
+        self.node = node;
+        self
     }
 
     /// What the node really has: `netns_gone(path)` says whether a sandbox's network namespace
@@ -195,7 +205,10 @@ impl Reasserter {
                 .namespace
                 .clone()
                 .unwrap_or_else(|| conn.default_namespace.clone());
-            let store = KubernetesStore::on(&network, &ns, conn, &self.state_dir);
+            let mut store = KubernetesStore::on(&network, &ns, conn, &self.state_dir);
+            if let Some(node) = &self.node {
+                store = store.with_node(Some(node.clone()));
+            }
             for rec in records {
                 report.records += 1;
                 store.reassert(&rec, &mut report)?;
