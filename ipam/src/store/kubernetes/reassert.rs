@@ -87,7 +87,10 @@ pub struct ReassertReport {
     /// Records whose sandbox's network namespace is gone (the caller's check): its links went with
     /// it, so nothing is on the wire to re-assert; the records are removed.
     pub sandbox_gone: usize,
-    /// Records that could not be read: (path, why).
+    /// Records that did not parse (empty or garbled: a power cut, an older build), removed with a
+    /// warning.
+    pub discarded: usize,
+    /// Records that could not be read, nor removed: (path, why).
     pub unreadable: Vec<(PathBuf, String)>,
 }
 
@@ -103,9 +106,11 @@ impl std::fmt::Display for ReassertReport {
         super::reconcile::write_freed(f, &self.recreated)?;
         write!(
             f,
-            ", {} freed since (records removed), {} whose sandbox is gone (records removed), {} unreadable",
+            ", {} freed since (records removed), {} whose sandbox is gone (records removed), {} \
+             unreadable removed, {} unreadable",
             self.released,
             self.sandbox_gone,
+            self.discarded,
             self.unreadable.len()
         )?;
         for d in &self.duplicates {
@@ -185,7 +190,7 @@ impl Reasserter {
             )
         })?;
         let mut by_network: BTreeMap<String, Vec<NodeRecord>> = BTreeMap::new();
-        for (path, rec) in all {
+        for (path, ino, rec) in all {
             match rec {
                 Ok(r) if self.sandbox_gone(&r) => {
                     report.sandbox_gone += 1;
@@ -196,7 +201,11 @@ impl Reasserter {
                     }
                 }
                 Ok(r) => by_network.entry(r.network.clone()).or_default().push(r),
-                Err(why) => report.unreadable.push((path, why)),
+                // Nothing in it to re-assert: removed once, with a warning, not reported forever.
+                Err(why) => match node_record::discard_unreadable(&path, ino, &why) {
+                    Ok(()) => report.discarded += 1,
+                    Err(why) => report.unreadable.push((path, why)),
+                },
             }
         }
         for (network, records) in by_network {

@@ -1,0 +1,81 @@
+//! Durable replacement of a small node-local file (the kubernetes store's records of this node's
+//! attachments, the hostShim records): a temp file in the same directory is written and fsynced,
+//! renamed over the file, and the directory fsynced. After a crash or a power cut at any instant the
+//! path holds the whole old or the whole new contents: never an empty or a partial file, which a
+//! rename of unsynced data can leave behind on ext4 or f2fs (an SD card's Pi).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The prefix of the temp files [`write_atomic`] leaves only when it is killed mid-write.
+pub const TEMP_PREFIX: &str = ".tmp.";
+
+/// Replaces `path` with `contents` (mode 0644), durably (module docs). Creates the directory.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| io::Error::other(format!("{}: no directory", path.display())))?;
+    fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        "{TEMP_PREFIX}{name}.{}.{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Whether `name` is one of [`write_atomic`]'s temp files.
+pub fn is_temp(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_whole_file_and_leaves_no_temp_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/record.json");
+        write_atomic(&p, b"{\"a\":1}").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"{\"a\":1}");
+        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&p).unwrap());
+        write_atomic(&p, b"{}").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"{}");
+        assert_ne!(
+            std::os::unix::fs::MetadataExt::ino(&fs::metadata(&p).unwrap()),
+            ino,
+            "replaced by a rename, not rewritten in place"
+        );
+        let names: Vec<String> = fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["record.json".to_string()]);
+        assert!(is_temp(".tmp.record.json.1.0") && !is_temp("record.json"));
+    }
+}
