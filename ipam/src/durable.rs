@@ -6,15 +6,17 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The prefix of the temp files [`write_atomic`] leaves only when it is killed mid-write.
-pub const TEMP_PREFIX: &str = ".tmp.";
+pub const TEMP_PREFIX: &str = ".iotlan-tmp.";
 
-/// Replaces `path` with `contents` (mode 0644), durably (module docs). Creates the directory.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+/// Replaces `path` with `contents` with permission bits exactly `mode` (whatever the umask),
+/// durably (module docs). Creates the directory. A running reader (or exec) of the old file keeps
+/// its inode, and a new open sees the whole old or the whole new file.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = path
         .parent()
@@ -34,9 +36,10 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(mode)
             .open(&tmp)?;
         f.write_all(contents)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, path)?;
@@ -61,10 +64,14 @@ mod tests {
     fn replaces_the_whole_file_and_leaves_no_temp_file() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("sub/record.json");
-        write_atomic(&p, b"{\"a\":1}").unwrap();
+        write_atomic(&p, b"{\"a\":1}", 0o600).unwrap();
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
         assert_eq!(fs::read(&p).unwrap(), b"{\"a\":1}");
         let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&p).unwrap());
-        write_atomic(&p, b"{}").unwrap();
+        write_atomic(&p, b"{}", 0o644).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"{}");
         assert_ne!(
             std::os::unix::fs::MetadataExt::ino(&fs::metadata(&p).unwrap()),
@@ -76,6 +83,6 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["record.json".to_string()]);
-        assert!(is_temp(".tmp.record.json.1.0") && !is_temp("record.json"));
+        assert!(is_temp(".iotlan-tmp.record.json.1.0") && !is_temp("record.json"));
     }
 }

@@ -15,19 +15,19 @@
 mod agent;
 #[path = "../../ipam/tests/support/apiserver.rs"]
 mod apiserver;
+#[path = "support/cni.rs"]
+mod cni;
 #[path = "../../ipam/tests/support/rbac.rs"]
 mod rbac;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use serde_json::{json, Value};
 
 use agent::{wait_for, Daemon, Flavor, Host, CA_PEM};
 use apiserver::{ApiServer, RbacRule};
 
-const IPAM: &str = env!("CARGO_BIN_EXE_iotlan-ipam");
 const NS: &str = "iotlan-system";
 const SA: &str = "iotlan";
 /// The agent's pod, as the DaemonSet names it.
@@ -118,35 +118,8 @@ impl Node {
 
     /// Execs `iotlan-ipam` as the runtime does on this node.
     fn cni(&self, cmd: &str, cid: &str, pod: &str) -> Output {
-        cni(cmd, &self.conf(), cid, pod)
+        cni::exec(cmd, &self.conf(), cid, pod)
     }
-}
-
-fn cni(cmd: &str, conf: &Value, cid: &str, pod: &str) -> Output {
-    let (ns, name) = pod.split_once('/').unwrap();
-    let mut child = Command::new(IPAM)
-        .env_clear()
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", format!("/var/run/netns/cni-{cid}"))
-        .env("CNI_IFNAME", "net1")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env(
-            "CNI_ARGS",
-            format!("IgnoreUnknown=true;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 fn ok(o: &Output, what: &str) -> Value {

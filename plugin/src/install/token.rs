@@ -276,7 +276,7 @@ pub fn request(
                 message: status.message.clone(),
             })
         }
-        Ok(Err(e)) => return Err(failed("API server", &with_causes(&e))),
+        Ok(Err(e)) => return Err(failed("API server", &iotlan_ipam::error::with_causes(&e))),
         Ok(Ok(a)) => a,
     };
     let status = answer.status.ok_or_else(|| {
@@ -293,22 +293,6 @@ pub fn request(
         token: status.token,
         expires_unix,
     })
-}
-
-/// `e` and its causes, `: `-separated (a TLS or connect failure is named deep in the chain).
-#[cfg(feature = "kubernetes")]
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

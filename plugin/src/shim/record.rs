@@ -197,7 +197,7 @@ impl Locked {
     /// Writes the record durably: an empty record after a power cut would lose the shim.
     pub(super) fn save(&self) -> io::Result<()> {
         let json = serde_json::to_vec_pretty(&self.record).map_err(io::Error::other)?;
-        iotlan_ipam::durable::write_atomic(&self.path, &json)
+        iotlan_ipam::durable::write_atomic(&self.path, &json, 0o644)
     }
 }
 

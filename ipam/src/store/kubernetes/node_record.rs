@@ -57,7 +57,7 @@ pub fn save(state_dir: &Path, network: &str, leases: &[Lease]) {
     // not be re-asserted).
     let write = || -> std::io::Result<()> {
         let json = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
-        crate::durable::write_atomic(&path, &json)
+        crate::durable::write_atomic(&path, &json, 0o644)
     };
     if let Err(e) = write() {
         tracing::warn!(path = %path.display(), error = %e,
@@ -110,10 +110,18 @@ pub fn discard_unreadable(path: &Path, ino: u64, why: &str) -> Result<(), String
     }
 }
 
-/// Every record under `state_dir`: (path, its inode, record or why it does not parse).
-pub fn read_all(
-    state_dir: &Path,
-) -> std::io::Result<Vec<(PathBuf, u64, Result<NodeRecord, String>)>> {
+/// One record file as read.
+#[derive(Debug)]
+pub struct ReadRecord {
+    pub path: PathBuf,
+    /// Its inode when it was read (see [`discard_unreadable`]).
+    pub ino: u64,
+    /// The record, or why it does not parse.
+    pub record: Result<NodeRecord, String>,
+}
+
+/// Every record under `state_dir`, in path order.
+pub fn read_all(state_dir: &Path) -> std::io::Result<Vec<ReadRecord>> {
     use std::os::unix::fs::MetadataExt;
     let dir = state_dir.join(RECORD_DIR);
     let entries = match std::fs::read_dir(&dir) {
@@ -131,8 +139,12 @@ pub fn read_all(
         let rec = std::fs::read(&path)
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice::<NodeRecord>(&b).map_err(|e| e.to_string()));
-        out.push((path, ino, rec));
+        out.push(ReadRecord {
+            path,
+            ino,
+            record: rec,
+        });
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }

@@ -190,8 +190,8 @@ impl Reasserter {
             )
         })?;
         let mut by_network: BTreeMap<String, Vec<NodeRecord>> = BTreeMap::new();
-        for (path, ino, rec) in all {
-            match rec {
+        for node_record::ReadRecord { path, ino, record } in all {
+            match record {
                 Ok(r) if self.sandbox_gone(&r) => {
                     report.sandbox_gone += 1;
                     if let Err(e) = std::fs::remove_file(&path) {
