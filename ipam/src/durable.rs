@@ -51,9 +51,24 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
-/// Whether `name` is one of [`write_atomic`]'s temp files.
-pub fn is_temp(name: &str) -> bool {
-    name.starts_with(TEMP_PREFIX)
+/// Removes the files in `dir` whose name starts with `prefix` and that are older than a minute: temp
+/// files of a writer killed mid-write ([`TEMP_PREFIX`]). Younger ones may be being written right now
+/// (another process, a DaemonSet surge pod). Best effort.
+pub fn remove_stale_temps(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 60);
+        if stale && e.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +98,27 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["record.json".to_string()]);
-        assert!(is_temp(".iotlan-tmp.record.json.1.0") && !is_temp("record.json"));
+    }
+
+    #[test]
+    fn only_temp_files_older_than_a_minute_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let old = d.path().join(format!("{TEMP_PREFIX}a.json.1.0"));
+        let young = d.path().join(format!("{TEMP_PREFIX}b.json.1.1"));
+        let record = d.path().join("a.json");
+        for p in [&old, &young, &record] {
+            fs::write(p, b"{}").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        for p in [&old, &record] {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        remove_stale_temps(d.path(), TEMP_PREFIX);
+        assert!(!old.exists() && young.exists() && record.exists());
     }
 }

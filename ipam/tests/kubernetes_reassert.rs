@@ -217,11 +217,20 @@ fn an_empty_record_left_by_a_power_cut_is_removed_with_one_warning_not_reported_
     let garbled = dir.join("iot.fedcba9876543210.json");
     std::fs::write(&empty, b"").unwrap();
     std::fs::write(&garbled, b"{\"network\":\"iot\",\"lea").unwrap();
+    // And the temp file of an older build's writer killed mid-write, two minutes ago.
+    let temp = dir.join(".tmp-0123456789abcdef-4242");
+    std::fs::write(&temp, b"{").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&temp)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(120))
+        .unwrap();
 
     let first = reassert(&f);
     assert_eq!((first.records, first.discarded), (1, 2), "{first}");
     assert!(first.unreadable.is_empty(), "{first}");
-    assert!(!empty.exists() && !garbled.exists());
+    assert!(!empty.exists() && !garbled.exists() && !temp.exists());
     let second = reassert(&f);
     assert_eq!((second.records, second.discarded), (1, 0), "{second}");
     assert!(second.unreadable.is_empty(), "{second}");

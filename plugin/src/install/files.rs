@@ -118,23 +118,10 @@ pub fn replace_if_changed(
     Ok(true)
 }
 
-/// Removes temp files left in `dir` by an installer that was killed mid-write. Only files
-/// older than a minute: another installer (a DaemonSet surge pod) may be writing right now.
+/// Removes temp files left in `dir` by an installer that was killed mid-write
+/// ([`iotlan_ipam::durable::remove_stale_temps`]).
 pub fn remove_stale_temps(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let stale = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age.as_secs() > 60);
-        if stale && e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-            let _ = fs::remove_file(e.path());
-        }
-    }
+    iotlan_ipam::durable::remove_stale_temps(dir, TEMP_PREFIX);
 }
 
 /// Creates `dir` (and parents) and sets its mode exactly.

@@ -26,6 +26,9 @@ use crate::lease::{Attachment, Lease};
 /// The records' directory under the state dir.
 pub const RECORD_DIR: &str = ".kubernetes-attachments";
 
+/// The prefix of the temp files builds before [`crate::durable`] wrote records through.
+pub const LEGACY_TEMP_PREFIX: &str = ".tmp-";
+
 /// One attachment's leases on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {

@@ -182,6 +182,11 @@ impl Reasserter {
     /// One pass over every record.
     pub fn run_once(&mut self) -> Result<ReassertReport, Error> {
         let mut report = ReassertReport::default();
+        // What a plugin killed mid-write left (and the temp files of builds before the durable write).
+        let records_dir = self.state_dir.join(node_record::RECORD_DIR);
+        for prefix in [crate::durable::TEMP_PREFIX, node_record::LEGACY_TEMP_PREFIX] {
+            crate::durable::remove_stale_temps(&records_dir, prefix);
+        }
         let all = node_record::read_all(&self.state_dir).map_err(|e| {
             Error::io(
                 "read directory",
