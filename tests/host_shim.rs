@@ -2,13 +2,15 @@
 //! link on the master (a macvlan child cannot talk to its parent), DEL takes only the pod's route,
 //! GC keeps the shim's address, and the node agent puts the shim back after it was lost.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use iotlan_tests::*;
 use serde_json::{json, Value};
 
 mod common;
 use common::*;
+#[path = "../ipam/tests/support/yaml.rs"]
+mod yaml;
 
 const SHIM: &str = "iot-eth0";
 const POOL: (u8, u8) = (100, 150);
@@ -53,6 +55,33 @@ fn in_pool(ip: &str) -> bool {
     ip.strip_prefix("10.77.0.")
         .and_then(|h| h.parse::<u8>().ok())
         .is_some_and(|h| (POOL.0..=POOL.1).contains(&h))
+}
+
+/// The runtimes' netns dirs the shipped DaemonSet mounts into the agent's view: (host path, path in
+/// the agent's container), read from `manifests/iotlan/base/daemonset.yaml`.
+fn daemonset_netns_mounts() -> Vec<(PathBuf, PathBuf)> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/iotlan/base/daemonset.yaml");
+    let text = std::fs::read_to_string(&path).expect("the shipped DaemonSet");
+    let docs = yaml::parse_documents(&text);
+    let spec = &docs[0]["spec"]["template"]["spec"];
+    let host_path = |name: &Value| {
+        spec["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == *name)
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .map(PathBuf::from)
+    };
+    spec["containers"][0]["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["readOnly"] == "true")
+        .filter_map(|m| Some((host_path(&m["name"])?, m["mountPath"].as_str()?.into())))
+        .filter(|(host, _): &(PathBuf, PathBuf)| host.ends_with("netns"))
+        .collect()
 }
 
 /// The shim's lease: the node's, held under `iotlan-shim.<node>` on the shim link.
@@ -228,8 +257,19 @@ fn the_node_agent_repairs_a_lost_shim_and_forgets_pods_whose_namespace_is_gone()
     let c = conf(&state, json!({ "hostShim": true, "stateDir": state_dir }));
     let ha = lan.pod("ha");
     add(&lan, &ha, "ctr-fix-1", &c).expect_ok();
+    // esphome's sandbox is containerd's (CRI): CNI_NETNS=/var/run/netns/<name>, through the host's
+    // /var/run -> /run link.
     let esphome = lan.pod("esphome");
-    let r = add_pod(&lan, &esphome, "ctr-fix-2", "esphome-0", &c);
+    let esphome_netns = format!("/var/run/netns/{}", esphome.name());
+    let r = cni(
+        &iotlan_bin(),
+        "ADD",
+        &Env::new(&lan.node.ns, &esphome, "ctr-fix-2")
+            .k8s(HA.0, "esphome-0")
+            .netns(&esphome_netns),
+        &c,
+    )
+    .expect_ok();
     let esphome_ip = first_ip(&r);
     assert!(ping(&lan.node.ns, &esphome_ip));
 
@@ -238,10 +278,24 @@ fn the_node_agent_repairs_a_lost_shim_and_forgets_pods_whose_namespace_is_gone()
     assert!(!ping(&lan.node.ns, HA_IP));
     drop(esphome);
 
+    // The agent sees the runtimes' netns dirs as the shipped DaemonSet mounts them under its host root.
+    let mounts: Vec<(PathBuf, PathBuf)> = daemonset_netns_mounts()
+        .into_iter()
+        .map(|(host, inner)| {
+            let under = inner.strip_prefix("/host").expect("mounted under /host");
+            let dst = root.join(under.strip_prefix("/").unwrap_or(under));
+            std::fs::create_dir_all(&dst).expect("mount point");
+            (host, dst)
+        })
+        .collect();
+    let binds: Vec<(&Path, &Path)> = mounts
+        .iter()
+        .map(|(h, d)| (h.as_path(), d.as_path()))
+        .collect();
     let out = on_node(
         &lan.node.ns,
         &root.join("scratch"),
-        &[(Path::new("/run/netns"), &root.join("run/netns"))],
+        &binds,
         &iotlan_bin().to_string_lossy(),
     )
     .args(["install", "--once", "--host-shims", "--no-kubeconfig"])

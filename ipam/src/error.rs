@@ -108,3 +108,18 @@ impl Error {
         }
     }
 }
+
+/// `e` and its causes, `: `-separated (a TLS or connect failure is only named deep in the chain).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}

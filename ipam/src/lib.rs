@@ -62,6 +62,7 @@
 pub mod addr;
 pub mod allocator;
 pub mod config;
+pub mod durable;
 pub mod error;
 pub mod lease;
 pub mod names;

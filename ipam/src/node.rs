@@ -50,6 +50,21 @@ fn host_name() -> Option<String> {
         .filter(|n| valid(n))
 }
 
+/// The start of the pool identity a node's hostShim address is held under: `iotlan-shim.<node>`.
+pub const SHIM_IDENTITY_PREFIX: &str = "iotlan-shim.";
+
+/// The identity a node's hostShim address is held under.
+pub fn shim_identity(node: &str) -> String {
+    format!("{SHIM_IDENTITY_PREFIX}{node}")
+}
+
+/// The node of a hostShim identity (`iotlan-shim.<node>`), or `None` for any other identity.
+pub fn shim_node(identity: &str) -> Option<&str> {
+    identity
+        .strip_prefix(SHIM_IDENTITY_PREFIX)
+        .filter(|n| valid(n))
+}
+
 /// A Kubernetes node name: a DNS subdomain (at most 253 bytes of lowercase alphanumerics, '-', '.').
 pub fn valid(name: &str) -> bool {
     !name.is_empty()

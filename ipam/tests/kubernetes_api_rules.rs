@@ -177,16 +177,25 @@ fn putting_back_a_taken_over_lease_never_resurrects_one_deleted_meanwhile() {
 /// The shipped RBAC, as the double enforces it: exactly what the store, the node-loss check,
 /// the reconcile loop and the re-assert pass (its duplicate-address Event, which
 /// `iotlan status` lists back) use, and nothing more.
+/// (API group, resource, verb, namespace, resource names) of every permission a rule grants.
+type Grant = (String, String, String, Option<String>, Vec<String>);
+
 #[test]
-fn the_shipped_rbac_is_exactly_what_the_store_needs() {
-    let mut got: Vec<(String, String, String, Option<String>)> = rbac::shipped_rules()
+fn the_shipped_rbac_is_exactly_what_the_store_and_the_agent_need() {
+    let mut got: Vec<Grant> = rbac::shipped_rules()
         .into_iter()
         .flat_map(|r| {
             let mut v = Vec::new();
             for g in &r.api_groups {
                 for res in &r.resources {
                     for verb in &r.verbs {
-                        v.push((g.clone(), res.clone(), verb.clone(), r.namespace.clone()));
+                        v.push((
+                            g.clone(),
+                            res.clone(),
+                            verb.clone(),
+                            r.namespace.clone(),
+                            r.resource_names.clone(),
+                        ));
                     }
                 }
             }
@@ -195,22 +204,105 @@ fn the_shipped_rbac_is_exactly_what_the_store_needs() {
         .collect();
     got.sort();
     let ns = Some(NS.to_string());
-    let mut want: Vec<(String, String, String, Option<String>)> = [
-        ("coordination.k8s.io", "leases", "create", ns.clone()),
-        ("coordination.k8s.io", "leases", "delete", ns.clone()),
-        ("coordination.k8s.io", "leases", "get", ns.clone()),
-        ("coordination.k8s.io", "leases", "list", ns.clone()),
-        ("coordination.k8s.io", "leases", "update", ns.clone()),
-        ("", "events", "create", ns.clone()),
-        ("", "events", "list", ns.clone()),
-        ("", "nodes", "get", None),
-        ("", "pods", "list", None),
+    let any: &[&str] = &[];
+    let mut want: Vec<Grant> = [
+        ("coordination.k8s.io", "leases", "create", ns.clone(), any),
+        ("coordination.k8s.io", "leases", "delete", ns.clone(), any),
+        ("coordination.k8s.io", "leases", "get", ns.clone(), any),
+        ("coordination.k8s.io", "leases", "list", ns.clone(), any),
+        ("coordination.k8s.io", "leases", "update", ns.clone(), any),
+        ("", "events", "create", ns.clone(), any),
+        ("", "events", "list", ns.clone(), any),
+        ("", "nodes", "get", None, any),
+        ("", "pods", "list", None, any),
+        // The agent's TokenRequest for the plugin's kubeconfig: its own ServiceAccount only.
+        (
+            "",
+            "serviceaccounts/token",
+            "create",
+            ns.clone(),
+            &["iotlan"],
+        ),
     ]
     .into_iter()
-    .map(|(g, r, v, n)| (g.to_string(), r.to_string(), v.to_string(), n))
+    .map(|(g, r, v, n, names)| {
+        (
+            g.to_string(),
+            r.to_string(),
+            v.to_string(),
+            n,
+            names.iter().map(|s| s.to_string()).collect(),
+        )
+    })
     .collect();
     want.sort();
     assert_eq!(got, want);
+}
+
+#[test]
+fn token_requests_are_allowed_for_the_iotlan_serviceaccount_only() {
+    let f = KubeFixture::new();
+    f.server.create_service_account(NS, "iotlan");
+    f.server.create_service_account(NS, "other");
+    let body = json!({ "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                       "spec": { "expirationSeconds": 86400 } });
+    let path = |sa: &str| format!("/api/v1/namespaces/{NS}/serviceaccounts/{sa}/token");
+    let (code, other) = f.server.raw(TOKEN, "POST", &path("other"), Some(&body));
+    assert_eq!(code, 403, "{other}");
+    assert!(
+        other["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot create resource \"serviceaccounts/token\""),
+        "{other}"
+    );
+    let (code, got) = f.server.raw(TOKEN, "POST", &path("iotlan"), Some(&body));
+    assert_eq!(code, 201, "{got}");
+    let token = got["status"]["token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    // Too short a lifetime is refused, as the real API server refuses it (under 10 minutes).
+    let mut short = body.clone();
+    short["spec"]["expirationSeconds"] = json!(599);
+    let (code, invalid) = f.server.raw(TOKEN, "POST", &path("iotlan"), Some(&short));
+    assert_eq!(code, 422, "{invalid}");
+    // The issued token authenticates, until it expires, or until its ServiceAccount is deleted.
+    let get = |t: &str| f.server.raw(t, "GET", "/api/v1/nodes/node-a", None).0;
+    assert_eq!(get(&token), 404);
+    f.server.advance_token_clock(86_399);
+    assert_eq!(get(&token), 404);
+    f.server.advance_token_clock(1);
+    assert_eq!(get(&token), 401);
+    let (_, fresh) = f.server.raw(TOKEN, "POST", &path("iotlan"), Some(&body));
+    let fresh = fresh["status"]["token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    assert_eq!(get(&fresh), 404);
+    f.server.delete_service_account(NS, "iotlan");
+    assert_eq!(get(&fresh), 401);
+}
+
+#[test]
+fn a_pods_projected_token_is_refused_once_its_pod_is_deleted() {
+    let f = KubeFixture::new();
+    f.server.create_service_account(NS, "iotlan");
+    f.server.add_pod(NS, "iotlan-abcde");
+    let token = f.server.projected_token(NS, "iotlan", "iotlan-abcde");
+    let get = |t: &str| f.server.raw(t, "GET", "/api/v1/nodes/node-a", None).0;
+    assert_eq!(get(&token), 404);
+    // Recreated under the same name (another uid): still refused.
+    f.server.delete_pod(NS, "iotlan-abcde");
+    assert_eq!(get(&token), 401);
+    f.server.add_pod(NS, "iotlan-abcde");
+    assert_eq!(get(&token), 401);
+    let why = f.server.unauthorized();
+    assert!(
+        why.iter()
+            .any(|(_, _, w)| w.contains("pod iotlan-system/iotlan-abcde")),
+        "{why:?}"
+    );
 }
 
 #[test]

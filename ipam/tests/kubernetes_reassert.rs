@@ -201,3 +201,38 @@ fn a_record_whose_sandbox_namespace_is_gone_is_not_reasserted_and_goes() {
     // Its record is gone: the next pass has one record left.
     assert_eq!(reassert(&f).records, 1);
 }
+
+#[test]
+fn an_empty_record_left_by_a_power_cut_is_removed_with_one_warning_not_reported_on_every_pass() {
+    let f = KubeFixture::new();
+    let s = f.open();
+    let pool = v4_pool();
+    s.allocate(&pool, &req("ha/zigbee2mqtt-0", "a1")).unwrap();
+    // A build that wrote records without fsync, and a power cut: the renamed file is empty, or
+    // holds the start of its JSON.
+    let dir = f
+        .state_dir
+        .join(iotlan_ipam::store::kubernetes::node_record::RECORD_DIR);
+    let empty = dir.join("iot.0123456789abcdef.json");
+    let garbled = dir.join("iot.fedcba9876543210.json");
+    std::fs::write(&empty, b"").unwrap();
+    std::fs::write(&garbled, b"{\"network\":\"iot\",\"lea").unwrap();
+    // And the temp file of an older build's writer killed mid-write, two minutes ago.
+    let temp = dir.join(".tmp-0123456789abcdef-4242");
+    std::fs::write(&temp, b"{").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&temp)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(120))
+        .unwrap();
+
+    let first = reassert(&f);
+    assert_eq!((first.records, first.discarded), (1, 2), "{first}");
+    assert!(first.unreadable.is_empty(), "{first}");
+    assert!(!empty.exists() && !garbled.exists() && !temp.exists());
+    let second = reassert(&f);
+    assert_eq!((second.records, second.discarded), (1, 0), "{second}");
+    assert!(second.unreadable.is_empty(), "{second}");
+    assert!(second.to_string().contains("0 unreadable"), "{second}");
+}

@@ -409,3 +409,57 @@ fn reconcile_lists_once_per_pass_in_metadata_pages() {
         .count();
     assert_eq!(marked, 1100);
 }
+
+/// The ADD of a node's hostShim address, as the plugin asks for it (`plugin/src/shim`): identity and
+/// container ID `iotlan-shim.<node>`, on the shim link.
+fn shim_req(node: &str) -> AllocRequest {
+    let id = iotlan_ipam::node::shim_identity(node);
+    AllocRequest {
+        attachment: Attachment::new(&id, "iot-eth0"),
+        ..req(&id, &id)
+    }
+}
+
+#[test]
+fn the_hostshim_address_of_a_removed_node_is_freed_after_the_grace_and_a_notready_node_keeps_its() {
+    let f = KubeFixture::new();
+    let pool = v4_pool();
+    let s = f.open();
+    f.server.put_node("pi-ready", "True", 60);
+    // NotReady for a day: the node may come back, its shim with the same address.
+    f.server.put_node("pi-down", "Unknown", 86_400);
+    f.server.put_node("pi-old", "True", 60);
+    let ready = s.allocate(&pool, &shim_req("pi-ready")).unwrap();
+    let down = s.allocate(&pool, &shim_req("pi-down")).unwrap();
+    let old = s.allocate(&pool, &shim_req("pi-old")).unwrap();
+    // pi-old is re-imaged and joins under another name: `kubectl delete node pi-old`.
+    f.server.delete_node("pi-old");
+
+    let report = reconciler(&f, 300).run_once().unwrap();
+    assert_eq!((report.marked, report.freed.len()), (1, 0), "{report}");
+    assert!(mark(&f, &old[0]).is_some());
+    assert_eq!(mark(&f, &ready[0]), None);
+    assert_eq!(mark(&f, &down[0]), None);
+    age_mark(&f, &old[0], 301);
+    let report = reconciler(&f, 300).run_once().unwrap();
+    assert_eq!(
+        report.freed,
+        vec![("iot".to_string(), old[0].clone())],
+        "{report}"
+    );
+    let left = held(&s);
+    assert!(
+        left.contains(&ready[0].ip) && left.contains(&down[0].ip) && !left.contains(&old[0].ip)
+    );
+    // The freed address goes to the next ADD that lands on its slot; a pod gets one of the pool.
+    assert!(s.allocate(&pool, &req("ns/esphome-0", "e")).is_ok());
+
+    // A node deleted and back (same name) within the grace keeps its address, and loses its mark.
+    f.server.delete_node("pi-ready");
+    reconciler(&f, 300).run_once().unwrap();
+    assert!(mark(&f, &ready[0]).is_some());
+    f.server.put_node("pi-ready", "True", 5);
+    reconciler(&f, 300).run_once().unwrap();
+    assert_eq!(mark(&f, &ready[0]), None);
+    assert!(held(&s).contains(&ready[0].ip));
+}

@@ -260,14 +260,24 @@ def test_built_in_postgres_stays_the_default():
 
 
 def test_the_lease_namespace_outlives_the_daemonset():
-    """`kubectl delete -k manifests/iotlan/base` must not delete the Leases: the namespace is its own kustomization."""
+    """`kubectl delete -k manifests/iotlan/base` must not delete the Leases, nor the ServiceAccount whose token the
+    plugin on each node keeps using without the agent: both are in their own kustomization, never pruned."""
     docs = render(BY_ID["iotlan/namespace"])
-    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [("Namespace", "iotlan-system")]
-    ns = docs[0]["metadata"]
+    assert ("Namespace", "iotlan-system") in [(d["kind"], d["metadata"]["name"]) for d in docs]
+    ns = one(docs, "Namespace", "iotlan-system")["metadata"]
     assert ns["annotations"]["kustomize.toolkit.fluxcd.io/prune"] == "disabled"
     assert ns["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
-    assert not [d for d in render(BY_ID["iotlan/base"]) if d["kind"] == "Namespace"]
-
+    sa = one(docs, "ServiceAccount", "iotlan")
+    assert sa["metadata"]["namespace"] == "iotlan-system"
+    for d in docs:
+        # Never pruned by Flux, also when an older install's iotlan Kustomization (whose base held them) drops them.
+        assert d["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/prune"] == "disabled", name_of(d)
+    for tid in ("iotlan/base", "iotlan/k3s", "iotlan/k3s-before-2024-10"):
+        kept = [name_of(d) for d in render(BY_ID[tid])
+                if d["kind"] in ("Namespace", "ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+        assert not kept, f"{tid} would delete {kept} with the DaemonSet"
+        ds = one(render(BY_ID[tid]), "DaemonSet", "iotlan")
+        assert ds["spec"]["template"]["spec"]["serviceAccountName"] == "iotlan"
 
 # ----------------------------------------------------------------------------------------------------- Flux
 
@@ -319,17 +329,16 @@ def test_config_volume_is_backed_up_next_to_the_database():
     assert "tar -C /config" in script and "tar -tzf" in script and "BACKUP_KEEP" in script
 
 
-@pytest.mark.parametrize("tid", ["iotlan/base", "iotlan/k3s", "iotlan/k3s-before-2024-10"])
-def test_iotlan_rbac_is_least_privilege_and_lets_status_read_the_duplicate_events(tid):
+def test_iotlan_rbac_is_least_privilege_and_lets_status_read_the_duplicate_events():
     """The node agent posts DuplicateAddress Events and `iotlan status` (as the same ServiceAccount on a node or in
     its pod) lists them back: create and list on events, in the Leases' namespace only, and no wildcards anywhere."""
-    docs = render(BY_ID[tid])
+    docs = render(BY_ID["iotlan/namespace"])
     role = one(docs, "Role", "iotlan-leases")
     assert role["metadata"]["namespace"] == "iotlan-system"
     events = [r for r in role["rules"] if "events" in r["resources"]]
     assert events == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]}]
     binding = one(docs, "RoleBinding", "iotlan-leases")
-    assert binding["roleRef"]["name"] == "iotlan-leases"
+    assert binding["roleRef"]["name"] == "iotlan-leases" and binding["metadata"]["namespace"] == "iotlan-system"
     assert {"kind": "ServiceAccount", "name": "iotlan", "namespace": "iotlan-system"} in binding["subjects"]
     for kind in ("Role", "ClusterRole"):
         for d in find(docs, kind):
@@ -337,6 +346,46 @@ def test_iotlan_rbac_is_least_privilege_and_lets_status_read_the_duplicate_event
                 assert "*" not in r["verbs"] and "*" not in r["resources"], f"{name_of(d)}: {r}"
             if kind == "ClusterRole":
                 assert not [r for r in d["rules"] if "events" in r["resources"]], "events stay namespaced"
+
+
+def test_the_agent_may_request_tokens_of_its_own_serviceaccount_only():
+    """The plugin's kubeconfig carries a TokenRequest token of the iotlan ServiceAccount (not the agent pod's own,
+    which dies with the pod): `create` on `serviceaccounts/token`, limited to that ServiceAccount by name."""
+    docs = render(BY_ID["iotlan/namespace"])
+    grants = [(d, r) for kind in ("Role", "ClusterRole") for d in find(docs, kind) for r in d["rules"]
+              if any(res.startswith("serviceaccounts") for res in r["resources"])]
+    assert len(grants) == 1, grants
+    role, rule = grants[0]
+    assert role["kind"] == "Role" and role["metadata"]["namespace"] == "iotlan-system"
+    assert rule == {"apiGroups": [""], "resources": ["serviceaccounts/token"], "resourceNames": ["iotlan"],
+                    "verbs": ["create"]}
+    bindings = [b for b in find(docs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
+    assert len(bindings) == 1 and bindings[0]["metadata"]["namespace"] == "iotlan-system"
+    assert bindings[0]["subjects"] == [{"kind": "ServiceAccount", "name": "iotlan", "namespace": "iotlan-system"}]
+
+
+# The CNI_NETNS each runtime passes: podman /run/netns/netns-<uuid>; containerd's CRI /var/run/netns/cni-<uuid>
+# (containerd v1.6.9 pkg/cri/server/sandbox_run.go, netnsMountDir); CRI-O /var/run/netns/<uuid>.
+RUNTIME_NETNS = ["/run/netns/netns-0e9f8a7b-6c5d-4e3f-2a1b-0c9d8e7f6a5b",
+                 "/var/run/netns/cni-1b2c3d4e-5f60-7a8b-9c0d-0e1f2a3b4c5d",
+                 "/var/run/netns/5c1e8d1a-93b2-4f6e-a0d7-2b8c9e4f1a36"]
+
+
+@pytest.mark.parametrize("tid", ["iotlan/base", "iotlan/k3s", "iotlan/k3s-before-2024-10"])
+def test_the_agent_sees_every_netns_path_a_runtime_passes(tid):
+    """The agent judges a sandbox gone by its CNI_NETNS under /host. The host's /var/run is a link to /run, which the
+    agent's view does not have: the directory of every path a runtime passes must be mounted at /host + that path,
+    from that host path, read-only, with new namespaces propagated."""
+    ds = one(render(BY_ID[tid]), "DaemonSet", "iotlan")
+    spec = ds["spec"]["template"]["spec"]
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
+    for netns in RUNTIME_NETNS:
+        directory = netns.rsplit("/", 1)[0]
+        m = mounts.get("/host" + directory)
+        assert m, f"{netns}: nothing mounted at /host{directory}"
+        assert host_paths[m["name"]] == directory, (netns, m)
+        assert m.get("readOnly") is True and m.get("mountPropagation") == "HostToContainer", m
 
 
 @pytest.mark.parametrize("tid", ["iotlan/base", "iotlan/k3s", "iotlan/k3s-before-2024-10"])

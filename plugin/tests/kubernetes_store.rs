@@ -7,16 +7,16 @@
 
 #[path = "../../ipam/tests/support/apiserver.rs"]
 mod apiserver;
+#[path = "support/cni.rs"]
+mod cni;
 #[path = "../../ipam/tests/support/rbac.rs"]
 mod rbac;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use serde_json::{json, Value};
 
-const IPAM: &str = env!("CARGO_BIN_EXE_iotlan-ipam");
 const NS: &str = "iotlan-system";
 
 fn config(kubeconfig: &Path, extra: Value) -> Value {
@@ -43,30 +43,7 @@ fn config(kubeconfig: &Path, extra: Value) -> Value {
 }
 
 fn cni(cmd: &str, conf: &Value, cid: &str, pod: &str) -> Output {
-    let (ns, name) = pod.split_once('/').unwrap();
-    let mut child = Command::new(IPAM)
-        .env_clear()
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", "/var/run/netns/does-not-matter")
-        .env("CNI_IFNAME", "net1")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env(
-            "CNI_ARGS",
-            format!("IgnoreUnknown=true;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}"),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    cni::exec(cmd, conf, cid, pod)
 }
 
 fn json_out(o: &Output) -> Value {

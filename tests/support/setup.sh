@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the simulated-LAN tests (tests/support, tests/lan.rs) need on Debian 12.
+# Installs what the simulated-LAN tests (tests/support, tests/lan.rs) and the durability test (strace) need on Debian 12.
 # Idempotent and quiet: only missing packages are installed.
 set -euo pipefail
 
-pkgs=(iproute2 iputils-ping nftables containernetworking-plugins)
+pkgs=(iproute2 iputils-ping nftables containernetworking-plugins strace)
 "$(dirname "$0")/../../scripts/apt-install" "${pkgs[@]}"

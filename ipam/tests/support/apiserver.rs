@@ -21,10 +21,15 @@
 //! - `GET /api/v1/nodes/{name}`: the nodes a test put in (with a `Ready` condition), else 404;
 //! - `GET /api/v1/pods` and `/api/v1/namespaces/{ns}/pods` list the pods a test put in, as a
 //!   `PartialObjectMetadataList` when the client's `Accept` asks for one (`as=...;g=meta.k8s.io`);
-//! - with a token set, a request without `Authorization: Bearer <token>` gets 401;
+//! - `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token` (TokenRequest) issues tokens
+//!   bound to the ServiceAccount, with an expiry (apiserver/tokens.rs);
+//! - with a token set, or any token issued, a request without a valid `Authorization: Bearer`
+//!   token gets 401: a static token ([`ApiServer::set_token`]) always passes; an issued one only
+//!   while its ServiceAccount exists, its pod (for a pod-bound, projected one) exists, and it has
+//!   not expired, as the real ServiceAccount token authenticator judges them (apiserver/tokens.rs);
 //! - with RBAC rules set ([`ApiServer::enforce`], e.g. the shipped ones from support/rbac.rs), a
-//!   request none of them allows gets 403, judged on verb, API group, resource and namespace as
-//!   the RBAC authorizer does.
+//!   request none of them allows gets 403, judged on verb, API group, resource, subresource,
+//!   resource name and namespace as the RBAC authorizer does.
 //!
 //! Each request runs under one mutex, so every single-object operation is atomic, as etcd's
 //! transactions make them on a real server. Anything else gets a 404 or 400 Status, so a
@@ -56,6 +61,8 @@ mod authz;
 mod http;
 #[path = "apiserver/leases.rs"]
 mod leases;
+#[path = "apiserver/tokens.rs"]
+mod tokens;
 
 #[allow(unused_imports)]
 pub use audit::Verbs;
@@ -63,6 +70,8 @@ pub use authz::RbacRule;
 use authz::{attributes, forbidden_message};
 use http::{serve, serve_stream, Request};
 use leases::{create, delete, list, list_leases, put_as_other, replace};
+#[allow(unused_imports)]
+pub use tokens::{MIN_EXPIRATION_SECONDS, PROJECTED_EXPIRATION_SECONDS};
 
 type Key = (String, String); // (namespace, name)
 
@@ -97,6 +106,19 @@ struct State {
     lease_lists: Vec<(String, usize)>,
     /// Events created, in order.
     events: Vec<Value>,
+    /// ServiceAccounts, by (namespace, name).
+    service_accounts: BTreeMap<Key, Value>,
+    /// Every token issued (projected or by a TokenRequest), and what it stands for.
+    credentials: BTreeMap<String, tokens::Credential>,
+    token_seq: u64,
+    /// Seconds the token clock is ahead of real time.
+    token_clock_offset: u64,
+    /// `--service-account-max-token-expiration`, when set.
+    max_token_seconds: Option<u64>,
+    /// The body of every TokenRequest granted.
+    token_requests: Vec<Value>,
+    /// (method, path, why) of every request answered 401.
+    unauthorized: Vec<(String, String, String)>,
 }
 
 /// A running double. Stops when dropped.
@@ -446,10 +468,8 @@ fn handle(state: &Mutex<State>, req: &Request) -> (u16, Value) {
 
 fn handle_in(s: &mut State, req: &Request) -> (u16, Value) {
     s.log.push((req.method.clone(), req.path.clone()));
-    if let Some(token) = &s.token {
-        if req.auth.as_deref() != Some(&format!("Bearer {token}")) {
-            return status(401, "Unauthorized", "Unauthorized".into(), None);
-        }
+    if let Err(refused) = tokens::authenticate(s, req) {
+        return refused;
     }
     if s.forbidden.iter().any(|p| req.path.contains(p.as_str())) {
         return status(
@@ -533,6 +553,9 @@ fn handle_in(s: &mut State, req: &Request) -> (u16, Value) {
                 (code, v)
             }
         },
+        ("POST", ["api", "v1", "namespaces", ns, "serviceaccounts", name, "token"]) => {
+            tokens::create_token(s, ns, name, req)
+        }
         ("POST", ["api", "v1", "namespaces", ns, "events"]) => audit::create_event(s, ns, req),
         ("GET", ["api", "v1", "namespaces", ns, "events"]) => audit::list_events(s, ns, req),
         ("GET", ["api", "v1", "pods"]) => list_pods(s, None, req),

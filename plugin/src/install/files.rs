@@ -4,11 +4,10 @@
 //! A process that is executing (or reading) the old file keeps its inode, so a running
 //! `iotlan` is never broken, and a new exec sees either the whole old or the whole new file.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {path}: {source}")]
@@ -28,46 +27,12 @@ fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileEr
 }
 
 /// Prefix of our temp files, so a crash's leftovers can be recognised and removed.
-pub const TEMP_PREFIX: &str = ".iotlan-tmp.";
+pub const TEMP_PREFIX: &str = iotlan_ipam::durable::TEMP_PREFIX;
 
-/// Writes `contents` to `dest` atomically with permission bits `mode`.
+/// Writes `contents` to `dest` atomically and durably with permission bits `mode`
+/// ([`iotlan_ipam::durable::write_atomic`]).
 pub fn write_atomic(dest: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let dir = dest
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        "{TEMP_PREFIX}{name}.{}.{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(err("create", &tmp))?;
-        f.write_all(contents).map_err(err("write", &tmp))?;
-        // The umask may have cleared bits of `mode` at creation; set them exactly.
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(err("chmod", &tmp))?;
-        f.sync_all().map_err(err("fsync", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, dest).map_err(err("rename into place", dest))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err("fsync", dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    iotlan_ipam::durable::write_atomic(dest, contents, mode).map_err(err("write atomically", dest))
 }
 
 /// Copies `src` over `dest` atomically (mode 0755) unless `dest` already has the same bytes
@@ -133,23 +98,30 @@ pub fn same_contents(path: &Path, want: &[u8], mode: u32) -> bool {
     f.read_to_end(&mut have).is_ok() && have == want
 }
 
-/// Removes temp files left in `dir` by an installer that was killed mid-write. Only files
-/// older than a minute: another installer (a DaemonSet surge pod) may be writing right now.
-pub fn remove_stale_temps(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let stale = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age.as_secs() > 60);
-        if stale && e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-            let _ = fs::remove_file(e.path());
-        }
+/// Makes `dest` hold exactly `contents` with permission bits `mode`, written atomically, unless it
+/// does already; its directory is created (mode `dir_mode`) and cleared of stale temp files first.
+/// Returns whether it wrote.
+pub fn replace_if_changed(
+    dest: &Path,
+    contents: &[u8],
+    mode: u32,
+    dir_mode: u32,
+) -> Result<bool, FileError> {
+    if same_contents(dest, contents, mode) {
+        return Ok(false);
     }
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+        ensure_dir(dir, dir_mode)?;
+        remove_stale_temps(dir);
+    }
+    write_atomic(dest, contents, mode)?;
+    Ok(true)
+}
+
+/// Removes temp files left in `dir` by an installer that was killed mid-write
+/// ([`iotlan_ipam::durable::remove_stale_temps`]).
+pub fn remove_stale_temps(dir: &Path) {
+    iotlan_ipam::durable::remove_stale_temps(dir, TEMP_PREFIX);
 }
 
 /// Creates `dir` (and parents) and sets its mode exactly.

@@ -1,8 +1,11 @@
 //! The kubeconfig the plugin uses on the host to reach the API server (the `kubernetes`
-//! store), made from the DaemonSet's ServiceAccount token and CA.
+//! store): the API server, the CA of the DaemonSet's ServiceAccount, and the token the agent got
+//! for the plugin ([`super::token`]: a TokenRequest token of the ServiceAccount, or, when that is
+//! refused, the agent pod's own).
 //!
 //! The token and the CA are embedded, so the file is self-contained and is replaced as one
-//! atomic unit whenever the projected token rotates.
+//! atomic unit whenever the token changes. A TokenRequest token's expiry is recorded in a comment
+//! (`# expires-unix: N`), so that a restarted agent knows what the plugin holds.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -59,6 +62,13 @@ fn read(path: &Path) -> Result<Vec<u8>, KubeconfigError> {
     Ok(data)
 }
 
+/// The namespace of the ServiceAccount whose token is in `sa_dir`.
+pub fn serviceaccount_namespace(sa_dir: &Path) -> Result<String, KubeconfigError> {
+    Ok(String::from_utf8_lossy(&read(&sa_dir.join("namespace"))?)
+        .trim()
+        .to_owned())
+}
+
 /// Reads the token and CA from `sa_dir`. `namespace` overrides the ServiceAccount's own.
 pub fn load(
     sa_dir: &Path,
@@ -71,9 +81,7 @@ pub fn load(
     let ca_pem = read(&sa_dir.join("ca.crt"))?;
     let namespace = match namespace {
         Some(ns) => ns.to_owned(),
-        None => String::from_utf8_lossy(&read(&sa_dir.join("namespace"))?)
-            .trim()
-            .to_owned(),
+        None => serviceaccount_namespace(sa_dir)?,
     };
     Ok(Credentials {
         server: server.to_owned(),
@@ -83,11 +91,25 @@ pub fn load(
     })
 }
 
+/// The marker of a TokenRequest token's expiry in the rendered kubeconfig.
+const EXPIRES: &str = "# expires-unix: ";
+
 /// Renders the kubeconfig (YAML; each scalar is a JSON string, which YAML reads verbatim).
-pub fn render(c: &Credentials) -> String {
+/// `expires_unix`: when the token expires, for a TokenRequest token; `None` for the agent pod's
+/// own token.
+pub fn render(c: &Credentials, expires_unix: Option<u64>) -> String {
     let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+    let about = match expires_unix {
+        Some(t) => format!(
+            "# The token is the ServiceAccount's (TokenRequest), renewed by the agent; without the agent it\n\
+             # works until it expires.\n{EXPIRES}{t}\n"
+        ),
+        None => "# The token is the agent pod's own: the API server refuses it soon after that pod is deleted.\n"
+            .to_string(),
+    };
     format!(
-        "# Written by `iotlan install` from its ServiceAccount; rewritten when the token rotates.\n\
+        "# Written by `iotlan install` (the iotlan node agent) for the plugin on this host.\n\
+         {about}\
          apiVersion: v1\n\
          kind: Config\n\
          clusters:\n\
@@ -102,6 +124,19 @@ pub fn render(c: &Credentials) -> String {
         token = q(&c.token),
         ns = q(&c.namespace),
     )
+}
+
+/// The token of a kubeconfig [`render`] wrote for a TokenRequest token, and its expiry.
+pub fn issued_token(text: &str) -> Option<(String, u64)> {
+    let expires = text
+        .lines()
+        .find_map(|l| l.strip_prefix(EXPIRES))
+        .and_then(|n| n.trim().parse().ok())?;
+    let token = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))?;
+    let token: String = serde_json::from_str(token).ok()?;
+    (!token.is_empty()).then_some((token, expires))
 }
 
 /// Standard base64 with padding (RFC 4648 §4), as kubeconfig's `*-data` fields expect.
@@ -154,9 +189,16 @@ mod tests {
             token: "a.b-c_d".into(),
             namespace: "iotlan-system".into(),
         };
-        let y = render(&c);
+        let y = render(&c, None);
         assert!(y.contains("server: \"https://[fd00::1]:443\"\n"), "{y}");
         assert!(y.contains("token: \"a.b-c_d\"\n"), "{y}");
         assert!(y.contains("namespace: \"iotlan-system\"\n"), "{y}");
+        assert_eq!(
+            issued_token(&y),
+            None,
+            "the pod's own token has no recorded expiry"
+        );
+        let y = render(&c, Some(1_796_605_323));
+        assert_eq!(issued_token(&y), Some(("a.b-c_d".into(), 1_796_605_323)));
     }
 }

@@ -4,9 +4,10 @@
 //!   given) and copies `iotlan` there atomically (temp file in the same dir, fsync, rename), so
 //!   a running exec of the old binary is never broken; `iotlan-ipam` is a hard link of it (a
 //!   copy where links are refused), swapped in the same way: one executable on the node.
-//! - Writes `<conf dir>/iotlan.d/iotlan.kubeconfig` (mode 0600, dir 0700) from the
-//!   ServiceAccount's token and CA, and rewrites it when the projected token rotates: every
-//!   tick it compares the file with what it should be.
+//! - Writes `<conf dir>/iotlan.d/iotlan.kubeconfig` (mode 0600, dir 0700) for the plugin: the
+//!   API server, the ServiceAccount's CA, and a token of the ServiceAccount from the TokenRequest
+//!   API, which outlives this pod and is renewed well before it expires ([`token`]); every tick
+//!   it compares the file with what it should be.
 //! - Writes `<conf dir>/iotlan.d/node-name` (mode 0644) from `--node-name` or `NODE_NAME` (the
 //!   downward API's `spec.nodeName`): the node the plugin records in its leases.
 //! - Every tick it also re-checks the binaries (a k3s upgrade switches its data dir) and
@@ -23,7 +24,9 @@ mod layout;
 mod netns;
 mod node_name;
 mod reassert;
+mod reconcile;
 mod reconcile_files;
+mod token;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -51,6 +54,10 @@ usage: iotlan install [options]          install binaries and kubeconfig, then k
   --namespace NS            namespace of the lease objects (default: the ServiceAccount's)
   --kubeconfig PATH         host path of the kubeconfig (default <conf dir>/iotlan.d/iotlan.kubeconfig)
   --no-kubeconfig           write no kubeconfig (file store only)
+  --token-serviceaccount SA the ServiceAccount (in this pod's namespace) whose token the plugin's
+                            kubeconfig carries, from the TokenRequest API (default iotlan)
+  --token-lifetime SECS     what that token is asked to live; renewed after a quarter to a half of
+                            it (default 86400, at least 600)
   --interval SECS           how often to re-check token, binaries and health (default 10)
   --health-file PATH        touched every tick (default /run/iotlan/healthy)
   --max-age SECS            --check-health: oldest acceptable health file (default 60)
@@ -76,6 +83,8 @@ struct Options {
     namespace: Option<String>,
     kubeconfig: Option<PathBuf>,
     no_kubeconfig: bool,
+    token_serviceaccount: String,
+    token_lifetime: Duration,
     interval: Duration,
     health_file: PathBuf,
     max_age: Duration,
@@ -99,6 +108,8 @@ impl Default for Options {
             namespace: None,
             kubeconfig: None,
             no_kubeconfig: false,
+            token_serviceaccount: token::DEFAULT_SERVICE_ACCOUNT.to_string(),
+            token_lifetime: token::DEFAULT_LIFETIME,
             interval: Duration::from_secs(10),
             health_file: PathBuf::from("/run/iotlan/healthy"),
             max_age: Duration::from_secs(60),
@@ -110,6 +121,15 @@ impl Default for Options {
             once: false,
             check_health: false,
         }
+    }
+}
+
+impl Options {
+    /// `--identity-retention` as a duration; `None` (0 days) keeps the records.
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
+    fn identity_retention(&self) -> Option<Duration> {
+        (self.identity_retention_days > 0)
+            .then(|| Duration::from_secs(self.identity_retention_days.saturating_mul(86_400)))
     }
 }
 
@@ -173,6 +193,16 @@ fn parse_args(args: &[String]) -> Result<Options, InstallError> {
             "--namespace" => o.namespace = Some(value()?),
             "--kubeconfig" => o.kubeconfig = Some(value()?.into()),
             "--no-kubeconfig" => o.no_kubeconfig = true,
+            "--token-serviceaccount" => o.token_serviceaccount = value()?,
+            "--token-lifetime" => {
+                o.token_lifetime = secs(flag, &value()?)?;
+                if o.token_lifetime < token::MIN_LIFETIME {
+                    return Err(InstallError::Usage(format!(
+                        "{flag}: the API server refuses tokens of less than {} s",
+                        token::MIN_LIFETIME.as_secs()
+                    )));
+                }
+            }
             "--interval" => o.interval = secs(flag, &value()?)?.max(Duration::from_secs(1)),
             "--health-file" => o.health_file = value()?.into(),
             "--max-age" => o.max_age = secs(flag, &value()?)?,
@@ -266,6 +296,8 @@ struct Agent {
     server: Option<String>,
     /// This node's Kubernetes name, for the plugin's leases.
     node_name: Option<String>,
+    /// The plugin's token, kept across ticks.
+    renewer: token::Renewer,
 }
 
 impl Agent {
@@ -302,6 +334,17 @@ impl Agent {
             (Some(_), Some(s)) => Some(s.clone()),
             (Some(_), None) => Some(kubeconfig::server_from_env()?),
         };
+        // A token the kubeconfig holds already (this agent restarted) is kept if no other comes.
+        let existing = kubeconfig
+            .as_ref()
+            .and_then(|(_, local)| std::fs::read_to_string(local).ok())
+            .and_then(|text| kubeconfig::issued_token(&text))
+            .map(|(token, expires_unix)| token::Issued {
+                token,
+                expires_unix,
+            });
+        let renewer =
+            token::Renewer::new(&opts.token_serviceaccount, opts.token_lifetime, existing);
         let node_name = node_name::choose(opts.node_name.as_deref())?;
         if node_name.is_none() {
             tracing::warn!("no node name (NODE_NAME or --node-name): the plugin records the host name in its leases");
@@ -313,6 +356,7 @@ impl Agent {
             kubeconfig,
             server,
             node_name,
+            renewer,
         })
     }
 
@@ -329,15 +373,30 @@ impl Agent {
             }
         }
         if let (Some((host, local)), Some(server)) = (&self.kubeconfig, &self.server) {
-            let creds =
-                kubeconfig::load(&self.opts.sa_dir, server, self.opts.namespace.as_deref())?;
-            let text = kubeconfig::render(&creds);
-            if !files::same_contents(local, text.as_bytes(), 0o600) {
-                if let Some(dir) = local.parent() {
-                    files::ensure_dir(dir, 0o700)?;
-                    files::remove_stale_temps(dir);
+            let own = kubeconfig::load(&self.opts.sa_dir, server, self.opts.namespace.as_deref())?;
+            let sa_namespace = kubeconfig::serviceaccount_namespace(&self.opts.sa_dir)?;
+            let now = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            #[cfg(feature = "kubernetes")]
+            let plugin = self
+                .renewer
+                .plugin_token(&own, &sa_namespace, now, &token::request);
+            // Nothing to ask with, and no store that reads the kubeconfig: the pod's own token.
+            #[cfg(not(feature = "kubernetes"))]
+            let plugin = {
+                let _ = (&self.renewer, sa_namespace, now);
+                token::PluginToken {
+                    token: own.token.clone(),
+                    expires_unix: None,
                 }
-                files::write_atomic(local, text.as_bytes(), 0o600)?;
+            };
+            let creds = kubeconfig::Credentials {
+                token: plugin.token,
+                ..own
+            };
+            let text = kubeconfig::render(&creds, plugin.expires_unix);
+            if files::replace_if_changed(local, text.as_bytes(), 0o600, 0o700)? {
                 tracing::info!(path = %host.display(), "kubeconfig written");
             }
         }
@@ -398,6 +457,7 @@ fn run(opts: &Options) -> Result<(), InstallError> {
     agent.tick()?;
     if opts.once {
         if opts.host_shims {
+            netns::warn_unseen_dirs(&opts.host_root);
             netns::repair_host_shims(opts);
         }
         return Ok(());
@@ -405,6 +465,9 @@ fn run(opts: &Options) -> Result<(), InstallError> {
     let mut reconciler = reconcile::Reconciler::new(&agent, opts);
     let mut file_reconciler = reconcile_files::FileReconciler::new(&agent, opts);
     let mut reasserter = reassert::NodeReasserter::new(&agent, opts);
+    if reasserter.is_some() || opts.host_shims {
+        netns::warn_unseen_dirs(&opts.host_root);
+    }
     let mut last_reconcile: Option<Instant> = None;
     loop {
         let due = (reconciler.is_some()
@@ -440,61 +503,6 @@ fn run(opts: &Options) -> Result<(), InstallError> {
         // when it keeps failing, because the health file is touched only on success.
         if let Err(e) = agent.tick() {
             tracing::warn!("{e}");
-        }
-    }
-}
-
-mod reconcile {
-    //! The reconcile loop's hook. It needs the `kubernetes` store; without it, it is off.
-    use super::{Agent, Options};
-
-    pub struct Reconciler {
-        #[cfg(feature = "kubernetes")]
-        inner: iotlan_ipam::store::kubernetes::Reconciler,
-    }
-
-    impl Reconciler {
-        #[cfg(feature = "kubernetes")]
-        pub fn new(agent: &Agent, opts: &Options) -> Option<Reconciler> {
-            if opts.reconcile_interval.is_zero() {
-                return None;
-            }
-            let (_, kubeconfig) = agent.kubeconfig.as_ref()?;
-            match iotlan_ipam::store::kubernetes::Reconciler::new(
-                kubeconfig,
-                opts.namespace.as_deref(),
-                opts.reconcile_grace,
-            ) {
-                Ok(inner) => Some(Reconciler {
-                    inner: inner.with_identity_retention((opts.identity_retention_days > 0).then(
-                        || {
-                            std::time::Duration::from_secs(
-                                opts.identity_retention_days.saturating_mul(86_400),
-                            )
-                        },
-                    )),
-                }),
-                Err(e) => {
-                    tracing::error!("reconcile loop disabled: {e}");
-                    None
-                }
-            }
-        }
-
-        #[cfg(not(feature = "kubernetes"))]
-        pub fn new(_agent: &Agent, opts: &Options) -> Option<Reconciler> {
-            if !opts.reconcile_interval.is_zero() {
-                tracing::info!("reconcile loop off: built without the kubernetes store");
-            }
-            None
-        }
-
-        pub fn run_once(&mut self) {
-            #[cfg(feature = "kubernetes")]
-            match self.inner.run_once() {
-                Ok(report) => tracing::info!("reconcile: {report}"),
-                Err(e) => tracing::warn!("reconcile: {e}"),
-            }
         }
     }
 }

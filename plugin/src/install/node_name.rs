@@ -52,16 +52,11 @@ pub fn path(conf_dir: &Path) -> PathBuf {
 /// Writes `name` to `<conf_dir>/iotlan.d/node-name` unless it already holds it. Returns whether it
 /// wrote.
 pub fn write(conf_dir: &Path, name: &str) -> Result<bool, NodeNameError> {
-    let dest = path(conf_dir);
-    let text = format!("{name}\n");
-    if files::same_contents(&dest, text.as_bytes(), 0o644) {
-        return Ok(false);
-    }
-    if let Some(dir) = dest.parent() {
-        // The dir also holds the kubeconfig: keep it private, as the kubeconfig's writer does.
-        files::ensure_dir(dir, 0o700)?;
-        files::remove_stale_temps(dir);
-    }
-    files::write_atomic(&dest, text.as_bytes(), 0o644)?;
-    Ok(true)
+    // The dir also holds the kubeconfig: kept private (0700), as the kubeconfig's writer keeps it.
+    Ok(files::replace_if_changed(
+        &path(conf_dir),
+        format!("{name}\n").as_bytes(),
+        0o644,
+        0o700,
+    )?)
 }

@@ -38,7 +38,9 @@ impl NodeReasserter {
             &state_dir,
         ) {
             Ok(inner) => Some(NodeReasserter {
-                inner: inner.with_netns_check(super::netns::netns_gone(&opts.host_root)),
+                inner: inner
+                    .with_netns_check(super::netns::netns_gone(&opts.host_root))
+                    .with_node(agent.node_name.clone()),
             }),
             Err(e) => {
                 tracing::error!("re-asserting this node's Leases disabled: {e}");

@@ -1,6 +1,7 @@
 //! The node agent's reconcile loop for the file store: frees leases in this node's state dir
 //! (`/var/lib/cni/iotlan/<network>/`) whose pod is no longer on this node, after the reconcile
-//! grace ([`iotlan_ipam::store::kubernetes::FileStoreReconciler`]). Multus never forwards GC to a
+//! grace ([`iotlan_ipam::store::kubernetes::FileStoreReconciler`]), and deletes the sticky identity
+//! records unused for `--identity-retention` days. Multus never forwards GC to a
 //! NetworkAttachmentDefinition's plugin, so nothing else would. Needs the kubernetes store compiled
 //! in, the agent's kubeconfig (to list the node's pods) and the node name; otherwise it is off.
 
@@ -42,7 +43,9 @@ impl FileReconciler {
             &state_dir,
             opts.reconcile_grace,
         ) {
-            Ok(inner) => Some(FileReconciler { inner }),
+            Ok(inner) => Some(FileReconciler {
+                inner: inner.with_identity_retention(opts.identity_retention()),
+            }),
             Err(e) => {
                 tracing::error!("file-store reconcile disabled: {e}");
                 None

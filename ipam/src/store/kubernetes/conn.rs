@@ -70,11 +70,11 @@ impl Conn {
             }),
             Ok(Err(e @ kube::Error::SerdeError(_))) => Err(ApiError::BadAnswer {
                 what: what.to_string(),
-                message: with_causes(&e),
+                message: crate::error::with_causes(&e),
             }),
             Ok(Err(e)) => Err(ApiError::Transport {
                 what: what.to_string(),
-                message: with_causes(&e),
+                message: crate::error::with_causes(&e),
             }),
             Err(_) => Err(ApiError::Transport {
                 what: what.to_string(),
@@ -82,19 +82,4 @@ impl Conn {
             }),
         }
     }
-}
-
-/// `e` and its causes, `: `-separated (a TLS failure is only named deep in the chain).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let c_text = c.to_string();
-        if !s.contains(&c_text) {
-            s.push_str(": ");
-            s.push_str(&c_text);
-        }
-        cur = c.source();
-    }
-    s
 }

@@ -36,7 +36,13 @@ impl ApiError {
                 message,
             } => {
                 let hint = match code {
-                    401 => " (the kubeconfig's token may have expired: is the iotlan DaemonSet running?)",
+                    401 => {
+                        " (the API server refused the kubeconfig's token: it has expired, or its \
+                         ServiceAccount was deleted. The iotlan agent on this node writes and renews it; \
+                         a token outlives the agent by up to 24 h. Is the agent's pod running on this \
+                         node? kubectl -n iotlan-system get pods -o wide; its log says why a renewal \
+                         failed)"
+                    }
                     403 => " (check the iotlan RBAC: leases and events in the store's namespace, get on nodes)",
                     _ => "",
                 };

@@ -10,6 +10,11 @@
 //! another pod object (another UID), is marked missing, and freed (as DEL frees it) once it has
 //! been missing for longer than the grace. The marks are kept in memory across passes: an agent
 //! restart starts them again, which only delays a release.
+//!
+//! Each pass also applies the sticky identity records' retention ([`FileStoreReconciler::
+//! with_identity_retention`]): the file store prunes records unused for that long only in CNI GC,
+//! which Multus never forwards, so without the agent every pod name ever seen on the node (a
+//! Deployment's pods get new ones on every rollout) would leave a record for good.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -72,7 +77,12 @@ pub struct FileStoreReconciler {
     grace: Duration,
     lock_timeout: Duration,
     missing_since: HashMap<MarkKey, u64>,
+    identity_retention: Option<Duration>,
 }
+
+/// How young a lease the retention's pass leaves alone although it was not in its snapshot: one
+/// an ADD made while the pass ran (see [`FileStoreReconciler::apply_retention`]).
+const RETENTION_SNAPSHOT_GRACE: Duration = Duration::from_secs(3600);
 
 impl FileStoreReconciler {
     /// `state_dir` holds one file-store dir per network (`store.dir`, default
@@ -98,7 +108,42 @@ impl FileStoreReconciler {
             grace,
             lock_timeout: Duration::from_millis(crate::config::DEFAULT_LOCK_TIMEOUT_MS),
             missing_since: HashMap::new(),
+            identity_retention: None,
         })
+    }
+
+    /// Deletes a sticky identity record (an identity's latest addresses) that has held no address
+    /// for `retention`, in every network dir, on every pass; `None` (the default) keeps them all.
+    pub fn with_identity_retention(mut self, retention: Option<Duration>) -> FileStoreReconciler {
+        self.identity_retention = retention;
+        self
+    }
+
+    /// The file store's own retention, run as its GC runs it: a GC whose valid attachments are
+    /// every lease's of a snapshot taken just before, so that it frees no lease. A lease an ADD
+    /// made after the snapshot is younger than [`RETENTION_SNAPSHOT_GRACE`], which GC leaves alone.
+    /// Needs no API server. A failure is logged per network and never stops the pass.
+    fn apply_retention(&self, stores: &[(String, FileStore)]) {
+        let Some(retention) = self.identity_retention else {
+            return;
+        };
+        for (network, store) in stores {
+            let result = store.leases().and_then(|leases| {
+                let valid: Vec<_> = leases.iter().map(Lease::attachment).collect();
+                store
+                    .clone()
+                    .with_identity_retention(Some(retention))
+                    .with_gc_grace(RETENTION_SNAPSHOT_GRACE)
+                    .gc(&valid)
+            });
+            match result {
+                Ok(freed) if freed.is_empty() => {}
+                Ok(freed) => tracing::warn!(network = %network, freed = freed.len(),
+                    "the identity retention's pass freed leases it should have kept"),
+                Err(e) => tracing::warn!(network = %network, error = %e,
+                    "could not apply the sticky identity records' retention"),
+            }
+        }
     }
 
     /// One pass (see the module docs). A state dir that does not exist yet has nothing to free.
@@ -106,6 +151,8 @@ impl FileStoreReconciler {
         let mut report = FileReconcileReport::default();
         let stores = self.stores()?;
         report.networks = stores.len();
+        // First: it needs no API server, so a pass that cannot list the pods still does it.
+        self.apply_retention(&stores);
         // The leases first, then the pods: a pod is bound to its node before its sandbox (and so
         // its lease) exists, so a lease in the first list whose pod is missing from the later one
         // really lost it.

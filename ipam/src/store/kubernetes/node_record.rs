@@ -26,6 +26,9 @@ use crate::lease::{Attachment, Lease};
 /// The records' directory under the state dir.
 pub const RECORD_DIR: &str = ".kubernetes-attachments";
 
+/// The prefix of the temp files builds before [`crate::durable`] wrote records through.
+pub const LEGACY_TEMP_PREFIX: &str = ".tmp-";
+
 /// One attachment's leases on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -42,7 +45,8 @@ pub fn path_of(state_dir: &Path, network: &str, att: &Attachment) -> PathBuf {
     ))
 }
 
-/// Writes the record of `leases` (one attachment's), atomically. Best effort: logs a failure.
+/// Writes the record of `leases` (one attachment's), atomically and durably
+/// ([`crate::durable::write_atomic`]). Best effort: logs a failure.
 pub fn save(state_dir: &Path, network: &str, leases: &[Lease]) {
     let Some(first) = leases.first() else {
         return;
@@ -52,17 +56,11 @@ pub fn save(state_dir: &Path, network: &str, leases: &[Lease]) {
         network: network.to_string(),
         leases: leases.to_vec(),
     };
+    // Durably: an empty record after a power cut would be unreadable (and its attachment could
+    // not be re-asserted).
     let write = || -> std::io::Result<()> {
-        let dir = state_dir.join(RECORD_DIR);
-        std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}",
-            objects::attachment_hash(&first.attachment()),
-            std::process::id()
-        ));
         let json = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, json)?;
-        std::fs::rename(&tmp, &path)
+        crate::durable::write_atomic(&path, &json, 0o644)
     };
     if let Err(e) = write() {
         tracing::warn!(path = %path.display(), error = %e,
@@ -91,8 +89,43 @@ pub fn identity_of(state_dir: &Path, network: &str, att: &Attachment) -> Option<
         .map(|l| l.identity)
 }
 
-/// Every record under `state_dir`: (path, record or why it does not parse).
-pub fn read_all(state_dir: &Path) -> std::io::Result<Vec<(PathBuf, Result<NodeRecord, String>)>> {
+/// Removes the record at `path` that did not parse (`why`), with one warning, unless it was
+/// replaced since it was read (its inode `ino` differs: a new ADD wrote it). An empty or garbled
+/// record carries nothing to re-assert: one left by a build that wrote without fsync, cut short by a
+/// power cut. Returns why it could not be removed, if it could not.
+pub fn discard_unreadable(path: &Path, ino: u64, why: &str) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.ino() == ino => {}
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot look at it: {e}")),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::warn!(path = %path.display(), reason = %why,
+                "removed an unreadable node-local record (left by a power cut or an older build); \
+                 its attachment, if it still exists, cannot be re-asserted until its next ADD");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{why}; cannot remove it: {e}")),
+    }
+}
+
+/// One record file as read.
+#[derive(Debug)]
+pub struct ReadRecord {
+    pub path: PathBuf,
+    /// Its inode when it was read (see [`discard_unreadable`]).
+    pub ino: u64,
+    /// The record, or why it does not parse.
+    pub record: Result<NodeRecord, String>,
+}
+
+/// Every record under `state_dir`, in path order.
+pub fn read_all(state_dir: &Path) -> std::io::Result<Vec<ReadRecord>> {
+    use std::os::unix::fs::MetadataExt;
     let dir = state_dir.join(RECORD_DIR);
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
@@ -105,11 +138,16 @@ pub fn read_all(state_dir: &Path) -> std::io::Result<Vec<(PathBuf, Result<NodeRe
         if path.extension().and_then(|e| e.to_str()) != Some("json") {
             continue;
         }
+        let ino = std::fs::symlink_metadata(&path).map_or(0, |m| m.ino());
         let rec = std::fs::read(&path)
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice::<NodeRecord>(&b).map_err(|e| e.to_string()));
-        out.push((path, rec));
+        out.push(ReadRecord {
+            path,
+            ino,
+            record: rec,
+        });
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }

@@ -87,7 +87,10 @@ pub struct ReassertReport {
     /// Records whose sandbox's network namespace is gone (the caller's check): its links went with
     /// it, so nothing is on the wire to re-assert; the records are removed.
     pub sandbox_gone: usize,
-    /// Records that could not be read: (path, why).
+    /// Records that did not parse (empty or garbled: a power cut, an older build), removed with a
+    /// warning.
+    pub discarded: usize,
+    /// Records that could not be read, nor removed: (path, why).
     pub unreadable: Vec<(PathBuf, String)>,
 }
 
@@ -103,9 +106,11 @@ impl std::fmt::Display for ReassertReport {
         super::reconcile::write_freed(f, &self.recreated)?;
         write!(
             f,
-            ", {} freed since (records removed), {} whose sandbox is gone (records removed), {} unreadable",
+            ", {} freed since (records removed), {} whose sandbox is gone (records removed), {} \
+             unreadable removed, {} unreadable",
             self.released,
             self.sandbox_gone,
+            self.discarded,
             self.unreadable.len()
         )?;
         for d in &self.duplicates {
@@ -124,6 +129,7 @@ pub struct Reasserter {
     namespace: Option<String>,
     state_dir: PathBuf,
     netns_gone: Option<NetnsGone>,
+    node: Option<String>,
 }
 
 impl Reasserter {
@@ -140,7 +146,16 @@ impl Reasserter {
             namespace: namespace.map(str::to_string),
             state_dir: state_dir.to_path_buf(),
             netns_gone: None,
+            node: None,
         })
+    }
+
+    /// This node's Kubernetes name (the agent's `NODE_NAME`): the node its duplicate-address
+    /// Events name, and that recreated Leases record. Without it, the name the plugin would use
+    /// ([`crate::node`]), which in the agent's pod is the pod's host name, not the node's.
+    pub fn with_node(mut self, node: Option<String>) -> Reasserter {
+        self.node = node;
+        self
     }
 
     /// What the node really has: `netns_gone(path)` says whether a sandbox's network namespace
@@ -167,6 +182,11 @@ impl Reasserter {
     /// One pass over every record.
     pub fn run_once(&mut self) -> Result<ReassertReport, Error> {
         let mut report = ReassertReport::default();
+        // What a plugin killed mid-write left (and the temp files of builds before the durable write).
+        let records_dir = self.state_dir.join(node_record::RECORD_DIR);
+        for prefix in [crate::durable::TEMP_PREFIX, node_record::LEGACY_TEMP_PREFIX] {
+            crate::durable::remove_stale_temps(&records_dir, prefix);
+        }
         let all = node_record::read_all(&self.state_dir).map_err(|e| {
             Error::io(
                 "read directory",
@@ -175,8 +195,8 @@ impl Reasserter {
             )
         })?;
         let mut by_network: BTreeMap<String, Vec<NodeRecord>> = BTreeMap::new();
-        for (path, rec) in all {
-            match rec {
+        for node_record::ReadRecord { path, ino, record } in all {
+            match record {
                 Ok(r) if self.sandbox_gone(&r) => {
                     report.sandbox_gone += 1;
                     if let Err(e) = std::fs::remove_file(&path) {
@@ -186,7 +206,11 @@ impl Reasserter {
                     }
                 }
                 Ok(r) => by_network.entry(r.network.clone()).or_default().push(r),
-                Err(why) => report.unreadable.push((path, why)),
+                // Nothing in it to re-assert: removed once, with a warning, not reported forever.
+                Err(why) => match node_record::discard_unreadable(&path, ino, &why) {
+                    Ok(()) => report.discarded += 1,
+                    Err(why) => report.unreadable.push((path, why)),
+                },
             }
         }
         for (network, records) in by_network {
@@ -195,7 +219,10 @@ impl Reasserter {
                 .namespace
                 .clone()
                 .unwrap_or_else(|| conn.default_namespace.clone());
-            let store = KubernetesStore::on(&network, &ns, conn, &self.state_dir);
+            let mut store = KubernetesStore::on(&network, &ns, conn, &self.state_dir);
+            if let Some(node) = &self.node {
+                store = store.with_node(Some(node.clone()));
+            }
             for rec in records {
                 report.records += 1;
                 store.reassert(&rec, &mut report)?;

@@ -1,13 +1,16 @@
 //! The reconcile loop: frees leases whose pod no longer exists (or is another pod object of the
 //! same name) once they have been seen so for longer than the grace, and prunes unused sticky
-//! records.
+//! records. A node's hostShim address (identity `iotlan-shim.<node>`, [`crate::node::shim_node`])
+//! is its node's: it is freed the same way once the Node object is gone (a node removed from the
+//! cluster, a re-imaged Pi joining under a new name); a node that exists keeps it, Ready or not.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::coordination::v1::Lease as KLease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::core::PartialObjectMeta;
 
@@ -191,6 +194,38 @@ fn with_mark(obj: &KLease, key: &str, at: Option<u64>) -> KLease {
     marked
 }
 
+/// Whether the nodes of hostShim leases exist, asked once per node and pass (`get` on nodes).
+struct ShimNodes {
+    api: Api<Node>,
+    exists: HashMap<String, bool>,
+}
+
+impl ShimNodes {
+    /// The state of a hostShim lease's owner (`None`: `identity` is not a hostShim's): `Missing`
+    /// once its Node object is gone, else `Live`. A NotReady node keeps its address: it may come
+    /// back, and the address must not go to a pod meanwhile.
+    fn state(&mut self, conn: &Conn, identity: &str) -> Result<Option<PodState>, Error> {
+        let Some(node) = crate::node::shim_node(identity) else {
+            return Ok(None);
+        };
+        let exists = match self.exists.get(node) {
+            Some(e) => *e,
+            None => {
+                let e = conn
+                    .run(&format!("get node {node}"), self.api.get_opt(node))?
+                    .is_some();
+                self.exists.insert(node.to_string(), e);
+                e
+            }
+        };
+        Ok(Some(if exists {
+            PodState::Live
+        } else {
+            PodState::Missing
+        }))
+    }
+}
+
 /// How long an unused sticky identity record is kept by default: 30 days.
 pub const DEFAULT_IDENTITY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -246,8 +281,12 @@ impl Reconciler {
             checked: addresses.len(),
             ..ReconcileReport::default()
         };
+        let mut nodes = ShimNodes {
+            api: Api::all(conn.client.clone()),
+            exists: HashMap::new(),
+        };
         for obj in &addresses {
-            self.judge_address(&conn, &leases_api, obj, &live, now, &mut report)?;
+            self.judge_address(&conn, &leases_api, obj, &live, &mut nodes, now, &mut report)?;
         }
         if let Some(retention) = self.identity_retention {
             self.prune_identities(
@@ -267,12 +306,14 @@ impl Reconciler {
     /// the same name) for longer than the grace, counted from the `missing-since` mark the first
     /// pass that saw it so wrote; the mark goes when the pod is seen again. Every write is
     /// conditional on the object as listed, so a takeover in between wins.
+    #[allow(clippy::too_many_arguments)]
     fn judge_address(
         &self,
         conn: &Conn,
         api: &Api<KLease>,
         meta: &Meta,
         live: &LivePods,
+        nodes: &mut ShimNodes,
         now: u64,
         report: &mut ReconcileReport,
     ) -> Result<(), Error> {
@@ -284,7 +325,10 @@ impl Reconciler {
             return Ok(());
         };
         let obj = &obj;
-        let state = live.state(&lease);
+        let state = match nodes.state(conn, &lease.identity)? {
+            Some(state) => state,
+            None => live.state(&lease),
+        };
         let since = ann
             .get(objects::ANN_MISSING_SINCE)
             .and_then(|s| s.parse::<u64>().ok());
@@ -319,7 +363,7 @@ impl Reconciler {
                 if r.is_ok() {
                     tracing::info!(network = %network, ip = %lease.ip, identity = %lease.identity,
                         container = %lease.container_id, pod = ?state,
-                        "freed the lease of a pod that no longer exists");
+                        "freed the lease of a pod (or a removed node's hostShim) that no longer exists");
                     report.freed.push((network.clone(), lease));
                 }
                 r.map(|_| ())
