@@ -364,7 +364,7 @@ fn ip(args: &[&str]) -> Duration {
 /// The kernel's own cost: create the macvlan directly in the pod's namespace, address it, bring it
 /// up (ADD); delete it (DEL). Runs in this process through iotlan's netlink module.
 fn kernel_floor(pod: &Path, rounds: usize) -> (Vec<Duration>, Vec<Duration>) {
-    use iotlan::netlink::{ChildKind, Netlink, NewChild};
+    use iotlan::net::netlink::{ChildKind, Netlink, NewChild};
     use netlink_packet_route::link::MacVlanMode;
     use std::os::fd::AsRawFd;
 

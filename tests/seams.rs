@@ -127,7 +127,7 @@ fn an_address_an_earlier_build_keyed_by_the_interface_name_is_kept() {
     );
     assert_eq!(
         mac_of(&pod, "net2"),
-        iotlan::mac::Mac::derived("iot", legacy).to_string(),
+        iotlan::link::mac::Mac::derived("iot", legacy).to_string(),
         "the MAC is kept"
     );
 }
@@ -551,13 +551,13 @@ fn arp_answers(lan: &Lan, target: &str) -> Vec<String> {
     in_netns(&lan.gateway, move || {
         let mac = parse_mac(&gw.mac);
         let index = gw.raw["ifindex"].as_u64().expect("ifindex") as u32;
-        let sock = iotlan::packet::ArpSocket::open(index, mac).expect("arp socket");
+        let sock = iotlan::net::packet::ArpSocket::open(index, mac).expect("arp socket");
         sock.send_request(GATEWAY_IP.parse().unwrap(), target)
             .expect("send");
         let until = Instant::now() + Duration::from_millis(400);
         let mut macs = Vec::new();
         while let Some(m) = sock.wait_reply(target, until).expect("recv") {
-            let m = iotlan::mac::Mac(m).to_string();
+            let m = iotlan::link::mac::Mac(m).to_string();
             if !macs.contains(&m) {
                 macs.push(m);
             }

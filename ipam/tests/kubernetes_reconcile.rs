@@ -410,7 +410,7 @@ fn reconcile_lists_once_per_pass_in_metadata_pages() {
     assert_eq!(marked, 1100);
 }
 
-/// The ADD of a node's hostShim address, as the plugin asks for it (`plugin/src/shim`): identity and
+/// The ADD of a node's hostShim address, as the plugin asks for it (`plugin/src/link/shim`): identity and
 /// container ID `iotlan-shim.<node>`, on the shim link.
 fn shim_req(node: &str) -> AllocRequest {
     let id = iotlan_ipam::node::shim_identity(node);

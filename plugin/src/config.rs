@@ -8,9 +8,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cni::version::Version;
-pub use crate::conflict::ConflictCheck;
 use crate::error::{Error, Result};
-use crate::mac::Mac;
+pub use crate::ipam::conflict::ConflictCheck;
+use crate::link::mac::Mac;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/iotlan";
 
@@ -20,7 +20,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/iotlan";
 pub const MAX_PROBE_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_ANNOUNCE_COUNT: u32 = 10;
 pub const MAX_ANNOUNCE_INTERVAL_MS: u64 = 1_000;
-/// The conflict check's wait for an answer (per attempt; at most [`crate::conflict::MAX_RETRIES`] + 1).
+/// The conflict check's wait for an answer (per attempt; at most [`crate::ipam::conflict::MAX_RETRIES`] + 1).
 pub const MAX_CONFLICT_TIMEOUT_MS: u64 = 1_000;
 
 /// Which link driver to use.
@@ -91,7 +91,7 @@ impl Default for Announce {
 }
 
 /// `hostShim`: the node reaches its pods' net1 addresses through a shim link on the master
-/// ([`crate::shim`]). `true`, or an object; `addresses` gives nodes their shim address by node name
+/// ([`crate::link::shim`]). `true`, or an object; `addresses` gives nodes their shim address by node name
 /// (any IPAM); a node not listed gets one from the pool under `iotlan-shim.<node>` (iotlan-ipam only;
 /// a reservation for that identity pins it).
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -54,7 +54,7 @@ pub fn node_name() -> String {
     std::env::var("NODE_NAME")
         .ok()
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(crate::master::hostname)
+        .unwrap_or_else(crate::link::master::hostname)
 }
 
 /// The state dir when none is given: the host's, under /host, in the DaemonSet's pod.

@@ -15,11 +15,11 @@ use serde_json::{json, Value};
 
 use super::args::DoctorArgs;
 use crate::config::MacvlanMode;
-use crate::driver::{self, Driver};
 use crate::error::{Error, Result};
-use crate::mac::Mac;
-use crate::netlink::{Link, Netlink};
-use crate::packet::ArpSocket;
+use crate::link::mac::Mac;
+use crate::link::{self, Driver};
+use crate::net::netlink::{Link, Netlink};
+use crate::net::packet::ArpSocket;
 
 const TEMP_LINK: &str = "iotdoctor0";
 
@@ -50,10 +50,10 @@ pub fn run(o: &DoctorArgs) -> i32 {
 
 fn diagnose(o: &DoctorArgs) -> Result<Value> {
     let mut nl = Netlink::open().map_err(|e| Error::netlink("cannot open a netlink socket", e))?;
-    let master = crate::master::resolve_with(&mut nl, o.master.as_deref(), &[])?;
+    let master = crate::link::master::resolve_with(&mut nl, o.master.as_deref(), &[])?;
     let gateway = match o.gateway {
         Some(g) => Some(g),
-        None => crate::master::default_gateway(&mut nl)?.and_then(|(gw, _)| match gw {
+        None => crate::link::master::default_gateway(&mut nl)?.and_then(|(gw, _)| match gw {
             IpAddr::V4(v4) => Some(v4),
             IpAddr::V6(_) => None,
         }),
@@ -64,7 +64,7 @@ fn diagnose(o: &DoctorArgs) -> Result<Value> {
         .into_iter()
         .find(|a| a.index == master.index && a.address.is_ipv4())
         .and_then(|a| ipnetwork::IpNetwork::new(a.address.network(), a.address.prefix()).ok());
-    let wireless = crate::master::is_wireless(&master.name);
+    let wireless = crate::link::master::is_wireless(&master.name);
 
     let home = File::open("/proc/thread-self/ns/net")
         .map_err(|e| Error::io("cannot open this namespace", e))?;
@@ -75,10 +75,10 @@ fn diagnose(o: &DoctorArgs) -> Result<Value> {
     for drv in [Driver::Macvlan, Driver::Ipvlan] {
         let mac = Mac::derived(
             "iotlan-doctor",
-            &format!("{}-{}", crate::master::hostname(), std::process::id()),
+            &format!("{}-{}", crate::link::master::hostname(), std::process::id()),
         );
         let created = match drv {
-            Driver::Macvlan => driver::macvlan::create(
+            Driver::Macvlan => link::macvlan::create(
                 &mut nl,
                 &master,
                 temp.as_raw_fd(),
@@ -88,7 +88,7 @@ fn diagnose(o: &DoctorArgs) -> Result<Value> {
                 None,
             ),
             Driver::Ipvlan => {
-                driver::ipvlan::create(&mut nl, &master, temp.as_raw_fd(), TEMP_LINK, None)
+                link::ipvlan::create(&mut nl, &master, temp.as_raw_fd(), TEMP_LINK, None)
             }
         };
         let mut r = json!({ "created": created.is_ok() });
@@ -182,7 +182,7 @@ fn diagnose(o: &DoctorArgs) -> Result<Value> {
         ));
     }
     Ok(json!({
-        "node": crate::master::hostname(),
+        "node": crate::link::master::hostname(),
         "master": master.name,
         "masterUp": master.up && master.lower_up,
         "wireless": wireless,

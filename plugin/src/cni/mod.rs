@@ -97,7 +97,7 @@ fn dispatch(
         }
         (Plugin::Main, Command::Status) => crate::verbs::status::run(&env, &conf).map(|_| None),
         (Plugin::Main, Command::Gc) => crate::verbs::gc::run(&env, &conf).map(|_| None),
-        (Plugin::Ipam, command) => crate::ipam_plugin::run(command, &env, &conf),
+        (Plugin::Ipam, command) => crate::verbs::ipam_plugin::run(command, &env, &conf),
         (_, Command::Version) => Ok(Some(version::version_reply(Some(&conf.cni_version_str)))),
     }
 }

@@ -61,7 +61,7 @@ pub(super) fn repair_host_shims(opts: &Options) {
             return;
         }
     };
-    match iotlan::shim::repair(&state_dir, &netns_gone(&opts.host_root)) {
+    match iotlan::link::shim::repair(&state_dir, &netns_gone(&opts.host_root)) {
         Ok(r) if r.shims == 0 && r.dropped == 0 => {
             tracing::debug!("hostShim repair: no shim to keep")
         }

@@ -22,14 +22,16 @@ use iotlan_ipam::Avoid;
 use crate::cni::env::{Container, Env};
 use crate::cni::result::{CniResult, Interface};
 use crate::config::{DriverChoice, NetConf};
-use crate::conflict::Attached;
-use crate::driver::{self, memory, Driver};
 use crate::error::{Error, Result};
+use crate::ipam::conflict;
+use crate::ipam::conflict::Attached;
 use crate::ipam::{Claim, Ipam};
-use crate::mac::Mac;
-use crate::netlink::{Link, Netlink};
-use crate::netns::Netns;
-use crate::{conflict, master, packet, pod, probe};
+use crate::link::mac::Mac;
+use crate::link::{self, memory, Driver};
+use crate::link::{master, pod, probe};
+use crate::net::netlink::{Link, Netlink};
+use crate::net::netns::Netns;
+use crate::net::packet;
 
 pub fn run(env: &Env, conf: &NetConf, ctr: &Container) -> Result<CniResult> {
     let netns_path = ctr
@@ -71,7 +73,7 @@ pub fn run(env: &Env, conf: &NetConf, ctr: &Container) -> Result<CniResult> {
             node.extend(
                 conf.host_shim
                     .as_ref()
-                    .and_then(|s| crate::shim::given_address(s, &master)),
+                    .and_then(|s| crate::link::shim::given_address(s, &master)),
             );
             node
         }
@@ -117,7 +119,7 @@ fn add_once(
                     %key, container = %ctr.container_id, "attached"
                 );
                 if let Some(shim) = &conf.host_shim {
-                    crate::shim::attach(conf, shim, ipam, ctr, master, driver, &result.ips);
+                    crate::link::shim::attach(conf, shim, ipam, ctr, master, driver, &result.ips);
                 }
                 result.interfaces = vec![Interface {
                     name: ctr.ifname.clone(),
@@ -202,7 +204,7 @@ fn attach(ctx: &Ctx, nl: &mut Netlink, addrs: &mut Allocation) -> Result<(Link, 
     let Ctx { conf, master, .. } = *ctx;
     let remembered = memory::load(&conf.state_dir, &master.name).map(|r| r.driver);
     let wireless = master::is_wireless(&master.name);
-    let order = driver::order(conf.driver, wireless);
+    let order = link::order(conf.driver, wireless);
     if wireless && conf.driver == DriverChoice::Auto {
         tracing::info!(master = %master.name, "master is a Wi-Fi interface: using ipvlan");
     }
@@ -282,7 +284,7 @@ fn try_driver(
             let mac = conf
                 .requested_mac
                 .unwrap_or_else(|| Mac::derived(&conf.name, &ctr.identity()));
-            driver::macvlan::create(nl, master, pod_fd, &temp, mac, conf.macvlan_mode, conf.mtu)
+            link::macvlan::create(nl, master, pod_fd, &temp, mac, conf.macvlan_mode, conf.mtu)
         }
         Driver::Ipvlan => {
             if let Some(mac) = conf.requested_mac {
@@ -291,7 +293,7 @@ fn try_driver(
                     master.name
                 ))));
             }
-            driver::ipvlan::create(nl, master, pod_fd, &temp, conf.mtu)
+            link::ipvlan::create(nl, master, pod_fd, &temp, conf.mtu)
         }
     };
     if let Err(f) = created {

@@ -6,9 +6,9 @@ use crate::cni::result::CniResult;
 use crate::config::NetConf;
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
-use crate::mac::Mac;
-use crate::netlink::Netlink;
-use crate::netns::Netns;
+use crate::link::mac::Mac;
+use crate::net::netlink::Netlink;
+use crate::net::netns::Netns;
 
 pub fn run(env: &Env, conf: &NetConf, ctr: &Container) -> Result<()> {
     let prev_json = conf.prev_result.as_ref().ok_or_else(|| {
@@ -115,12 +115,12 @@ pub fn run(env: &Env, conf: &NetConf, ctr: &Container) -> Result<()> {
             }
         }
         if conf.multicast_routes {
-            if let Some(m) = crate::routing::check_multicast(&mut nl, &link, &mine)? {
+            if let Some(m) = crate::link::routing::check_multicast(&mut nl, &link, &mine)? {
                 return fail(m);
             }
         }
         if conf.source_routing {
-            if let Some(m) = crate::routing::check_source_routing(&mut nl, &link, &mine)? {
+            if let Some(m) = crate::link::routing::check_source_routing(&mut nl, &link, &mine)? {
                 return fail(m);
             }
         }

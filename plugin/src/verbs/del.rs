@@ -27,9 +27,9 @@ use crate::cni::env::{Container, Env};
 use crate::config::DelConf;
 use crate::error::{Error, Result};
 use crate::ipam::IN_PROCESS_TYPE;
-use crate::netlink::Netlink;
-use crate::netns::{Judged, Netns};
-use crate::pod;
+use crate::link::pod;
+use crate::net::netlink::Netlink;
+use crate::net::netns::{Judged, Netns};
 
 pub fn run(env: &Env, conf: &DelConf, ctr: &Container) -> Result<()> {
     let pod_ns = match ctr.netns.as_deref().map(|path| (path, Netns::judge(path))) {
@@ -80,7 +80,7 @@ pub fn run(env: &Env, conf: &DelConf, ctr: &Container) -> Result<()> {
             if let Some(link) = &link {
                 // Rules outlive the link (its routes do not): iotlan's go while the addresses
                 // still say which are this link's.
-                crate::routing::remove_source_routing(&mut nl, link);
+                crate::link::routing::remove_source_routing(&mut nl, link);
                 pod::withdraw_addresses(&mut nl, link)?;
             }
             let _ = withdrawn.send(());
@@ -103,7 +103,7 @@ pub fn run(env: &Env, conf: &DelConf, ctr: &Container) -> Result<()> {
 /// Releases what the attachment holds in its network's pool (or through the delegated plugin).
 pub fn release(env: &Env, conf: &DelConf, ctr: &Container) -> Result<()> {
     // The node's host routes to the pod (hostShim), whatever the config says now.
-    crate::shim::detach(&conf.state_dir, &ctr.container_id, &ctr.ifname);
+    crate::link::shim::detach(&conf.state_dir, &ctr.container_id, &ctr.ifname);
     let (Some(name), Some(ipam_type)) = (&conf.name, &conf.ipam_type) else {
         tracing::error!(container = %ctr.container_id, ifname = %ctr.ifname,
             "DEL's configuration names no network or ipam.type: nothing can be released \

@@ -12,6 +12,6 @@ pub fn run(env: &Env, conf: &NetConf) -> Result<()> {
     })?;
     // The hostShim's lease on this node is the node's, not a container's: it stays.
     let mut valid = valid.to_vec();
-    valid.extend(crate::shim::gc_keep(&conf.state_dir, &conf.name));
+    valid.extend(crate::link::shim::gc_keep(&conf.state_dir, &conf.name));
     Ipam::for_config(env, conf)?.gc(conf, &valid)
 }

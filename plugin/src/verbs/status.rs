@@ -5,8 +5,8 @@ use crate::cni::env::Env;
 use crate::config::NetConf;
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
-use crate::master;
-use crate::netlink::Netlink;
+use crate::link::master;
+use crate::net::netlink::Netlink;
 
 pub fn run(env: &Env, conf: &NetConf) -> Result<()> {
     let mut nl = Netlink::open().map_err(|e| Error::netlink("cannot open a netlink socket", e))?;

@@ -1,6 +1,6 @@
 //! `iotlan status` and `iotlan leases`: who holds which address (pod, container, node), how many are
 //! free, which driver each master uses on this node, the addresses another LAN device answered for
-//! (the conflict check's node-local records, [`crate::conflict`]), and, for a kubernetes store, the
+//! (the conflict check's node-local records, [`crate::ipam::conflict`]), and, for a kubernetes store, the
 //! duplicate addresses the node agents reported as `DuplicateAddress` Events. Reads the file store
 //! under the state directory, or any store (also the cluster's) through the configs given with
 //! `--config`.
@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 use super::access;
 use super::args::StoreArgs;
 use crate::config::NetConf;
-use crate::conflict;
-use crate::driver::memory;
 use crate::error::{Error, Result};
+use crate::ipam::conflict;
+use crate::link::memory;
 
 /// What to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +130,7 @@ fn report(o: &StoreArgs) -> Result<Value> {
         .into_iter()
         .map(|(master, r)| json!({ "master": master, "driver": r.driver, "reason": r.reason, "sinceUnix": r.since_unix }))
         .collect();
-    let shims: Vec<Value> = crate::shim::records(&state_dir)
+    let shims: Vec<Value> = crate::link::shim::records(&state_dir)
         .iter()
         .filter_map(|r| serde_json::to_value(r).ok())
         .collect();

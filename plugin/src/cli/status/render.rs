@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use super::View;
-use crate::conflict;
+use crate::ipam::conflict;
 
 pub fn render(view: View, r: &Value) -> String {
     let node = r["node"].as_str().unwrap_or("?");
@@ -76,7 +76,7 @@ fn unreadable_section(n: &Value) -> String {
     s
 }
 
-/// The hostShim links on this node (`crate::shim`), when there are any.
+/// The hostShim links on this node (`crate::link::shim`), when there are any.
 fn shims_section(r: &Value, node: &str) -> String {
     let shims = r["shims"].as_array().cloned().unwrap_or_default();
     if shims.is_empty() {

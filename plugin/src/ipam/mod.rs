@@ -2,6 +2,9 @@
 //! or any other IPAM plugin exec'd from CNI_PATH as the spec describes (Debian's `static`,
 //! `host-local`, whereabouts...).
 
+pub mod conflict;
+pub mod sandbox;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::IpAddr;
@@ -63,11 +66,11 @@ impl Ipam {
                     sandbox: Sandbox {
                         netns: ctr.netns.as_ref().map(|p| p.display().to_string()),
                         pod_uid: ctr.args.uid.clone(),
-                        boot_id: crate::sandbox::boot_id(),
+                        boot_id: crate::ipam::sandbox::boot_id(),
                     },
                     avoid: avoid.to_vec(),
                 };
-                let grant = store.grant(pool, &req, &crate::sandbox::OnThisNode::new())?;
+                let grant = store.grant(pool, &req, &crate::ipam::sandbox::OnThisNode::new())?;
                 let result = result_of(pool.allocation(&grant.leases), interface);
                 Ok((result, Claim::Pool(grant)))
             }
@@ -104,7 +107,7 @@ impl Ipam {
     }
 
     /// The addresses the pool holds for a podless `identity` of this node (the hostShim's, under
-    /// [`crate::shim::identity`]), attached as `identity`/`ifname`: granted on first use, the same
+    /// [`crate::link::shim::identity`]), attached as `identity`/`ifname`: granted on first use, the same
     /// ones after (a reservation for the identity pins them). `None` for a delegated plugin, which
     /// has no notion of a node.
     pub fn node_addresses(

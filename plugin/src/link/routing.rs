@@ -18,8 +18,8 @@ use ipnetwork::IpNetwork;
 
 use crate::cni::result::{IpConfig, Route};
 use crate::error::{Error, Result};
-use crate::netlink::{Link, Netlink};
-use crate::rules::{RouteSpec, Rule, PROTO_IOTLAN, TABLE_LOCAL, TABLE_MAIN};
+use crate::net::netlink::{Link, Netlink};
+use crate::net::rules::{RouteSpec, Rule, PROTO_IOTLAN, TABLE_LOCAL, TABLE_MAIN};
 
 /// Metric of the IPv6 multicast route in the local table: ahead of the kernel's own (256) per link.
 const V6_MULTICAST_METRIC: u32 = 64;

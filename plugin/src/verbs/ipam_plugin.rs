@@ -6,7 +6,7 @@ use crate::cni::result::CniResult;
 use crate::config::NetConf;
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
-use crate::netlink::Netlink;
+use crate::net::netlink::Netlink;
 
 pub fn run(command: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_json::Value>> {
     let (pool, store) = crate::ipam::open_pool(&conf.name, &conf.ipam)?;
@@ -24,7 +24,7 @@ pub fn run(command: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_j
             // The node's own addresses are never a pod's: this plugin runs in the node's namespace.
             let mut nl =
                 Netlink::open().map_err(|e| Error::netlink("cannot open a netlink socket", e))?;
-            let node = crate::master::node_addresses(&mut nl, None, &conf.ipam_subnets())?;
+            let node = crate::link::master::node_addresses(&mut nl, None, &conf.ipam_subnets())?;
             Ok(Some(
                 ipam.add(conf, att()?, None, &node)?
                     .0

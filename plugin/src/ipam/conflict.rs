@@ -28,9 +28,9 @@ use crate::cni::result::CniResult;
 use crate::config::NetConf;
 use crate::error::{Error, Result};
 use crate::ipam::{Claim, Ipam, IN_PROCESS_TYPE};
-use crate::mac::Mac;
-use crate::netlink::Link;
-use crate::packet::ArpSocket;
+use crate::link::mac::Mac;
+use crate::net::netlink::Link;
+use crate::net::packet::ArpSocket;
 
 /// How long a conflicting address stays out of the pool.
 pub const HOLD: Duration = Duration::from_secs(10 * 60);

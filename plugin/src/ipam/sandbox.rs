@@ -21,9 +21,9 @@ use std::path::Path;
 
 use iotlan_ipam::{Lease, SandboxCheck};
 
-use crate::netlink::Netlink;
-use crate::netns::{Judged, Netns};
-use crate::pod;
+use crate::link::pod;
+use crate::net::netlink::Netlink;
+use crate::net::netns::{Judged, Netns};
 
 /// Where the kernel tells this boot's ID.
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";

@@ -1,10 +1,18 @@
 //! Link drivers: macvlan (the default) and ipvlan L2 (the fallback), and the rule that picks
 //! between them. A parent cannot carry macvlan and ipvlan children at once, so the driver that
-//! worked on a master is remembered per node (see [`memory`]).
+//! worked on a master is remembered per node (see [`memory`]). Also the pod's side of the link
+//! ([`pod`], [`routing`]), the gateway probe ([`probe`]), the derived MAC ([`mac`]), the master
+//! ([`master`]) and the node's shim link ([`shim`]).
 
 pub mod ipvlan;
+pub mod mac;
 pub mod macvlan;
+pub mod master;
 pub mod memory;
+pub mod pod;
+pub mod probe;
+pub mod routing;
+pub mod shim;
 
 use std::fmt;
 use std::io;

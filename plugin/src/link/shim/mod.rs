@@ -27,10 +27,10 @@ use iotlan_ipam::{Avoid, AvoidReason};
 use crate::cni::env::Container;
 use crate::cni::result::IpConfig;
 use crate::config::{GcAttachment, HostShim, NetConf};
-use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
-use crate::netlink::{Link, Netlink};
+use crate::link::Driver;
+use crate::net::netlink::{Link, Netlink};
 use link::{ensure_addresses, ensure_link, ensure_routes, probe_new, remove_routes, routable};
 use record::Locked;
 pub use record::{identity, link_name, node_of, records, PodRoute, Record};
@@ -95,7 +95,7 @@ fn try_attach(
         // The node's other addresses are not the shim's to take (its own, should it have some
         // left from an earlier record, are).
         // Nor an address a LAN device answered for lately.
-        let mut avoid: Vec<Avoid> = crate::master::node_addresses(
+        let mut avoid: Vec<Avoid> = crate::link::master::node_addresses(
             &mut nl,
             Some(master),
             &conf.ipam_subnets(),
@@ -106,7 +106,7 @@ fn try_attach(
         )
         .collect();
         avoid.extend(
-            crate::conflict::recent(&conf.state_dir, &conf.name)
+            crate::ipam::conflict::recent(&conf.state_dir, &conf.name)
                 .into_iter()
                 .map(|c| Avoid {
                     ip: c.ip,

@@ -8,11 +8,11 @@ use ipnetwork::IpNetwork;
 
 use super::record::{PodRoute, Record};
 use crate::config::NetConf;
-use crate::driver::Driver;
 use crate::error::{Error, Result};
-use crate::mac::Mac;
-use crate::netlink::{ChildKind, Link, Netlink, NewChild};
-use crate::rules::{RouteSpec, TABLE_MAIN};
+use crate::link::mac::Mac;
+use crate::link::Driver;
+use crate::net::netlink::{ChildKind, Link, Netlink, NewChild};
+use crate::net::rules::{RouteSpec, TABLE_MAIN};
 
 /// The conflict check of the shim's new IPv4 addresses, from the shim (macvlan: its own MAC) or the
 /// master (ipvlan: an answer comes to the master's MAC). A conflict is recorded like a pod's.
@@ -30,16 +30,16 @@ pub(super) fn probe_new(
         Some("ipvlan") => (master.index, master.mac.unwrap_or_default()),
         _ => (link.index, link.mac.unwrap_or_default()),
     };
-    let sock = crate::packet::ArpSocket::open(index, own)
+    let sock = crate::net::packet::ArpSocket::open(index, own)
         .map_err(|e| Error::io(format!("cannot open an ARP socket on {}", link.name), e))?;
     for ip in addresses {
         let IpAddr::V4(v4) = ip else { continue };
         let answered =
-            crate::conflict::probe(&sock, *v4, own, Duration::from_millis(check.timeout_ms))
+            crate::ipam::conflict::probe(&sock, *v4, own, Duration::from_millis(check.timeout_ms))
                 .map_err(|e| Error::io(format!("cannot probe {v4} from {}", link.name), e))?;
         if let Some(mac) = answered {
             let mac = Mac(mac).to_string();
-            crate::conflict::note(&conf.state_dir, &conf.name, *ip, &mac, identity);
+            crate::ipam::conflict::note(&conf.state_dir, &conf.name, *ip, &mac, identity);
             return Err(Error::AddressInUseOnLan {
                 ip: *ip,
                 mac,
@@ -77,7 +77,7 @@ fn answer_own_addresses(shim: &Link, master: &Link) -> Result<()> {
         ifnames.push(&master.name);
     }
     for ifname in ifnames {
-        match crate::sysctl::arp_answers_own_addresses_only(ifname) {
+        match crate::net::sysctl::arp_answers_own_addresses_only(ifname) {
             Ok(true) => {
                 tracing::info!(%ifname, "hostShim: ARP answered only for the interface's own addresses (arp_ignore=1)")
             }
@@ -210,7 +210,7 @@ pub(super) fn ensure_routes(
     r: &Record,
     pods: impl IntoIterator<Item = IpAddr>,
 ) -> Result<usize> {
-    let mut have: Vec<crate::rules::TableRoute> = Vec::new();
+    let mut have: Vec<crate::net::rules::TableRoute> = Vec::new();
     for v6 in [false, true] {
         have.extend(
             nl.all_routes(v6)

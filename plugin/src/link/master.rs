@@ -7,7 +7,7 @@ use ipnetwork::IpNetwork;
 
 use crate::config::NetConf;
 use crate::error::{Error, Result};
-use crate::netlink::{Link, Netlink};
+use crate::net::netlink::{Link, Netlink};
 
 /// The configured master, or the interface with an address in the pool's subnet, or the
 /// default-route interface.

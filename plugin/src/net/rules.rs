@@ -14,7 +14,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::netlink::{family, ip_of, route_address, Netlink};
+use crate::net::netlink::{family, ip_of, route_address, Netlink};
 
 /// The protocol number (`ip route ... proto 73`, `ip rule ... protocol 73`) of iotlan's routes and rules.
 pub const PROTO_IOTLAN: u8 = 73;

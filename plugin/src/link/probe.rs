@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use netlink_packet_route::neighbour::NeighbourState;
 
-use crate::netlink::Netlink;
+use crate::net::netlink::Netlink;
 
 /// How often the kernel re-asks while probing (the default, 1 s, would send one request within a
 /// typical timeout). The interface's own setting is restored afterwards.

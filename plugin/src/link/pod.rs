@@ -9,16 +9,16 @@ use ipnetwork::IpNetwork;
 use crate::cni::result::{IpConfig, Route};
 use crate::config::Ipv6;
 use crate::error::{Error, Result};
-use crate::netlink::{Link, Netlink};
+use crate::net::netlink::{Link, Netlink};
 
 /// A step run with the link up and no address on it yet.
 pub type BeforeAddresses<'a> = &'a mut dyn FnMut(&Link) -> Result<()>;
 
 /// What [`configure`] adds beyond the addresses and the subnet's routes.
 pub struct Extras<'a> {
-    /// Multicast routes through the link ([`crate::routing`]).
+    /// Multicast routes through the link ([`crate::link::routing`]).
     pub multicast: bool,
-    /// Source-based routing for the link's addresses ([`crate::routing`]).
+    /// Source-based routing for the link's addresses ([`crate::link::routing`]).
     pub source_routing: bool,
     /// Runs once the link is up and before any address is on it (the conflict check); an error
     /// stops the configuration. None: the addresses go on before the link comes up, so the kernel
@@ -57,20 +57,20 @@ pub fn configure(
             e,
         )
     })?;
-    crate::sysctl::apply_ipv6(ifname, ipv6).map_err(|e| {
+    crate::net::sysctl::apply_ipv6(ifname, ipv6).map_err(|e| {
         Error::io(
             format!("cannot set the IPv6 router-advertisement policy of {ifname}"),
             e,
         )
     })?;
-    crate::sysctl::enable_announcements(ifname).map_err(|e| {
+    crate::net::sysctl::enable_announcements(ifname).map_err(|e| {
         Error::io(
             format!("cannot enable address announcements on {ifname}"),
             e,
         )
     })?;
     if extras.ipv6_dad && ips.iter().any(|ip| ip.address.is_ipv6()) {
-        crate::sysctl::enable_optimistic_dad(ifname)
+        crate::net::sysctl::enable_optimistic_dad(ifname)
             .map_err(|e| Error::io(format!("cannot enable optimistic DAD on {ifname}"), e))?;
     }
     let probed = match extras.before_addresses {
@@ -119,10 +119,11 @@ pub fn configure(
         .map_err(|e| Error::netlink(format!("cannot read {ifname} back"), e))?
         .ok_or_else(|| Error::Link(format!("{ifname} vanished from the pod's namespace")))?;
     if extras.multicast {
-        crate::routing::add_multicast(nl, &link, ips)?;
+        crate::link::routing::add_multicast(nl, &link, ips)?;
     }
     if extras.source_routing {
-        let table = crate::routing::add_source_routing(nl, &link, ips, routes, extras.multicast)?;
+        let table =
+            crate::link::routing::add_source_routing(nl, &link, ips, routes, extras.multicast)?;
         tracing::debug!(table, ifname, "source routing");
     }
     Ok(link)
@@ -143,7 +144,7 @@ fn bring_up(nl: &mut Netlink, link: &Link, ifname: &str) -> Result<()> {
                 return Err(Error::TryAgainLater(format!(
                     "cannot bring {ifname} up: another link on the same master still uses MAC {} after {} s \
                      (an older sandbox of the same pod that is not torn down yet?)",
-                    link.mac.map(|m| crate::mac::Mac(m).to_string()).unwrap_or_default(),
+                    link.mac.map(|m| crate::link::mac::Mac(m).to_string()).unwrap_or_default(),
                     MAC_RELEASE_WAIT.as_secs()
                 )))
             }

@@ -7,8 +7,8 @@ use netlink_packet_route::link::MacVlanMode;
 
 use super::{explain, CreateFailure, Driver};
 use crate::config::MacvlanMode as Mode;
-use crate::mac::Mac;
-use crate::netlink::{ChildKind, Link, Netlink, NewChild};
+use crate::link::mac::Mac;
+use crate::net::netlink::{ChildKind, Link, Netlink, NewChild};
 
 pub fn create(
     nl: &mut Netlink,

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::driver::Driver;
-use crate::netlink::Link;
+use crate::link::Driver;
+use crate::net::netlink::Link;
 
 /// The longest wait for another ADD or DEL on the same master's shim record.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(5);

@@ -4,7 +4,7 @@
 use std::os::fd::RawFd;
 
 use super::{explain, CreateFailure, Driver};
-use crate::netlink::{ChildKind, Link, Netlink, NewChild};
+use crate::net::netlink::{ChildKind, Link, Netlink, NewChild};
 
 pub fn create(
     nl: &mut Netlink,
