@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Where the file store keeps its state when `store.dir` is not given.
-pub const DEFAULT_STORE_DIR: &str = "/var/lib/cni/iotlan";
+pub const DEFAULT_STORE_DIR: &str = crate::paths::STATE_DIR;
 /// How long an operation waits for the file store's lock when `store.lockTimeoutMs` is not given.
 pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 10_000;
 /// The longest `store.lockTimeoutMs` accepted: every wait of an ADD has a bound.

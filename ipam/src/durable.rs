@@ -1,14 +1,86 @@
-//! Durable replacement of a small node-local file (the kubernetes store's records of this node's
-//! attachments, the hostShim records): a temp file in the same directory is written and fsynced,
-//! renamed over the file, and the directory fsynced. After a crash or a power cut at any instant the
-//! path holds the whole old or the whole new contents: never an empty or a partial file, which a
-//! rename of unsynced data can leave behind on ext4 or f2fs (an SD card's Pi).
+//! Node-local files written and locked safely, for every part of iotlan that keeps state on a node
+//! (the file store, the kubernetes store's records of this node's attachments, the hostShim
+//! records, the driver memory, the conflict records, the node agent's installed files):
+//!
+//! - [`write_atomic`]: a temp file in the same directory is written and fsynced, renamed over the
+//!   file, and the directory fsynced. After a crash or a power cut at any instant the path holds the
+//!   whole old or the whole new contents: never an empty or a partial file, which a rename of
+//!   unsynced data can leave behind on ext4 or f2fs (an SD card's Pi).
+//! - [`lock`]: an flock, shared or exclusive, whose wait is bounded: a holder that hangs makes the
+//!   caller fail with [`LockError::Busy`] (retryable), never wait forever.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
+/// Shared (readers) or exclusive (a writer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// Why [`lock`] did not get the lock.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another holder kept it for the whole wait.
+    #[error("still held by another process after {} ms", .waited.as_millis())]
+    Busy { waited: Duration },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Locks `path` (created when missing; opened read-only when it exists, so that shared locks work
+/// on a read-only file system), waiting at most `timeout`. The lock is held until the returned
+/// value is dropped.
+pub fn lock(path: &Path, mode: LockMode, timeout: Duration) -> Result<Flock<File>, LockError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?,
+        Err(e) => return Err(e.into()),
+    };
+    let (try_arg, wait_arg) = match mode {
+        LockMode::Exclusive => (FlockArg::LockExclusiveNonblock, FlockArg::LockExclusive),
+        LockMode::Shared => (FlockArg::LockSharedNonblock, FlockArg::LockShared),
+    };
+    let file = match Flock::lock(file, try_arg) {
+        Ok(lock) => return Ok(lock),
+        Err((file, Errno::EWOULDBLOCK)) => file,
+        Err((_, e)) => return Err(io::Error::from(e).into()),
+    };
+    // Contended: wait in a helper thread so the wait can be bounded. If we give up, the thread's
+    // send fails once it gets the lock, and dropping the lock releases it at once.
+    let (tx, rx) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("iotlan-lock".into())
+        .spawn(move || {
+            let mut file = file;
+            let result = loop {
+                match Flock::lock(file, wait_arg) {
+                    Err((f, Errno::EINTR)) => file = f,
+                    other => break other.map_err(|(_, e)| e),
+                }
+            };
+            let _ = tx.send(result);
+        })?;
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(lock)) => Ok(lock),
+        Ok(Err(e)) => Err(io::Error::from(e).into()),
+        Err(_) => Err(LockError::Busy { waited: timeout }),
+    }
+}
 
 /// The prefix of the temp files [`write_atomic`] leaves only when it is killed mid-write.
 pub const TEMP_PREFIX: &str = ".iotlan-tmp.";
@@ -17,6 +89,17 @@ pub const TEMP_PREFIX: &str = ".iotlan-tmp.";
 /// durably (module docs). Creates the directory. A running reader (or exec) of the old file keeps
 /// its inode, and a new open sees the whole old or the whole new file.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, contents, mode, true)
+}
+
+/// [`write_atomic`] without the fsyncs: a crash may lose the change (the path then holds the old
+/// file, or, for a new one, nothing), never leave a partial file. For notes whose loss costs little
+/// (a conflict check's "verified lately" note: one probe more), on a path an ADD waits for.
+pub fn write_atomic_unsynced(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, contents, mode, false)
+}
+
+fn replace(path: &Path, contents: &[u8], mode: u32, synced: bool) -> io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = path
         .parent()
@@ -40,10 +123,15 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
             .open(&tmp)?;
         f.write_all(contents)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
+        if synced {
+            f.sync_all()?;
+        }
         drop(f);
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if synced {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -68,6 +68,7 @@ pub mod lease;
 pub mod names;
 pub mod node;
 pub mod orphan;
+pub mod paths;
 pub mod pool;
 pub mod store;
 

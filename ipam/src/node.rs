@@ -9,13 +9,10 @@
 use std::path::Path;
 
 /// The file the node agent writes, in each CNI config dir's `iotlan.d/`.
-pub const NODE_NAME_FILE: &str = "node-name";
+pub use crate::paths::NODE_NAME_FILE;
 
 /// The `iotlan.d` dirs of kubeadm's and k3s's CNI config dir, where the node agent writes.
-pub const AGENT_DIRS: [&str; 2] = [
-    "/etc/cni/net.d/iotlan.d",
-    "/var/lib/rancher/k3s/agent/etc/cni/net.d/iotlan.d",
-];
+pub use crate::paths::AGENT_DIRS;
 
 /// This node's name: the agent's file in the first of `dirs` that has one, else `MULTUS_NODE_NAME`,
 /// else the host name.

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 pub use crate::ipam::conflict::ConflictCheck;
 use crate::link::mac::Mac;
 
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/iotlan";
+pub const DEFAULT_STATE_DIR: &str = iotlan_ipam::paths::STATE_DIR;
 
 /// Upper bounds of the config's waits, so that an ADD ends in bounded time whatever the config
 /// says: at most 2 probes (one per driver) of `MAX_PROBE_TIMEOUT_MS`, and `MAX_ANNOUNCE_COUNT - 1`

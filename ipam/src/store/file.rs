@@ -35,23 +35,23 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::net::IpAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::addr::{fnv1a64, Family};
 use crate::allocator::{self, Claimed, Claims, Grant, SandboxCheck};
+use crate::durable::{self, LockError, LockMode};
 use crate::error::Error;
 use crate::lease::{AllocRequest, Attachment, Lease};
 use crate::names;
@@ -152,52 +152,18 @@ impl FileStore {
 
     fn lock(&self, exclusive: bool) -> Result<Flock<File>, Error> {
         let path = self.dir.join(LOCK);
-        // Opened read-only when it exists, so reads still work on a read-only file system.
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| Error::io("create lock file", &path, e))?,
-            Err(e) => return Err(Error::io("open lock file", &path, e)),
-        };
-        let (try_arg, wait_arg) = if exclusive {
-            (FlockArg::LockExclusiveNonblock, FlockArg::LockExclusive)
+        let mode = if exclusive {
+            LockMode::Exclusive
         } else {
-            (FlockArg::LockSharedNonblock, FlockArg::LockShared)
+            LockMode::Shared
         };
-        let file = match Flock::lock(file, try_arg) {
-            Ok(lock) => return Ok(lock),
-            Err((file, Errno::EWOULDBLOCK)) => file,
-            Err((_, e)) => return Err(Error::io("lock", &path, e.into())),
-        };
-        // Contended: wait in a helper thread so the wait can be bounded. If we give up, the thread's
-        // send fails once it gets the lock, and dropping the lock releases it at once.
-        let (tx, rx) = mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name("iotlan-ipam-lock".into())
-            .spawn(move || {
-                let mut file = file;
-                let result = loop {
-                    match Flock::lock(file, wait_arg) {
-                        Err((f, Errno::EINTR)) => file = f,
-                        other => break other.map_err(|(_, e)| e),
-                    }
-                };
-                let _ = tx.send(result);
-            })
-            .map_err(|e| Error::io("start lock waiter for", &path, e))?;
-        match rx.recv_timeout(self.lock_timeout) {
-            Ok(Ok(lock)) => Ok(lock),
-            Ok(Err(e)) => Err(Error::io("lock", &path, e.into())),
-            Err(_) => Err(Error::Busy {
+        durable::lock(&path, mode, self.lock_timeout).map_err(|e| match e {
+            LockError::Busy { waited } => Error::Busy {
                 path,
-                waited_ms: u64::try_from(self.lock_timeout.as_millis()).unwrap_or(u64::MAX),
-            }),
-        }
+                waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            },
+            LockError::Io(e) => Error::io("lock", &path, e),
+        })
     }
 
     /// Removes stray temporary links. Only called under the exclusive lock, when no write is under way.

@@ -9,15 +9,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// The ServiceAccount a pod's containers get.
-const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-/// The node agent's kubeconfigs (kubeadm, k3s), which the kubernetes store defaults to.
-const NODE_KUBECONFIGS: [&str; 2] = [
-    "/etc/cni/net.d/iotlan.d/iotlan.kubeconfig",
-    "/var/lib/rancher/k3s/agent/etc/cni/net.d/iotlan.d/iotlan.kubeconfig",
-];
-/// Where the iotlan DaemonSet mounts the host's state dir.
-const POD_STATE_DIR: &str = "/host/var/lib/cni/iotlan";
+use iotlan_ipam::paths::{
+    KUBECONFIGS as NODE_KUBECONFIGS, POD_STATE_DIR, SERVICEACCOUNT_DIR as SA_DIR,
+};
 
 /// The kubeconfig a kubernetes store is read through.
 #[derive(Debug)]

@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Where kubelet mounts the ServiceAccount's projected token, CA and namespace.
-pub const SERVICEACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+pub const SERVICEACCOUNT_DIR: &str = iotlan_ipam::paths::SERVICEACCOUNT_DIR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeconfigError {

@@ -30,11 +30,7 @@ impl fmt::Display for Flavor {
     }
 }
 
-pub const KUBEADM_BIN: &str = "/opt/cni/bin";
-pub const KUBEADM_CONF: &str = "/etc/cni/net.d";
-pub const K3S_BIN: &str = "/var/lib/rancher/k3s/data/cni";
-pub const K3S_LEGACY_BIN: &str = "/var/lib/rancher/k3s/data/current/bin";
-pub const K3S_CONF: &str = "/var/lib/rancher/k3s/agent/etc/cni/net.d";
+pub use iotlan_ipam::paths::{K3S_BIN, K3S_CONF, K3S_LEGACY_BIN, KUBEADM_BIN, KUBEADM_CONF};
 
 /// The host's CNI dirs, as host paths (what the plugin sees when kubelet runs it) and as
 /// paths inside our container (under the host root, symlinks resolved within that root).

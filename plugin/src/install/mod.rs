@@ -100,7 +100,7 @@ struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            host_root: PathBuf::from("/host"),
+            host_root: PathBuf::from(iotlan_ipam::paths::HOST_ROOT),
             layout: Overrides::default(),
             source_dir: None,
             sa_dir: PathBuf::from(kubeconfig::SERVICEACCOUNT_DIR),
@@ -111,7 +111,7 @@ impl Default for Options {
             token_serviceaccount: token::DEFAULT_SERVICE_ACCOUNT.to_string(),
             token_lifetime: token::DEFAULT_LIFETIME,
             interval: Duration::from_secs(10),
-            health_file: PathBuf::from("/run/iotlan/healthy"),
+            health_file: PathBuf::from(iotlan_ipam::paths::HEALTH_FILE),
             max_age: Duration::from_secs(60),
             reconcile_interval: Duration::from_secs(60),
             reconcile_grace: Duration::from_secs(300),
@@ -323,8 +323,8 @@ impl Agent {
             let host = opts.kubeconfig.clone().unwrap_or_else(|| {
                 layout
                     .host_conf_dir
-                    .join("iotlan.d")
-                    .join("iotlan.kubeconfig")
+                    .join(iotlan_ipam::paths::AGENT_SUBDIR)
+                    .join(iotlan_ipam::paths::KUBECONFIG_FILE)
             });
             let local = layout::resolve_in_root(&opts.host_root, &host)?;
             Some((host, local))

@@ -19,7 +19,7 @@ use std::path::Path;
 use super::{layout, Options};
 
 /// The directories runtimes create pod network namespaces in (host paths).
-pub(super) const RUNTIME_NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
+pub(super) use iotlan_ipam::paths::RUNTIME_NETNS_DIRS;
 
 /// Whether a pod's network namespace (`CNI_NETNS`, a host path) is provably gone: its directory is
 /// visible under the host root and the file is not there. A directory the agent cannot see proves

@@ -45,8 +45,8 @@ pub fn choose(flag: Option<&str>) -> Result<Option<String>, NodeNameError> {
 /// Where the plugin reads it, under the conf dir `conf_dir` (a path in this container's view).
 pub fn path(conf_dir: &Path) -> PathBuf {
     conf_dir
-        .join("iotlan.d")
-        .join(iotlan_ipam::node::NODE_NAME_FILE)
+        .join(iotlan_ipam::paths::AGENT_SUBDIR)
+        .join(iotlan_ipam::paths::NODE_NAME_FILE)
 }
 
 /// Writes `name` to `<conf_dir>/iotlan.d/node-name` unless it already holds it. Returns whether it

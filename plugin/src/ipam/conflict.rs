@@ -15,11 +15,12 @@
 //! the sticky restart. A first-time address costs one wait of `conflictCheck.timeoutMs`.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use iotlan_ipam::durable;
 use iotlan_ipam::{Avoid, AvoidReason};
 use serde::{Deserialize, Serialize};
 
@@ -103,29 +104,20 @@ fn verified_path(state_dir: &Path, network: &str, ip: IpAddr) -> PathBuf {
         .join(format!("{ip}.json"))
 }
 
-/// Writes `value` to `path` by rename; `durable` adds an fsync (the verified notes need none: a lost
-/// one costs one probe).
-pub(crate) fn write_atomic(path: &Path, value: &impl Serialize, durable: bool) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("no parent directory"))?;
-    fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(value).map_err(io::Error::other)?)?;
+/// Writes `value` as JSON to `path` atomically; `durable` adds the fsyncs (the verified notes need
+/// none: a lost one costs one probe).
+fn write_json(path: &Path, value: &impl Serialize, durable: bool) -> io::Result<()> {
+    let json = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     if durable {
-        f.sync_all()?;
+        durable::write_atomic(path, &json, 0o644)
+    } else {
+        durable::write_atomic_unsynced(path, &json, 0o644)
     }
-    fs::rename(&tmp, path)
 }
 
 /// Records a conflict.
 pub fn record(state_dir: &Path, network: &str, c: &Conflict) -> io::Result<()> {
-    write_atomic(
+    write_json(
         &conflicts_dir(state_dir, network).join(format!("{}.json", c.ip)),
         c,
         true,
@@ -210,7 +202,7 @@ pub fn mark_verified(state_dir: &Path, network: &str, ip: IpAddr, identity: &str
         identity: identity.to_string(),
         at_unix: now_unix(),
     };
-    if let Err(e) = write_atomic(&path, &v, false) {
+    if let Err(e) = write_json(&path, &v, false) {
         tracing::warn!(%ip, error = %e, "could not note the verified address");
     }
 }

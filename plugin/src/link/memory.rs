@@ -2,7 +2,6 @@
 //! (network names cannot start with '_', so this never collides with a pool directory).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -72,14 +71,8 @@ pub fn remember(
         reason: reason.to_string(),
         since_unix,
     };
-    let d = dir(state_dir);
-    fs::create_dir_all(&d)?;
-    let tmp = d.join(format!(".{master}.json.{}", std::process::id()));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(&r).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
-    fs::rename(&tmp, file(state_dir, master))?;
-    fs::File::open(&d)?.sync_all()
+    let json = serde_json::to_vec_pretty(&r).map_err(std::io::Error::other)?;
+    iotlan_ipam::durable::write_atomic(&file(state_dir, master), &json, 0o644)
 }
 
 #[cfg(test)]

@@ -10,10 +10,7 @@ use crate::error::Error;
 pub const DEFAULT_NAMESPACE: &str = "iotlan-system";
 /// The kubeconfigs tried, in order, when `store.kubeconfig` is not given: kubeadm's and k3s's CNI
 /// config dir, where `iotlan install` writes it.
-pub const DEFAULT_KUBECONFIGS: [&str; 2] = [
-    "/etc/cni/net.d/iotlan.d/iotlan.kubeconfig",
-    "/var/lib/rancher/k3s/agent/etc/cni/net.d/iotlan.d/iotlan.kubeconfig",
-];
+pub const DEFAULT_KUBECONFIGS: [&str; 2] = crate::paths::KUBECONFIGS;
 /// Connect and per-request timeout when `store.timeoutMs` is not given.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 /// The longest `store.timeoutMs` a lenient read keeps (DEL): every wait has a bound.

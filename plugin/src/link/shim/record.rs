@@ -2,13 +2,14 @@
 //! read and written under that master's lock, and the names the shim goes by.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
+use iotlan_ipam::durable::{self, LockMode};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
 use crate::link::Driver;
@@ -170,28 +171,8 @@ impl Locked {
     fn lock(state_dir: &Path, master: &str) -> io::Result<Flock<File>> {
         fs::create_dir_all(dir(state_dir))?;
         let lock_path = dir(state_dir).join(format!(".{master}.lock"));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)?;
-        let deadline = Instant::now() + LOCK_TIMEOUT;
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(l) => return Ok(l),
-                Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
-                    file = f;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((_, e)) => {
-                    return Err(io::Error::other(format!(
-                        "cannot lock {}: {e}",
-                        lock_path.display()
-                    )))
-                }
-            }
-        }
+        durable::lock(&lock_path, LockMode::Exclusive, LOCK_TIMEOUT)
+            .map_err(|e| io::Error::other(format!("cannot lock {}: {e}", lock_path.display())))
     }
 
     /// Writes the record durably: an empty record after a power cut would lose the shim.
