@@ -7,7 +7,6 @@ use iotlan_ipam::Error as PoolError;
 /// Error codes defined by the CNI spec. Codes 100 and up are iotlan's own (see [`Error::code`]).
 pub mod code {
     pub const INCOMPATIBLE_VERSION: u32 = 1;
-    pub const UNSUPPORTED_FIELD: u32 = 2;
     pub const UNKNOWN_CONTAINER: u32 = 3;
     pub const INVALID_ENV: u32 = 4;
     pub const IO: u32 = 5;
@@ -36,8 +35,6 @@ pub mod code {
 pub enum Error {
     #[error("{0}")]
     IncompatibleVersion(String),
-    #[error("{0}")]
-    UnsupportedField(String),
     #[error("{0}")]
     UnknownContainer(String),
     #[error("{0}")]
@@ -103,7 +100,6 @@ impl Error {
         use code::*;
         match self {
             Error::IncompatibleVersion(_) => INCOMPATIBLE_VERSION,
-            Error::UnsupportedField(_) => UNSUPPORTED_FIELD,
             Error::UnknownContainer(_) => UNKNOWN_CONTAINER,
             Error::InvalidEnv(_) => INVALID_ENV,
             Error::Io { .. } => IO,

@@ -48,28 +48,30 @@ fn dispatch(
     version_for_errors: &mut String,
 ) -> Result<Option<serde_json::Value>> {
     let env = Env::from_process()?;
-    if env.command == Command::Version {
-        let requested: Option<String> = serde_json::from_slice::<serde_json::Value>(stdin)
-            .ok()
-            .and_then(|v| {
-                v.get("cniVersion")
-                    .and_then(|c| c.as_str())
-                    .map(str::to_string)
-            });
-        return Ok(Some(version::version_reply(requested.as_deref())));
+    // The version the caller speaks (VERSION may come with an empty stdin).
+    let requested: Option<String> = serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(|c| c.as_str())
+                .map(str::to_string)
+        });
+    if let Some(s) = requested
+        .as_deref()
+        .filter(|s| version::SUPPORTED.contains(s))
+    {
+        *version_for_errors = s.to_string();
     }
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(stdin) {
-        if let Some(s) = v.get("cniVersion").and_then(|c| c.as_str()) {
-            if version::SUPPORTED.contains(&s) {
-                *version_for_errors = s.to_string();
-            }
-        }
-    }
-    // DEL reads only what it needs, before the full parse: a config that changed since ADD must not
-    // keep a pod in Terminating.
-    if env.command == Command::Del {
-        return del(plugin, &env, stdin);
-    }
+    let verb = match env.command {
+        Command::Add => Verb::Add,
+        Command::Check => Verb::Check,
+        Command::Status => Verb::Status,
+        Command::Gc => Verb::Gc,
+        // DEL reads only what it needs, before the full parse: a config that changed since ADD
+        // must not keep a pod in Terminating.
+        Command::Del => return del(plugin, &env, stdin),
+        Command::Version => return Ok(Some(version::version_reply(requested.as_deref()))),
+    };
     let mut conf = NetConf::parse(stdin)?;
     if let Some(ctr) = &env.container {
         conf.apply_cni_args(&ctr.args)?;
@@ -83,23 +85,31 @@ fn dispatch(
             conf.cni_version_str
         )))
     };
-    match (plugin, env.command) {
-        (_, Command::Check) if !v.has_check() => refuse("CHECK", "0.4.0"),
-        (_, Command::Status) if !v.has_status_and_gc() => refuse("STATUS", "1.1.0"),
-        (_, Command::Gc) if !v.has_status_and_gc() => refuse("GC", "1.1.0"),
-        (Plugin::Main, Command::Add) => {
+    match (plugin, verb) {
+        (_, Verb::Check) if !v.has_check() => refuse("CHECK", "0.4.0"),
+        (_, Verb::Status) if !v.has_status_and_gc() => refuse("STATUS", "1.1.0"),
+        (_, Verb::Gc) if !v.has_status_and_gc() => refuse("GC", "1.1.0"),
+        (Plugin::Main, Verb::Add) => {
             let ctr = container(&env)?;
             Ok(Some(crate::verbs::add::run(&env, &conf, ctr)?.to_json(v)))
         }
-        (_, Command::Del) => del(plugin, &env, stdin),
-        (Plugin::Main, Command::Check) => {
+        (Plugin::Main, Verb::Check) => {
             crate::verbs::check::run(&env, &conf, container(&env)?).map(|_| None)
         }
-        (Plugin::Main, Command::Status) => crate::verbs::status::run(&env, &conf).map(|_| None),
-        (Plugin::Main, Command::Gc) => crate::verbs::gc::run(&env, &conf).map(|_| None),
-        (Plugin::Ipam, command) => crate::verbs::ipam_plugin::run(command, &env, &conf),
-        (_, Command::Version) => Ok(Some(version::version_reply(Some(&conf.cni_version_str)))),
+        (Plugin::Main, Verb::Status) => crate::verbs::status::run(&env, &conf).map(|_| None),
+        (Plugin::Main, Verb::Gc) => crate::verbs::gc::run(&env, &conf).map(|_| None),
+        (Plugin::Ipam, verb) => crate::verbs::ipam_plugin::run(verb, &env, &conf),
     }
+}
+
+/// The verbs served with the whole configuration parsed: VERSION needs none, and DEL reads only
+/// what it needs ([`crate::config::DelConf`]), so neither reaches the full parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Add,
+    Check,
+    Status,
+    Gc,
 }
 
 /// DEL, leniently: the main plugin takes the link off and releases; the IPAM plugin only releases.

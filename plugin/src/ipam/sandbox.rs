@@ -95,8 +95,7 @@ fn carries(ns: &Netns, ifname: &str, ip: IpAddr) -> Option<bool> {
             )
         })
         .join()
-        .ok()
-        .flatten()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 

@@ -223,12 +223,3 @@ pub fn delete(nl: &mut Netlink, link: &Link) -> Result<()> {
         )),
     }
 }
-
-/// Deletes `name` from the pod if it is a link iotlan makes (macvlan or ipvlan). Returns whether a
-/// link was deleted; a missing link is not an error.
-pub fn remove(nl: &mut Netlink, name: &str) -> Result<bool> {
-    match find_ours(nl, name)? {
-        Some(link) => delete(nl, &link).map(|_| true),
-        None => Ok(false),
-    }
-}

@@ -62,11 +62,6 @@ impl Netns {
         }
     }
 
-    /// A namespace from an open file of it (the caller checked it is one).
-    pub fn from_file(file: File) -> Netns {
-        Netns { file }
-    }
-
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.file.as_fd()
     }

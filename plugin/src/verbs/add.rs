@@ -150,10 +150,10 @@ fn undo_allocation(ipam: &Ipam, conf: &NetConf, claim: &Claim, cause: &Error) {
     }
 }
 
-/// The addresses of one ADD, being allocated on a helper thread.
-struct Allocation<'scope> {
-    job: Option<ScopedJoinHandle<'scope, Result<(CniResult, Claim)>>>,
-    outcome: Option<Result<(CniResult, Claim)>>,
+/// The addresses of one ADD, being allocated on a helper thread, then its outcome.
+enum Allocation<'scope> {
+    Running(ScopedJoinHandle<'scope, Result<(CniResult, Claim)>>),
+    Done(Result<(CniResult, Claim)>),
 }
 
 impl<'scope> Allocation<'scope> {
@@ -161,33 +161,37 @@ impl<'scope> Allocation<'scope> {
         scope: &'scope Scope<'scope, 'env>,
         f: impl FnOnce() -> Result<(CniResult, Claim)> + Send + 'scope,
     ) -> Allocation<'scope> {
-        Allocation {
-            job: Some(scope.spawn(f)),
-            outcome: None,
-        }
+        Allocation::Running(scope.spawn(f))
     }
 
     /// Waits for the allocation; `None` when it failed (`finish` returns the error).
     fn wait(&mut self) -> Option<(&CniResult, &Claim)> {
-        if let Some(job) = self.job.take() {
-            self.outcome = Some(job.join().unwrap_or_else(|_| {
-                Err(Error::InvalidConfig(
-                    "the address allocation thread panicked".into(),
-                ))
-            }));
+        if let Allocation::Running(_) = self {
+            // Swapped out for a moment to be joined; the placeholder is overwritten at once.
+            let placeholder = Allocation::Done(Ok((CniResult::default(), Claim::Delegated)));
+            if let Allocation::Running(job) = std::mem::replace(self, placeholder) {
+                *self = Allocation::Done(join(job));
+            }
         }
-        self.outcome.as_ref()?.as_ref().ok().map(|(r, c)| (r, c))
+        match self {
+            Allocation::Done(Ok((r, c))) => Some((r, c)),
+            _ => None,
+        }
     }
 
     /// The allocation's outcome, waiting for it if nobody did yet.
-    fn finish(mut self) -> Result<(CniResult, Claim)> {
-        self.wait();
-        self.outcome.unwrap_or_else(|| {
-            Err(Error::InvalidConfig(
-                "the address allocation never ran".into(),
-            ))
-        })
+    fn finish(self) -> Result<(CniResult, Claim)> {
+        match self {
+            Allocation::Running(job) => join(job),
+            Allocation::Done(outcome) => outcome,
+        }
     }
+}
+
+/// The helper thread's outcome; a panic there is this process's (the release build aborts on it).
+fn join<T>(job: ScopedJoinHandle<'_, T>) -> T {
+    job.join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// What one ADD works with.

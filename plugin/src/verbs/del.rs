@@ -92,9 +92,10 @@ pub fn run(env: &Env, conf: &DelConf, ctr: &Container) -> Result<()> {
         // The lease is released only once its addresses are off the wire; if the worker failed
         // before that, the lease stays and the runtime retries DEL.
         let released = addresses_off.recv().ok().map(|_| release(env, conf, ctr));
+        // A panic there is this process's (the release build aborts on it).
         let unlinked = unlink
             .join()
-            .map_err(|_| Error::Link("the link deletion thread panicked".into()))??;
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         tracing::debug!(ifname = %ctr.ifname, removed = unlinked, "link");
         released.unwrap_or(Ok(()))
     })

@@ -1,14 +1,15 @@
 //! `iotlan-ipam`: the pool as a standalone CNI IPAM plugin, usable under other main plugins
 //! (Debian's macvlan and ipvlan, for example). Same semantics as iotlan's in-process pool.
 
-use crate::cni::env::{Command, Env};
+use crate::cni::env::Env;
 use crate::cni::result::CniResult;
+use crate::cni::Verb;
 use crate::config::NetConf;
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
 use crate::net::netlink::Netlink;
 
-pub fn run(command: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_json::Value>> {
+pub fn run(verb: Verb, env: &Env, conf: &NetConf) -> Result<Option<serde_json::Value>> {
     let (pool, store) = crate::ipam::open_pool(&conf.name, &conf.ipam)?;
     let ipam = Ipam::Pool {
         pool: Box::new(pool),
@@ -19,8 +20,8 @@ pub fn run(command: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_j
             .as_ref()
             .ok_or_else(|| Error::InvalidEnv("CNI_CONTAINERID is not set".into()))
     };
-    match command {
-        Command::Add => {
+    match verb {
+        Verb::Add => {
             // The node's own addresses are never a pod's: this plugin runs in the node's namespace.
             let mut nl =
                 Netlink::open().map_err(|e| Error::netlink("cannot open a netlink socket", e))?;
@@ -31,19 +32,14 @@ pub fn run(command: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_j
                     .to_json(conf.cni_version),
             ))
         }
-        // DEL never gets here: it is served leniently, before the configuration is parsed whole.
-        Command::Del => {
-            crate::verbs::del::release(env, &crate::config::DelConf::parse(&conf.raw), att()?)
-                .map(|_| None)
-        }
-        Command::Check => {
+        Verb::Check => {
             let prev = conf.prev_result.as_ref().ok_or_else(|| {
                 Error::InvalidConfig("CHECK needs prevResult in the configuration".into())
             })?;
             ipam.check(conf, att()?, &CniResult::from_json(prev, "prevResult")?)
                 .map(|_| None)
         }
-        Command::Gc => {
+        Verb::Gc => {
             let valid = conf.valid_attachments.as_deref().ok_or_else(|| {
                 Error::InvalidConfig(
                     "GC needs cni.dev/valid-attachments in the configuration".into(),
@@ -51,7 +47,6 @@ pub fn run(command: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_j
             })?;
             ipam.gc(conf, valid).map(|_| None)
         }
-        Command::Status => ipam.status(conf).map(|_| None),
-        Command::Version => Ok(None),
+        Verb::Status => ipam.status(conf).map(|_| None),
     }
 }
