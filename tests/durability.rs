@@ -12,8 +12,7 @@ use std::process::{Command, Stdio};
 use iotlan_tests::*;
 use serde_json::json;
 
-#[path = "../ipam/tests/support/apiserver.rs"]
-mod apiserver;
+use iotlan_apiserver_double as apiserver;
 
 /// The strace lines of `pid`-tagged fsync and rename calls, with paths (`-y`).
 fn traced_add(state: &Path, kubeconfig: &Path, trace: &Path) -> String {

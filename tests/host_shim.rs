@@ -9,8 +9,7 @@ use serde_json::{json, Value};
 
 mod common;
 use common::*;
-#[path = "../ipam/tests/support/yaml.rs"]
-mod yaml;
+use iotlan_apiserver_double::yaml;
 
 const SHIM: &str = "iot-eth0";
 const POOL: (u8, u8) = (100, 150);

@@ -14,8 +14,7 @@ use serde_json::{json, Value};
 mod common;
 use common::*;
 
-#[path = "../ipam/tests/support/apiserver.rs"]
-mod apiserver;
+use iotlan_apiserver_double as apiserver;
 
 const ESP: (&str, &str) = ("iot", "esphome-0");
 

@@ -1,14 +1,13 @@
 //! The kubernetes store's cost as the namespace grows: requests per ADD and DEL, bytes read per ADD,
 //! and ADD latency at 1, 50 and 200 concurrent ADDs, with 100, 1,000 and 5,000 existing Leases, 40 %
 //! of them stale sticky identity records (pods long gone). Against the API server double
-//! (`tests/support/apiserver.rs`) on loopback: the latencies are the client's and the double's,
+//! (`tests/apiserver`) on loopback: the latencies are the client's and the double's,
 //! not a real API server's; what must hold is that no column grows with the Leases.
 //!
 //! Each ADD opens its own store (its own kubeconfig read, runtime and connection), as one plugin
 //! process per ADD does. Run: `cargo bench -p iotlan-ipam --features kubernetes --bench kubernetes_scale`.
 
-#[path = "../tests/support/apiserver.rs"]
-mod apiserver;
+use iotlan_apiserver_double as apiserver;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;

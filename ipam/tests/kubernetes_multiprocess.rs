@@ -1,6 +1,6 @@
 //! The kubernetes store with every operation in its own process, as under a container runtime on
 //! several nodes: processes released at one instant allocate through their own API clients from the
-//! API server test double (support/apiserver.rs), through the same self-exec driver as the file
+//! API server test double (the iotlan-apiserver-double crate, tests/apiserver), through the same self-exec driver as the file
 //! store's multi-process tests (support/driver.rs).
 //!
 //! - `concurrent_adds`: 60 processes, 80 addresses: 0 duplicates, all succeed, the double holds
@@ -11,12 +11,10 @@
 //!
 //! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_multiprocess`.
 
-#[path = "support/apiserver.rs"]
-mod apiserver;
+use iotlan_apiserver_double as apiserver;
 #[path = "support/driver.rs"]
 mod driver;
-#[path = "support/rbac.rs"]
-mod rbac;
+use iotlan_apiserver_double::rbac;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -7,12 +7,10 @@
 #[macro_use]
 #[path = "support/contract.rs"]
 mod contract;
-#[path = "support/apiserver.rs"]
-mod apiserver;
+use iotlan_apiserver_double as apiserver;
 #[path = "support/kubefix.rs"]
 mod kubefix;
-#[path = "support/rbac.rs"]
-mod rbac;
+use iotlan_apiserver_double::rbac;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

@@ -1,4 +1,4 @@
-//! The `kubernetes` store against the API server test double (support/apiserver.rs): the shared
+//! The `kubernetes` store against the API server test double (the iotlan-apiserver-double crate, tests/apiserver): the shared
 //! store contract (support/contract.rs, the same suite the file store passes), then the cases only
 //! a lock-free, networked store has: lost races, conditional deletes, an unreachable or refusing
 //! API server, the objects it writes. The reconcile loop is in kubernetes_reconcile.rs.
@@ -8,14 +8,11 @@
 #[macro_use]
 #[path = "support/contract.rs"]
 mod contract;
-#[path = "support/apiserver.rs"]
-mod apiserver;
+use iotlan_apiserver_double as apiserver;
 #[path = "support/kubefix.rs"]
 mod kubefix;
-#[path = "support/rbac.rs"]
-mod rbac;
-#[path = "support/tls.rs"]
-mod tls;
+use iotlan_apiserver_double::rbac;
+use iotlan_apiserver_double::tls;
 
 use std::collections::HashSet;
 use std::net::TcpListener;

@@ -21,8 +21,7 @@
 //! then finds an address on two live links (the control that shows the model can fail).
 
 #[cfg(feature = "kubernetes")]
-#[path = "support/apiserver.rs"]
-mod apiserver;
+use iotlan_apiserver_double as apiserver;
 #[path = "support/contract.rs"]
 mod contract;
 

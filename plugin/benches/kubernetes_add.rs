@@ -12,8 +12,7 @@
 //! Run: `IOTLAN_BEFORE_BIN=... cargo bench -p iotlan --bench kubernetes_add`. Loopback double, no
 //! root: the figures are the process's and the client's, not a real API server's.
 
-#[path = "../../ipam/tests/support/apiserver.rs"]
-mod apiserver;
+use iotlan_apiserver_double as apiserver;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //!
 //! The real `iotlan install` runs as the DaemonSet's pod on a fake node ([`agent::Host`]), with the
 //! token kubelet projects into that pod: bound to the pod, so the API server (the double,
-//! ipam/tests/support/apiserver/tokens.rs, as the real one) refuses it once the pod object is
+//! tests/apiserver/src/tokens.rs, as the real one) refuses it once the pod object is
 //! deleted. The plugin (`iotlan-ipam`, exec'd as a runtime does) reaches the API server with the
 //! kubeconfig the agent wrote. After the agent's pod is deleted and the agent is gone (an uninstall,
 //! an upgrade whose image never arrives, a rollout), the plugin's DEL and ADD must still work, for
@@ -13,12 +13,10 @@
 
 #[path = "support/agent.rs"]
 mod agent;
-#[path = "../../ipam/tests/support/apiserver.rs"]
-mod apiserver;
+use iotlan_apiserver_double as apiserver;
 #[path = "support/cni.rs"]
 mod cni;
-#[path = "../../ipam/tests/support/rbac.rs"]
-mod rbac;
+use iotlan_apiserver_double::rbac;
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};

@@ -10,8 +10,7 @@
 
 #[path = "support/agent.rs"]
 mod agent;
-#[path = "../../ipam/tests/support/apiserver.rs"]
-mod apiserver;
+use iotlan_apiserver_double as apiserver;
 
 use std::path::Path;
 use std::process::Stdio;

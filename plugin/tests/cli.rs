@@ -1,7 +1,7 @@
 //! The operator CLI against a cluster store, where a user runs it: from a workstation (only the
 //! user's `KUBECONFIG` or `--kubeconfig`) and from the iotlan DaemonSet's pod (in-cluster: the pod's
 //! ServiceAccount at its fixed path and KUBERNETES_SERVICE_HOST/PORT, over TLS with the
-//! ServiceAccount's CA). The API server is the test double (ipam/tests/support/apiserver.rs); the
+//! ServiceAccount's CA). The API server is the test double (tests/apiserver (the iotlan-apiserver-double crate)); the
 //! leases come from `iotlan-ipam` ADDs exec'd as a CNI runtime does.
 //!
 //! Run: `cargo test -p iotlan --test cli`. The pod case needs root (a private mount namespace puts
@@ -9,12 +9,9 @@
 //! without them it prints SKIP (and fails under CI=true).
 #![cfg(feature = "kubernetes")]
 
-#[path = "../../ipam/tests/support/apiserver.rs"]
-mod apiserver;
-#[path = "../../ipam/tests/support/rbac.rs"]
-mod rbac;
-#[path = "../../ipam/tests/support/tls.rs"]
-mod tls;
+use iotlan_apiserver_double as apiserver;
+use iotlan_apiserver_double::rbac;
+use iotlan_apiserver_double::tls;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

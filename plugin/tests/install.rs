@@ -6,8 +6,7 @@
 //! Run: `cargo test -p iotlan --test install`. Needs nothing but a Unix host (no root).
 
 #[cfg(feature = "kubernetes")]
-#[path = "../../ipam/tests/support/apiserver.rs"]
-mod apiserver;
+use iotlan_apiserver_double as apiserver;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

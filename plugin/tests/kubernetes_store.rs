@@ -1,16 +1,14 @@
 //! The `iotlan-ipam` binary with `"store": {"kind": "kubernetes"}`, exec'd as a CNI runtime does,
-//! against the API server test double (ipam/tests/support/apiserver.rs): two "nodes" share the pool,
+//! against the API server test double (tests/apiserver (the iotlan-apiserver-double crate)): two "nodes" share the pool,
 //! DEL frees, GC frees what is not valid, and an unreachable API server is CNI code 11.
 //!
 //! Run: `cargo test -p iotlan --test kubernetes_store`. Needs no root (IPAM touches no netns).
 #![cfg(feature = "kubernetes")]
 
-#[path = "../../ipam/tests/support/apiserver.rs"]
-mod apiserver;
+use iotlan_apiserver_double as apiserver;
 #[path = "support/cni.rs"]
 mod cni;
-#[path = "../../ipam/tests/support/rbac.rs"]
-mod rbac;
+use iotlan_apiserver_double::rbac;
 
 use std::path::Path;
 use std::process::Output;

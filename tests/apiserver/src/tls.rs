@@ -1,7 +1,6 @@
 //! A TLS front for the API server test double, as a real API server only speaks HTTPS: a throwaway
 //! CA and a server certificate for 127.0.0.1 made with the `openssl` command, and rustls (on ring,
 //! as the store's client) terminating TLS in front of the double's state.
-#![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -12,7 +11,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::apiserver::Handle;
+use crate::Handle;
 
 pub struct TlsFront {
     addr: SocketAddr,

@@ -2,25 +2,21 @@
 //! (it lives with the Leases' namespace, so that removing the DaemonSet's kustomization keeps the
 //! ServiceAccount and its tokens), for the API server double to enforce
 //! ([`super::apiserver::ApiServer::enforce`]).
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::apiserver::RbacRule;
+use crate::RbacRule;
 
-#[path = "yaml.rs"]
-mod yaml;
-#[allow(unused_imports)]
-pub use yaml::parse_documents;
+pub use crate::yaml::parse_documents;
 
 /// The ServiceAccount the plugin and the node agent run as, and its namespace.
 pub const SERVICE_ACCOUNT: &str = "iotlan";
 pub const NAMESPACE: &str = "iotlan-system";
 
 pub fn rbac_yaml() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/iotlan/namespace/rbac.yaml")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests/iotlan/namespace/rbac.yaml")
 }
 
 /// What the shipped manifests grant the iotlan ServiceAccount: the rules of every Role and

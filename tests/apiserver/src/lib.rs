@@ -27,7 +27,7 @@
 //!   token gets 401: a static token ([`ApiServer::set_token`]) always passes; an issued one only
 //!   while its ServiceAccount exists, its pod (for a pod-bound, projected one) exists, and it has
 //!   not expired, as the real ServiceAccount token authenticator judges them (apiserver/tokens.rs);
-//! - with RBAC rules set ([`ApiServer::enforce`], e.g. the shipped ones from support/rbac.rs), a
+//! - with RBAC rules set ([`ApiServer::enforce`], e.g. the shipped ones from rbac.rs), a
 //!   request none of them allows gets 403, judged on verb, API group, resource, subresource,
 //!   resource name and namespace as the RBAC authorizer does.
 //!
@@ -40,7 +40,10 @@
 //! managedFields, generation, TLS (the double speaks plain HTTP; the store's TLS path is the
 //! kube crate's), and the apiserver's watch cache (a real list may be served slightly stale
 //! from it; ours is always current).
-#![allow(dead_code)]
+
+pub mod rbac;
+pub mod tls;
+pub mod yaml;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -53,15 +56,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-#[path = "apiserver/audit.rs"]
 mod audit;
-#[path = "apiserver/authz.rs"]
 mod authz;
-#[path = "apiserver/http.rs"]
 mod http;
-#[path = "apiserver/leases.rs"]
 mod leases;
-#[path = "apiserver/tokens.rs"]
 mod tokens;
 
 #[allow(unused_imports)]

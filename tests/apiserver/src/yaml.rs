@@ -2,7 +2,6 @@
 //! (mappings, `- ` sequences, `[a, b]` flow sequences, plain or quoted scalars, comments, `---`).
 //! The workspace has no YAML crate; this panics on anything else, so a change of style fails here
 //! loudly instead of being read wrong.
-#![allow(dead_code)]
 
 use serde_json::{Map, Value};
 
