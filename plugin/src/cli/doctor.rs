@@ -77,20 +77,17 @@ fn diagnose(o: &DoctorArgs) -> Result<Value> {
             "iotlan-doctor",
             &format!("{}-{}", crate::link::master::hostname(), std::process::id()),
         );
-        let created = match drv {
-            Driver::Macvlan => link::macvlan::create(
-                &mut nl,
-                &master,
-                temp.as_raw_fd(),
-                TEMP_LINK,
+        let created = drv.create(
+            &mut nl,
+            &master,
+            &link::Child {
+                name: TEMP_LINK.to_string(),
+                netns_fd: temp.as_raw_fd(),
                 mac,
-                MacvlanMode::Bridge,
-                None,
-            ),
-            Driver::Ipvlan => {
-                link::ipvlan::create(&mut nl, &master, temp.as_raw_fd(), TEMP_LINK, None)
-            }
-        };
+                macvlan_mode: MacvlanMode::Bridge,
+                mtu: None,
+            },
+        );
         let mut r = json!({ "created": created.is_ok() });
         if let Err(f) = created {
             r["error"] = json!(f.message);

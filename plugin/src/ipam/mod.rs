@@ -254,6 +254,27 @@ impl Claim {
             Claim::Delegated => None,
         }
     }
+
+    /// The IPv4 addresses this allocation took over from a sandbox on another node (its node is
+    /// lost, the store says): nothing may answer for them on the LAN any more.
+    pub fn taken_over_from_another_node(&self) -> Vec<std::net::Ipv4Addr> {
+        let Claim::Pool(grant) = self else {
+            return Vec::new();
+        };
+        grant
+            .claimed
+            .iter()
+            .filter(|c| {
+                c.replaced
+                    .as_ref()
+                    .is_some_and(|old| old.node.is_some() && old.node != c.lease.node)
+            })
+            .filter_map(|c| match c.lease.ip {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    }
 }
 
 impl Ipam {

@@ -1,9 +1,18 @@
-//! Link drivers: macvlan (the default) and ipvlan L2 (the fallback), and the rule that picks
-//! between them. A parent cannot carry macvlan and ipvlan children at once, so the driver that
-//! worked on a master is remembered per node (see [`memory`]). Also the pod's side of the link
-//! ([`pod`], [`routing`]), the gateway probe ([`probe`]), the derived MAC ([`mac`]), the master
-//! ([`master`]) and the node's shim link ([`shim`]).
+//! The pod's link on the IoT LAN:
+//!
+//! - the drivers, macvlan (the default) and ipvlan L2 (the fallback): each [`Driver`] is checked
+//!   against the configuration ([`Driver::validate`]) and creates its link in the pod's namespace
+//!   ([`Driver::create`]); configuring and tearing down the link inside the pod is the same for both
+//!   ([`pod::configure`], [`pod::delete`]);
+//! - the fallback policy ([`attach`]): the drivers to try in order ([`order`]), one attempt each
+//!   (create, configure with the conflict check, probe the gateway, announce), the next one when a
+//!   driver cannot work here, and the choice remembered per master ([`memory`]: a parent cannot
+//!   carry macvlan and ipvlan children at once);
+//! - the pod's routing ([`routing`]), the gateway probe ([`probe`]), announcements ([`announce`]),
+//!   the derived MAC ([`mac`]), the master ([`master`]) and the node's shim link ([`shim`]).
 
+pub mod announce;
+pub mod attach;
 pub mod ipvlan;
 pub mod mac;
 pub mod macvlan;
@@ -16,8 +25,12 @@ pub mod shim;
 
 use std::fmt;
 use std::io;
+use std::os::fd::RawFd;
 
-use crate::config::DriverChoice;
+use crate::config::{DriverChoice, MacvlanMode, NetConf};
+use crate::error::{Error, Result};
+use crate::net::netlink::{Link, Netlink};
+use mac::Mac;
 
 /// A link driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -33,6 +46,44 @@ impl fmt::Display for Driver {
             Driver::Macvlan => "macvlan",
             Driver::Ipvlan => "ipvlan",
         })
+    }
+}
+
+/// What a driver creates: the link's temporary name, where, and with what.
+pub struct Child {
+    /// A name unique to the attachment; the link is renamed to `CNI_IFNAME` once configured.
+    pub name: String,
+    /// The pod's namespace (`IFLA_NET_NS_FD`): the link is created directly inside it.
+    pub netns_fd: RawFd,
+    /// macvlan: the link's MAC (ipvlan links have the master's).
+    pub mac: Mac,
+    pub macvlan_mode: MacvlanMode,
+    pub mtu: Option<u32>,
+}
+
+impl Driver {
+    /// Whether this driver can serve `conf` on `master` at all, before anything is created.
+    pub fn validate(self, conf: &NetConf, master: &Link) -> Result<()> {
+        match (self, conf.requested_mac) {
+            (Driver::Ipvlan, Some(mac)) => Err(Error::InvalidConfig(format!(
+                "runtimeConfig.mac {mac} cannot be applied on master {}: ipvlan links share the master's MAC",
+                master.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates the link, down, as `child` describes, as a child of `master`.
+    pub fn create(
+        self,
+        nl: &mut Netlink,
+        master: &Link,
+        child: &Child,
+    ) -> Result<(), CreateFailure> {
+        match self {
+            Driver::Macvlan => macvlan::create(nl, master, child),
+            Driver::Ipvlan => ipvlan::create(nl, master, child),
+        }
     }
 }
 

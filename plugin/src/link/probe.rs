@@ -8,7 +8,50 @@ use std::time::{Duration, Instant};
 
 use netlink_packet_route::neighbour::NeighbourState;
 
-use crate::net::netlink::Netlink;
+use crate::cni::result::CniResult;
+use crate::error::Error;
+use crate::link::mac::Mac;
+use crate::net::netlink::{Link, Netlink};
+
+/// Why the gateway probe did not pass.
+pub enum Failure {
+    /// The gateway stayed silent: the uplink may drop this link's MAC (another driver may work).
+    Silent(String),
+    Error(Error),
+}
+
+/// Waits for the IPv4 gateway of `addrs` to answer `link`, within `timeout`.
+pub fn gateway_of(
+    nl: &mut Netlink,
+    link: &Link,
+    addrs: &CniResult,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let Some(gw) = addrs
+        .ips
+        .iter()
+        .find_map(|ip| match (ip.address.ip(), ip.gateway) {
+            (IpAddr::V4(_), Some(gw @ IpAddr::V4(_))) => Some(gw),
+            _ => None,
+        })
+    else {
+        return Err(Failure::Error(Error::InvalidConfig(
+            "probe.gateway needs an IPv4 gateway in the ipam result (set ipam.gateway)".into(),
+        )));
+    };
+    match gateway(nl, link.index, &link.name, gw, timeout) {
+        Ok(Some(took)) => {
+            tracing::debug!(gateway = %gw, took_ms = took.as_millis() as u64, "gateway answered the probe");
+            Ok(())
+        }
+        Ok(None) => Err(Failure::Silent(format!(
+            "gateway {gw} did not answer ARP from {} within {} ms (the uplink may drop unknown MACs)",
+            Mac(link.mac.unwrap_or_default()),
+            timeout.as_millis()
+        ))),
+        Err(e) => Err(Failure::Error(Error::io("cannot probe the gateway", e))),
+    }
+}
 
 /// How often the kernel re-asks while probing (the default, 1 s, would send one request within a
 /// typical timeout). The interface's own setting is restored afterwards.
