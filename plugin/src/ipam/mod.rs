@@ -59,6 +59,8 @@ impl Ipam {
     ) -> Result<(CniResult, Claim)> {
         match self {
             Ipam::Pool { pool, store } => {
+                // The boot ID is read once: the takeover check's, recorded in the new lease.
+                let check = sandbox::OnThisNode::new();
                 let req = AllocRequest {
                     identity: ctr.identity(),
                     attachment: pool_attachment(ctr),
@@ -66,11 +68,11 @@ impl Ipam {
                     sandbox: Sandbox {
                         netns: ctr.netns.as_ref().map(|p| p.display().to_string()),
                         pod_uid: ctr.args.uid.clone(),
-                        boot_id: crate::ipam::sandbox::boot_id(),
+                        boot_id: check.boot_id().map(str::to_string),
                     },
                     avoid: avoid.to_vec(),
                 };
-                let grant = store.grant(pool, &req, &crate::ipam::sandbox::OnThisNode::new())?;
+                let grant = store.grant(pool, &req, &check)?;
                 let result = result_of(pool.allocation(&grant.leases), interface);
                 Ok((result, Claim::Pool(grant)))
             }

@@ -45,6 +45,11 @@ impl OnThisNode {
     pub fn new() -> OnThisNode {
         OnThisNode { boot_id: boot_id() }
     }
+
+    /// This boot's ID, as read once by [`OnThisNode::new`] (a new lease records it).
+    pub fn boot_id(&self) -> Option<&str> {
+        self.boot_id.as_deref()
+    }
 }
 
 impl Default for OnThisNode {

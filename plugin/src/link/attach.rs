@@ -1,16 +1,15 @@
 //! The fallback policy: the pod's link is made by the first driver that works on this master.
 //!
-//! One [`attempt`] per driver, in [`super::order`]: the driver checks the configuration and creates
-//! the link, down, under a temporary name, directly inside the pod's namespace (while the ADD's
-//! addresses are still being allocated); then, inside the pod, the link gets its MAC (that of the
-//! pool's key), comes up, is probed for conflicts (RFC 5227, before any address is on it), gets its
-//! addresses and routes, is probed for its gateway, and is announced. An attempt ends in one of:
+//! One [`attempt`] per driver, in [`super::order`], once the ADD's addresses are allocated: the
+//! driver checks the configuration and creates the link, down, as `CNI_IFNAME`, directly inside the
+//! pod's namespace; then, inside the pod, the link gets its MAC (that of the pool's key), comes up,
+//! is probed for conflicts (RFC 5227, before any address is on it), gets its addresses and routes,
+//! is probed for its gateway, and is announced. An attempt ends in one of:
 //!
 //! - [`Attempt::Up`]: the link works;
 //! - [`Attempt::TryNext`]: this driver cannot work here (module missing, parent busy with the other
 //!   kind, the gateway deaf to it), another one may;
-//! - [`Attempt::Failed`]: nothing else can help (the error is the ADD's);
-//! - [`Attempt::NoAddresses`]: the allocation failed (its own error is the ADD's).
+//! - [`Attempt::Failed`]: nothing else can help (the error is the ADD's).
 //!
 //! An attempt that does not end `Up` deletes the link it created, by its index: never by
 //! `CNI_IFNAME`, which may be the working interface of an earlier ADD of the same attachment. The
@@ -41,7 +40,7 @@ pub struct Setup<'a> {
     pub master: &'a Link,
 }
 
-/// What an attempt needs of the ADD's addresses once they are allocated.
+/// The ADD's addresses, as an attempt needs them.
 pub struct Addresses<'a> {
     pub result: &'a CniResult,
     /// The key the pool granted them under, which the derived MAC follows; `None` from a delegated
@@ -51,12 +50,6 @@ pub struct Addresses<'a> {
     pub probe: &'a [Ipv4Addr],
     /// The IPv4 addresses taken over from a sandbox on another node: probed from the master first.
     pub taken_over: &'a [Ipv4Addr],
-}
-
-/// The ADD's addresses, being allocated while the link is made.
-pub trait PendingAddresses {
-    /// Waits for them; `None` when the allocation failed.
-    fn wait(&mut self) -> Option<Addresses<'_>>;
 }
 
 /// How one driver's attempt ended.
@@ -69,15 +62,10 @@ enum Attempt {
         gateway_silent: bool,
     },
     Failed(Error),
-    NoAddresses,
 }
 
 /// Creates and configures the link with the first driver that works, remembering it in auto mode.
-pub fn attach(
-    setup: &Setup,
-    nl: &mut Netlink,
-    addrs: &mut dyn PendingAddresses,
-) -> Result<(Link, Driver)> {
+pub fn attach(setup: &Setup, nl: &mut Netlink, addrs: &Addresses) -> Result<(Link, Driver)> {
     let Setup { conf, master, .. } = *setup;
     let remembered = memory::load(&conf.state_dir, &master.name).map(|r| r.driver);
     let wireless = master::is_wireless(&master.name);
@@ -112,8 +100,6 @@ pub fn attach(
                 failures.push(format!("{drv}: {why}"));
             }
             Attempt::Failed(e) => return Err(e),
-            // The ADD reports the allocation's own error.
-            Attempt::NoAddresses => return Err(Error::Link("no addresses were allocated".into())),
         }
     }
     let text = failures.join("; ");
@@ -124,12 +110,7 @@ pub fn attach(
 }
 
 /// One driver's attempt (module docs).
-fn attempt(
-    drv: Driver,
-    setup: &Setup,
-    nl: &mut Netlink,
-    addrs: &mut dyn PendingAddresses,
-) -> Attempt {
+fn attempt(drv: Driver, setup: &Setup, nl: &mut Netlink, addrs: &Addresses) -> Attempt {
     let Setup {
         conf,
         ctr,
@@ -141,7 +122,7 @@ fn attempt(
         return Attempt::Failed(e);
     }
     let child = Child {
-        name: temp_name(&ctr.container_id, &ctr.ifname),
+        name: ctr.ifname.clone(),
         netns_fd: pod_ns.fd().as_raw_fd(),
         mac: conf
             .requested_mac
@@ -150,6 +131,12 @@ fn attempt(
         mtu: conf.mtu,
     };
     if let Err(f) = drv.create(nl, master, &child) {
+        if f.name_taken && pod_has(pod_ns, home, &child.name) {
+            return Attempt::Failed(Error::InterfaceExists(format!(
+                "the pod already has an interface named {}; CNI_IFNAME must be free",
+                child.name
+            )));
+        }
         return match f.other_driver_may_work {
             true => Attempt::TryNext {
                 why: f.message,
@@ -158,13 +145,10 @@ fn attempt(
             false => Attempt::Failed(Error::Link(f.message)),
         };
     }
-    // From here on the addresses are needed. The master's sockets are opened in this namespace:
-    // one for a takeover's probe (it hears a device with this pod's MAC), and on ipvlan the
-    // conflict check's (an answer to a probe comes to the master's MAC).
-    let (probe_targets, taken_over) = match addrs.wait() {
-        Some(a) => (a.probe.to_vec(), a.taken_over.to_vec()),
-        None => (Vec::new(), Vec::new()),
-    };
+    // The master's sockets are opened in this namespace: one for a takeover's probe (it hears a
+    // device with this pod's MAC), and on ipvlan the conflict check's (an answer to a probe comes to
+    // the master's MAC).
+    let (probe_targets, taken_over) = (addrs.probe, addrs.taken_over);
     let takeover_sock = match taken_over.is_empty() {
         true => None,
         false => match master_socket(master, "to probe a takeover") {
@@ -203,8 +187,8 @@ fn attempt(
         let outcome = configure(drv, setup, &mut pnl, &made, addrs, ConfigureSockets {
             takeover: takeover_sock.as_ref(),
             check: &mut check_sock,
-            taken_over: &taken_over,
-            probe: &probe_targets,
+            taken_over,
+            probe: probe_targets,
         });
         if !matches!(outcome, Attempt::Up(_)) {
             if let Err(e) = pod::delete(&mut pnl, &made) {
@@ -230,15 +214,12 @@ fn configure(
     setup: &Setup,
     pnl: &mut Netlink,
     made: &Link,
-    addrs: &mut dyn PendingAddresses,
+    a: &Addresses,
     sockets: ConfigureSockets,
 ) -> Attempt {
     let Setup {
         conf, ctr, master, ..
     } = *setup;
-    let Some(a) = addrs.wait() else {
-        return Attempt::NoAddresses;
-    };
     if let Some(sock) = sockets.takeover {
         if let Err(e) = old_holder_silent(conf, sock, master, sockets.taken_over) {
             return Attempt::Failed(e);
@@ -265,15 +246,7 @@ fn configure(
         },
     };
     let result = a.result;
-    let link = match pod::configure(
-        pnl,
-        &made,
-        &ctr.ifname,
-        &result.ips,
-        &result.routes,
-        &conf.ipv6,
-        extras,
-    ) {
+    let link = match pod::configure(pnl, &made, &result.ips, &result.routes, &conf.ipv6, extras) {
         Ok(link) => link,
         Err(e) => return Attempt::Failed(e),
     };
@@ -388,8 +361,11 @@ fn old_holder_silent(
     Ok(())
 }
 
-/// A temporary name, unique per attachment, under which the link is created in the pod.
-fn temp_name(container_id: &str, ifname: &str) -> String {
-    let h = iotlan_ipam::addr::fnv1a64(format!("{container_id}\0{ifname}").as_bytes());
-    format!("iot{:08x}", h as u32)
+/// Whether the pod has a link named `ifname` (after the kernel refused to create one: EEXIST).
+fn pod_has(pod_ns: &Netns, home: &Netns, ifname: &str) -> bool {
+    pod_ns
+        .run(home, || Netlink::open().ok()?.link_by_name(ifname).ok()?)
+        .ok()
+        .flatten()
+        .is_some()
 }

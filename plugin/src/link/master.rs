@@ -7,7 +7,7 @@ use ipnetwork::IpNetwork;
 
 use crate::config::NetConf;
 use crate::error::{Error, Result};
-use crate::net::netlink::{Link, Netlink};
+use crate::net::netlink::{Addr, Link, Netlink};
 
 /// The configured master, or the interface with an address in the pool's subnet, or the
 /// default-route interface.
@@ -17,6 +17,17 @@ pub fn resolve(nl: &mut Netlink, conf: &NetConf) -> Result<Link> {
 
 /// [`resolve`] from a master name and the subnets to look for.
 pub fn resolve_with(nl: &mut Netlink, master: Option<&str>, subnets: &[IpNetwork]) -> Result<Link> {
+    resolve_keeping(nl, master, subnets, &mut None)
+}
+
+/// [`resolve_with`] that keeps in `dump` the node's addresses when it listed them (no master
+/// configured: found by subnet), for [`node_addresses_from`].
+pub fn resolve_keeping(
+    nl: &mut Netlink,
+    master: Option<&str>,
+    subnets: &[IpNetwork],
+    dump: &mut Option<Vec<Addr>>,
+) -> Result<Link> {
     let ctx = |e| Error::netlink("cannot list the node's interfaces", e);
     if let Some(name) = master {
         return match nl.link_by_name(name).map_err(ctx)? {
@@ -29,7 +40,7 @@ pub fn resolve_with(nl: &mut Netlink, master: Option<&str>, subnets: &[IpNetwork
         };
     }
     if !subnets.is_empty() {
-        let addrs = nl.addresses().map_err(ctx)?;
+        let addrs = dump.insert(nl.addresses().map_err(ctx)?);
         if let Some(a) = addrs
             .iter()
             .find(|a| subnets.iter().any(|s| s.contains(a.address.ip())))
@@ -72,9 +83,23 @@ pub fn node_addresses(
     master: Option<&Link>,
     subnets: &[IpNetwork],
 ) -> Result<Vec<Avoid>> {
+    node_addresses_from(nl, master, subnets, None)
+}
+
+/// [`node_addresses`] from the address list `dump` when there is one (see [`resolve_keeping`]).
+pub fn node_addresses_from(
+    nl: &mut Netlink,
+    master: Option<&Link>,
+    subnets: &[IpNetwork],
+    dump: Option<Vec<Addr>>,
+) -> Result<Vec<Avoid>> {
     let ctx = |e| Error::netlink("cannot list the node's addresses", e);
+    let addrs = match dump {
+        Some(addrs) => addrs,
+        None => nl.addresses().map_err(ctx)?,
+    };
     let mut out = Vec::new();
-    for a in nl.addresses().map_err(ctx)? {
+    for a in addrs {
         let ip = a.address.ip();
         if !subnets.iter().any(|s| s.contains(ip)) {
             continue;

@@ -49,9 +49,10 @@ impl fmt::Display for Driver {
     }
 }
 
-/// What a driver creates: the link's temporary name, where, and with what.
+/// What a driver creates: the link's name, where, and with what.
 pub struct Child {
-    /// A name unique to the attachment; the link is renamed to `CNI_IFNAME` once configured.
+    /// `CNI_IFNAME`: the kernel refuses a name the target namespace has already (EEXIST), so an
+    /// earlier ADD's working interface of that name is never touched.
     pub name: String,
     /// The pod's namespace (`IFLA_NET_NS_FD`): the link is created directly inside it.
     pub netns_fd: RawFd,
@@ -110,6 +111,8 @@ pub struct CreateFailure {
     pub driver: Driver,
     /// True when another driver may work (module missing, parent busy with the other kind).
     pub other_driver_may_work: bool,
+    /// The kernel answered EEXIST: most likely the name is taken in the target namespace.
+    pub name_taken: bool,
     pub message: String,
 }
 
@@ -137,6 +140,7 @@ pub fn explain(driver: Driver, master: &str, mtu: Option<u32>, err: &io::Error) 
     CreateFailure {
         driver,
         other_driver_may_work,
+        name_taken: err.raw_os_error() == Some(libc::EEXIST),
         message,
     }
 }

@@ -29,34 +29,19 @@ pub struct Extras<'a> {
     pub ipv6_dad: bool,
 }
 
-/// Renames the freshly created link `made` to `ifname`, applies the IPv6 policy, adds the addresses,
-/// brings it up and adds the routes (and the [`Extras`]). Returns the configured link.
+/// Configures the freshly created link `made` (created under its final name, down): applies the
+/// IPv6 policy, adds the addresses, brings it up and adds the routes (and the [`Extras`]). Returns
+/// the configured link.
 pub fn configure(
     nl: &mut Netlink,
     made: &Link,
-    ifname: &str,
     ips: &[IpConfig],
     routes: &[Route],
     ipv6: &Ipv6,
     extras: Extras,
 ) -> Result<Link> {
     let link = made;
-    let temp_name = &made.name;
-    if nl
-        .link_by_name(ifname)
-        .map_err(|e| Error::netlink("cannot list the pod's links", e))?
-        .is_some()
-    {
-        return Err(Error::InterfaceExists(format!(
-            "the pod already has an interface named {ifname}; CNI_IFNAME must be free"
-        )));
-    }
-    nl.rename(link.index, ifname).map_err(|e| {
-        Error::netlink(
-            format!("cannot rename {temp_name} to {ifname} in the pod"),
-            e,
-        )
-    })?;
+    let ifname = made.name.as_str();
     crate::net::sysctl::apply_ipv6(ifname, ipv6).map_err(|e| {
         Error::io(
             format!("cannot set the IPv6 router-advertisement policy of {ifname}"),
@@ -76,10 +61,7 @@ pub fn configure(
     let probed = match extras.before_addresses {
         Some(check) => {
             bring_up(nl, link, ifname)?;
-            check(&Link {
-                name: ifname.to_string(),
-                ..link.clone()
-            })?;
+            check(link)?;
             true
         }
         None => false,
@@ -114,10 +96,12 @@ pub fn configure(
             }
         }
     }
-    let link = nl
-        .link_by_index(link.index)
-        .map_err(|e| Error::netlink(format!("cannot read {ifname} back"), e))?
-        .ok_or_else(|| Error::Link(format!("{ifname} vanished from the pod's namespace")))?;
+    // Not read back: its index, name and MAC are `made`'s, and it is up now (its carrier is not
+    // looked at).
+    let link = Link {
+        up: true,
+        ..made.clone()
+    };
     if extras.multicast {
         crate::link::routing::add_multicast(nl, &link, ips)?;
     }

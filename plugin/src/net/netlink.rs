@@ -210,15 +210,6 @@ impl Netlink {
             .map(drop)
     }
 
-    /// Renames a (down) link.
-    pub fn rename(&mut self, index: u32, name: &str) -> io::Result<()> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        self.exchange(RouteNetlinkMessage::SetLink(msg), 0)
-            .map(drop)
-    }
-
     /// Sets a (down) link's MAC.
     pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
         let mut msg = LinkMessage::default();
