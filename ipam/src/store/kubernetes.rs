@@ -79,8 +79,8 @@ pub use reassert::{
 };
 pub use reconcile::{ReconcileReport, Reconciler, DEFAULT_IDENTITY_RETENTION};
 pub use settings::{
-    Settings, DEFAULT_KUBECONFIGS, DEFAULT_NAMESPACE, DEFAULT_NODE_LOSS_GRACE_SECONDS,
-    DEFAULT_TIMEOUT_MS, NODE_LOSS_GRACE_SECONDS,
+    Key as StoreKey, Settings, DEFAULT_KUBECONFIGS, DEFAULT_NAMESPACE,
+    DEFAULT_NODE_LOSS_GRACE_SECONDS, DEFAULT_TIMEOUT_MS, NODE_LOSS_GRACE_SECONDS,
 };
 
 /// The kubernetes store of one network.
