@@ -14,114 +14,14 @@ use crate::link::mac::Mac;
 
 pub const DEFAULT_STATE_DIR: &str = iotlan_ipam::paths::STATE_DIR;
 
-/// Upper bounds of the config's waits, so that an ADD ends in bounded time whatever the config
-/// says: at most 2 probes (one per driver) of `MAX_PROBE_TIMEOUT_MS`, and `MAX_ANNOUNCE_COUNT - 1`
-/// announcement rounds `MAX_ANNOUNCE_INTERVAL_MS` apart.
-pub const MAX_PROBE_TIMEOUT_MS: u64 = 5_000;
-pub const MAX_ANNOUNCE_COUNT: u32 = 10;
-pub const MAX_ANNOUNCE_INTERVAL_MS: u64 = 1_000;
-/// The conflict check's wait for an answer (per attempt; at most [`crate::ipam::conflict::MAX_RETRIES`] + 1).
-pub const MAX_CONFLICT_TIMEOUT_MS: u64 = 1_000;
+mod del;
+mod objects;
 
-/// Which link driver to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DriverChoice {
-    /// macvlan first, ipvlan L2 when macvlan cannot be created or its MAC is dropped.
-    #[default]
-    Auto,
-    Macvlan,
-    Ipvlan,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum MacvlanMode {
-    #[default]
-    Bridge,
-    Private,
-    Vepa,
-    Passthru,
-}
-
-/// The ARP probe of the gateway after a macvlan is up.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Probe {
-    #[serde(default)]
-    pub gateway: bool,
-    #[serde(default = "default_probe_timeout")]
-    pub timeout_ms: u64,
-}
-
-fn default_probe_timeout() -> u64 {
-    800
-}
+pub use del::DelConf;
+pub use objects::*;
 
 fn default_true() -> bool {
     true
-}
-
-/// Gratuitous ARP / unsolicited NA after ADD: `count` rounds, `intervalMs` apart. The kernel sends the
-/// first round as the link comes up; rounds after it are sent before ADD returns (no process is left
-/// behind) and cost a packet socket (an RCU grace period, ~10-20 ms) plus the intervals.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Announce {
-    #[serde(default = "default_announce_count")]
-    pub count: u32,
-    #[serde(default = "default_announce_interval")]
-    pub interval_ms: u64,
-}
-
-fn default_announce_count() -> u32 {
-    1
-}
-fn default_announce_interval() -> u64 {
-    0
-}
-
-impl Default for Announce {
-    fn default() -> Self {
-        Announce {
-            count: default_announce_count(),
-            interval_ms: default_announce_interval(),
-        }
-    }
-}
-
-/// `hostShim`: the node reaches its pods' net1 addresses through a shim link on the master
-/// ([`crate::link::shim`]). `true`, or an object; `addresses` gives nodes their shim address by node name
-/// (any IPAM); a node not listed gets one from the pool under `iotlan-shim.<node>` (iotlan-ipam only;
-/// a reservation for that identity pins it).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HostShim {
-    #[serde(default)]
-    pub addresses: std::collections::BTreeMap<String, IpAddr>,
-}
-
-/// IPv6 behaviour on net1.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Ipv6 {
-    /// Accept router advertisements (SLAAC addresses and route information options), as Matter
-    /// devices and Thread border routers on the LAN need.
-    #[serde(default, rename = "acceptRA")]
-    pub accept_ra: bool,
-    /// Let RAs install a default route via net1. Off unless asked: net1 never carries default traffic.
-    #[serde(default)]
-    pub default_route: bool,
-}
-
-/// `runtimeConfig` (only present when the config declares the matching `capabilities`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RuntimeConfig {
-    #[serde(default)]
-    pub ips: Vec<String>,
-    #[serde(default)]
-    pub mac: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,14 +58,6 @@ struct RawConf {
     valid_attachments: Option<Vec<GcAttachment>>,
     #[serde(rename = "cni.dev/attachments")]
     attachments: Option<Vec<GcAttachment>>,
-}
-
-/// One entry of GC's `cni.dev/valid-attachments`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct GcAttachment {
-    #[serde(rename = "containerID")]
-    pub container_id: String,
-    pub ifname: String,
 }
 
 /// The validated configuration.
@@ -427,49 +319,6 @@ impl NetConf {
             }
         }
         out
-    }
-}
-
-/// What DEL reads of the configuration, and nothing more: the network name and the `ipam` section
-/// (to release the addresses), and where to log. Every other key is ignored, whatever it holds, so a
-/// config that changed since ADD (a downgrade, an edited NAD) can still be torn down: a DEL that fails
-/// on the config would leave the pod in Terminating for good.
-#[derive(Debug, Clone, Default)]
-pub struct DelConf {
-    /// The network name, when it is there and valid.
-    pub name: Option<String>,
-    /// `ipam.type`, when it is there and a plugin name.
-    pub ipam_type: Option<String>,
-    pub ipam: Value,
-    /// `stateDir` when absolute, else the default: where the hostShim records are.
-    pub state_dir: PathBuf,
-    pub log_file: Option<PathBuf>,
-    pub log_level: Option<String>,
-    /// The configuration bytes as received: a delegated IPAM plugin gets exactly these.
-    pub raw: Vec<u8>,
-}
-
-impl DelConf {
-    /// Never fails: what cannot be read is `None` (the release is then skipped and says why).
-    pub fn parse(bytes: &[u8]) -> DelConf {
-        let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
-        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
-        let ipam = v.get("ipam").cloned().unwrap_or(Value::Null);
-        DelConf {
-            name: text(v.get("name")).filter(|n| validate_network_name(n).is_ok()),
-            ipam_type: text(ipam.get("type"))
-                .filter(|t| !t.is_empty() && !t.contains('/') && !t.starts_with('.')),
-            ipam,
-            state_dir: text(v.get("stateDir"))
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute())
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
-            log_file: text(v.get("logFile"))
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute()),
-            log_level: text(v.get("logLevel")),
-            raw: bytes.to_vec(),
-        }
     }
 }
 
