@@ -1,5 +1,5 @@
 //! The network configuration (a NetworkAttachmentDefinition's CNI config) as iotlan reads it.
-//! Every key is documented in the README's configuration reference; keep the two in step.
+//! Every key is documented in the README's configuration reference; `reference.rs` checks the two agree.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -16,6 +16,8 @@ pub const DEFAULT_STATE_DIR: &str = iotlan_ipam::paths::STATE_DIR;
 
 mod del;
 mod objects;
+#[cfg(all(test, feature = "kubernetes"))]
+mod reference;
 
 pub use del::DelConf;
 pub use objects::*;
