@@ -3,19 +3,12 @@
 //!
 //! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_requests`.
 
-#[macro_use]
-#[path = "support/contract.rs"]
-mod contract;
-use iotlan_apiserver_double as apiserver;
-#[path = "support/kubefix.rs"]
-mod kubefix;
-use iotlan_apiserver_double::rbac;
-
-use apiserver::Verbs;
-use contract::{ip, ips, req};
+use crate::contract::{ip, ips, req};
+use crate::kubefix::KubeFixture;
+use crate::{contract, kubefix};
+use iotlan_apiserver_double::Verbs;
 use iotlan_ipam::store::kubernetes::objects;
 use iotlan_ipam::{Attachment, Pool, Store};
-use kubefix::KubeFixture;
 
 /// Runs `op` and returns the requests it made, per verb.
 fn counted<T>(f: &KubeFixture, op: impl FnOnce() -> T) -> (T, Verbs) {

@@ -1,9 +1,6 @@
 //! The store contract (support/contract.rs) against the file store and the in-memory reference store.
 
-#[macro_use]
-#[path = "support/contract.rs"]
-mod contract;
-
+use crate::contract;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -4,18 +4,10 @@
 //!
 //! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_upgrade`.
 
-#[macro_use]
-#[path = "support/contract.rs"]
-mod contract;
-use iotlan_apiserver_double as apiserver;
-#[path = "support/kubefix.rs"]
-mod kubefix;
-use iotlan_apiserver_double::rbac;
-
-use contract::{ip, ips, req, v4_pool};
+use crate::contract::{ip, ips, req, v4_pool};
+use crate::kubefix::{lease, object, KubeFixture, NS};
 use iotlan_ipam::store::kubernetes::objects;
 use iotlan_ipam::{Attachment, Store};
-use kubefix::{lease, object, KubeFixture, NS};
 
 const POD: &str = "media/jellyfin-0";
 

@@ -2,14 +2,11 @@
 //! a read-only file system and a full disk. The last two mount a small tmpfs, which needs root (they
 //! skip with a message otherwise, and fail when CI=true).
 
-#[path = "support/contract.rs"]
-mod contract;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use contract::{ip, ips, req, v4_pool};
+use crate::contract::{ip, ips, req, v4_pool};
 use iotlan_ipam::{Attachment, Error, FileStore, Store};
 
 fn open(dir: &Path) -> FileStore {

@@ -20,11 +20,9 @@
 //! `MODEL_NO_PROBE=1` leaves the CNI layer's probe before a takeover across nodes out: the oracle
 //! then finds an address on two live links (the control that shows the model can fail).
 
+use crate::contract;
 #[cfg(feature = "kubernetes")]
 use iotlan_apiserver_double as apiserver;
-#[path = "support/contract.rs"]
-mod contract;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! Multi-process tests of the file store: every ADD is its own process, as under a container runtime.
-//! This binary re-executes itself as the driver (support/driver.rs) for each operation.
+//! The binary re-executes itself as the driver (support/driver.rs) for each operation.
 //!
 //! - `concurrent_adds`: 250 processes, released at one instant (their stdin closed), allocate from one store (300 addresses):
 //!   0 duplicates, every process gets its address, the store holds exactly those leases.
@@ -9,8 +9,7 @@
 //!
 //! Run: `cargo test -p iotlan-ipam --test multiprocess` (arguments filter by name).
 
-#[path = "support/driver.rs"]
-mod driver;
+use crate::driver;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -20,12 +19,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use iotlan_ipam::Lease;
 
-fn main() {
-    driver::test_main(&[
-        ("concurrent_adds", concurrent_adds),
-        ("sigkill_loop", sigkill_loop),
-    ]);
-}
+/// This module's tests, run by the binary's `main`.
+pub const TESTS: &[(&str, fn())] = &[
+    ("concurrent_adds", concurrent_adds),
+    ("sigkill_loop", sigkill_loop),
+];
 
 struct Setup {
     _dir: tempfile::TempDir,

@@ -5,20 +5,12 @@
 //!
 //! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_node_loss`.
 
-#[macro_use]
-#[path = "support/contract.rs"]
-mod contract;
-use iotlan_apiserver_double as apiserver;
-#[path = "support/kubefix.rs"]
-mod kubefix;
-use iotlan_apiserver_double::rbac;
-
-use contract::{ip, ips, req, v4_pool};
+use crate::contract::{ip, ips, req, v4_pool};
 use iotlan_ipam::store::kubernetes::KubernetesStore;
 use iotlan_ipam::{Attachment, Error, Lease, NeverGone, Store};
 use serde_json::json;
 
-use kubefix::{store_config, KubeFixture};
+use crate::kubefix::{store_config, KubeFixture};
 
 const POD: &str = "home-assistant/home-assistant-0";
 

@@ -5,25 +5,19 @@
 //!
 //! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_store`.
 
-#[macro_use]
-#[path = "support/contract.rs"]
-mod contract;
-use iotlan_apiserver_double as apiserver;
-#[path = "support/kubefix.rs"]
-mod kubefix;
-use iotlan_apiserver_double::rbac;
+use crate::{apiserver, contract};
 use iotlan_apiserver_double::tls;
 
 use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::Path;
 
-use contract::{ip, ips, req, req_ip, v4_pool};
+use crate::contract::{ip, ips, req, req_ip, v4_pool};
 use iotlan_ipam::store::kubernetes::{objects, KubernetesStore};
 use iotlan_ipam::{Attachment, Error, Lease, Store};
 use serde_json::{json, Value};
 
-use kubefix::{lease, name, object, store_config, Gone, KubeFixture, NS, TOKEN};
+use crate::kubefix::{lease, name, object, store_config, Gone, KubeFixture, NS, TOKEN};
 
 store_contract_tests!(kubernetes, Box::new(super::KubeFixture::new()));
 

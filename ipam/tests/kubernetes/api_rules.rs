@@ -11,22 +11,17 @@
 //!
 //! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_api_rules`.
 
-#[macro_use]
-#[path = "support/contract.rs"]
-mod contract;
-use iotlan_apiserver_double as apiserver;
-#[path = "support/kubefix.rs"]
-mod kubefix;
+use crate::kubefix;
 use iotlan_apiserver_double::rbac;
 
 use std::time::Duration;
 
-use contract::{ips, req, v4_pool};
+use crate::contract::{ips, req, v4_pool};
 use iotlan_ipam::store::kubernetes::{objects, Reconciler};
 use iotlan_ipam::{Attachment, Store};
 use serde_json::{json, Value};
 
-use kubefix::{lease, name, object, Gone, KubeFixture, NS, TOKEN};
+use crate::kubefix::{lease, name, object, Gone, KubeFixture, NS, TOKEN};
 
 fn path(name: &str) -> String {
     format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{name}")

@@ -7,9 +7,7 @@
 //! (sticky); otherwise the first free address from the identity's hash slot; errors only when the model
 //! says so, leaving the state unchanged; DEL and GC free exactly what they should.
 
-#[path = "support/contract.rs"]
-mod contract;
-
+use crate::contract;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;

@@ -11,28 +11,26 @@
 //!
 //! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_multiprocess`.
 
-use iotlan_apiserver_double as apiserver;
-#[path = "support/driver.rs"]
-mod driver;
 use iotlan_apiserver_double::rbac;
+
+use crate::driver;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use apiserver::ApiServer;
+use iotlan_apiserver_double::ApiServer;
 use iotlan_ipam::Lease;
 
 const NS: &str = "iotlan-system";
 
-fn main() {
-    driver::test_main(&[
-        ("concurrent_adds", concurrent_adds),
-        ("one_address_many_nodes", one_address_many_nodes),
-        ("gc_from_another_process", gc_from_another_process),
-    ]);
-}
+/// This module's tests, run by the binary's `main`.
+pub const TESTS: &[(&str, fn())] = &[
+    ("concurrent_adds", concurrent_adds),
+    ("one_address_many_nodes", one_address_many_nodes),
+    ("gc_from_another_process", gc_from_another_process),
+];
 
 struct Setup {
     server: ApiServer,
