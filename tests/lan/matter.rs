@@ -19,8 +19,7 @@ use iotlan_tests::capture::{FrameCapture, Ipv6Frame, ETH_P_IPV6};
 use iotlan_tests::*;
 use serde_json::{json, Value};
 
-mod common;
-use common::*;
+use iotlan_tests::network::*;
 
 /// The Thread network's off-mesh-routable prefix, announced in the RIO.
 const THREAD_PREFIX: &str = "fd2a:6c9d:3e1b:1::/64";

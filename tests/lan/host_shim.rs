@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 use iotlan_tests::*;
 use serde_json::{json, Value};
 
-mod common;
-use common::*;
 use iotlan_apiserver_double::yaml;
+use iotlan_tests::network::*;
 
 const SHIM: &str = "iot-eth0";
 const POOL: (u8, u8) = (100, 150);

@@ -7,8 +7,7 @@ use std::net::IpAddr;
 use iotlan_tests::*;
 use serde_json::{json, Value};
 
-mod common;
-use common::*;
+use iotlan_tests::network::*;
 
 const ESP: (&str, &str) = ("iot", "esphome-0");
 

@@ -10,8 +10,7 @@ use std::time::Duration;
 use iotlan_tests::*;
 use serde_json::{json, Value};
 
-mod common;
-use common::*;
+use iotlan_tests::network::*;
 
 /// `ip -j route get <dst>` in `ns` (with `from`), the first entry.
 fn route_get(ns: &Netns, dst: &str, from: Option<&str>) -> Value {

@@ -1,10 +1,9 @@
 //! What the simulated-LAN suites share: the pool config of network `iot`, its state directory, and
 //! ADD/DEL as kubelet/Multus exec them for Home Assistant's pod.
-#![allow(dead_code)]
 
 use std::path::Path;
 
-use iotlan_tests::*;
+use crate::*;
 use serde_json::{json, Value};
 
 pub const HA: (&str, &str) = ("home-assistant", "home-assistant-0");
