@@ -9,7 +9,7 @@
 //! So a conditional write of the store (uid and resourceVersion as read) never brings back an
 //! object deleted in between.
 //!
-//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_api_rules`.
+//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes api_rules`.
 
 use crate::kubefix;
 use iotlan_apiserver_double::rbac;

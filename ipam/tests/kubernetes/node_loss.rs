@@ -3,7 +3,7 @@
 //! the old node is lost (gone, or NotReady past `store.nodeLossGraceSeconds`), against the API
 //! server double's Nodes.
 //!
-//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_node_loss`.
+//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes node_loss`.
 
 use crate::contract::{ip, ips, req, v4_pool};
 use iotlan_ipam::store::kubernetes::KubernetesStore;

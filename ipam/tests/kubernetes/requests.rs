@@ -1,7 +1,7 @@
 //! How many API requests each ADD and DEL of the kubernetes store costs, counted per verb by the
 //! API server double. A regression (a LIST creeping back into ADD or DEL, an extra GET) fails here.
 //!
-//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_requests`.
+//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes requests`.
 
 use crate::contract::{ip, ips, req};
 use crate::kubefix::KubeFixture;

@@ -3,7 +3,7 @@
 //! a lock-free, networked store has: lost races, conditional deletes, an unreachable or refusing
 //! API server, the objects it writes. The reconcile loop is in kubernetes_reconcile.rs.
 //!
-//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_store`.
+//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes store::`.
 
 use crate::{apiserver, contract};
 use iotlan_apiserver_double::tls;

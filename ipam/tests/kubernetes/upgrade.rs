@@ -2,7 +2,7 @@
 //! objects written by that layout (an address object per held address, an identity object with
 //! only `iotlan/ips`) are read, released and stay sticky under the new code.
 //!
-//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_upgrade`.
+//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes upgrade`.
 
 use crate::contract::{ip, ips, req, v4_pool};
 use crate::kubefix::{lease, object, KubeFixture, NS};

@@ -7,7 +7,7 @@
 //!   one GC with the completed ones as valid: 0 leaked, 0 duplicates, every completed ADD holds the
 //!   address it was told. (Takeovers by recreated pods are covered by the proptest and the contract.)
 //!
-//! Run: `cargo test -p iotlan-ipam --test multiprocess` (arguments filter by name).
+//! Run: `cargo test -p iotlan-ipam --test multiprocess file_store` (arguments filter by name).
 
 use crate::driver;
 

@@ -9,7 +9,7 @@
 //!   naming the winner;
 //! - `gc_from_another_process`: a GC process frees exactly the leases not listed as valid.
 //!
-//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_multiprocess`.
+//! Run: `cargo test -p iotlan-ipam --features kubernetes --test multiprocess kubernetes`.
 
 use iotlan_apiserver_double::rbac;
 

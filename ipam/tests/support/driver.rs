@@ -11,7 +11,8 @@
 //! `<config.json>` holds the CNI config's `ipam` object. Prints the resulting leases as JSON on stdout.
 //! Exit codes: 0 done, 11 retryable (busy), 1 any other error (message on stderr), 2 usage.
 //! With `IOTLAN_DRIVER_WAIT_STDIN` set it first waits for the end of its stdin, so a test can start
-//! many processes and release them at one instant by closing their stdin pipes.
+//! many processes and release them at one instant by closing their stdin pipes. Included by path by
+//! tests/multiprocess and the pool benchmark, which has no use for [`test_main`] (`allow(dead_code)`).
 #![allow(dead_code)]
 
 use iotlan_ipam::{open_store, AllocRequest, Attachment, Error, Lease, Pool, PoolConfig};
