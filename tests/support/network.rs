@@ -20,6 +20,12 @@ pub fn ready() -> bool {
 /// A per-test state directory for the pool store and the driver memory.
 pub struct State(pub tempfile::TempDir);
 
+impl Default for State {
+    fn default() -> State {
+        State::new()
+    }
+}
+
 impl State {
     pub fn new() -> State {
         State(
