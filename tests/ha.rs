@@ -33,8 +33,7 @@ use std::time::{Duration, Instant};
 use iotlan_tests::*;
 use serde_json::{json, Value};
 
-mod common;
-use common::*;
+use iotlan_tests::network::*;
 
 /// The Home Assistant release the test runs (see the module comment for why not 2026.11.0).
 const HA_VERSION: &str = "2026.2.3";

@@ -1,6 +1,7 @@
 //! The `ipam` object of the CNI network configuration, as it is deserialized. Nothing here is validated:
 //! [`crate::Pool::new`] does that and names the offending field in its error. Unknown keys (such as `type`)
-//! are ignored. See the crate documentation for the reference of every key.
+//! are ignored. What every key means: the README's configuration reference, checked against these structs
+//! by a test (`plugin/src/config/reference.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

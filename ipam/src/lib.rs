@@ -26,24 +26,12 @@
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 //!
-//! # Configuration reference (the CNI config's `ipam` object)
+//! # Configuration
 //!
-//! Every key is camelCase; unknown keys (such as `type`) are ignored. [`Pool::new`] validates the whole
-//! object and its errors name the field (`pool[1]`, `ipv6.gateway`, `reservations["iot/esphome-0"]`).
-//!
-//! | key | type | meaning |
-//! |---|---|---|
-//! | `subnet` | CIDR, required | The LAN's subnet, IPv4 or IPv6, without host bits (`192.168.20.0/24`). IPv4 /1 to /30, IPv6 /1 to /126. |
-//! | `gateway` | IP | The LAN's router, inside `subnet`. Never handed out, must not lie inside a `pool` entry, and is the gateway of the routes that have none. |
-//! | `pool` | list, required | What iotlan may hand out. Each entry is an address, an inclusive range `a-b`, or a CIDR block `a/n`, inside `subnet`; entries must not overlap. Keep it outside the router's DHCP range. `[]` when only reservations are handed out. |
-//! | `exclude` | list | Addresses, ranges or CIDR blocks inside `subnet` that are never handed out. |
-//! | `ipv6` | object | Only with an IPv4 `subnet`: `{subnet, gateway, pool, exclude}` of an IPv6 subnet, same rules. The pool becomes dual-stack: every attachment gets one address of each family. |
-//! | `reservations` | map | Pod identity to one address or a list (at most one per family). The identity is `namespace/name`, or the container ID when the runtime gives no pod name. A reserved address must lie inside its family's subnet (it may lie outside `pool`), must not be excluded, the gateway, the network or broadcast address, and may be reserved for one identity only. It is never handed to another identity. |
-//! | `routes` | list | `{"dst": CIDR, "gw": IP}` routes via this network; `gw` is optional (the family's `gateway`, else on-link) and must lie inside the subnet. A default route (`0.0.0.0/0`, `::/0`) is refused: the pod's default route stays on its primary interface. |
-//! | `dns` | object | `{nameservers: [IP], domain, search: [], options: []}`, passed to the CNI result. An empty `domain` is omitted. |
-//! | `store.kind` | string | `file` (default; one node) or `kubernetes` (clusters, when built with it). |
-//! | `store.dir` | path | File store: state directory, default `/var/lib/cni/iotlan`; the network's leases are in `<dir>/<name>/`. |
-//! | `store.lockTimeoutMs` | integer | File store: how long an operation waits for the lock, default 10000; then it fails with a retryable error. |
+//! [`PoolConfig`] is the CNI config's `ipam` object and [`StoreConfig`] its `store`. What every key means
+//! is in the README's configuration reference (the `ipam` and `ipam.store` tables), which a test of the
+//! plugin checks against these structs. [`Pool::new`] validates the whole object and its errors name the
+//! field (`pool[1]`, `ipv6.gateway`, `reservations["iot/esphome-0"]`).
 //!
 //! # Allocation order
 //!

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepares the real CNI runtimes that tests/runtimes.rs drives, on Debian 12. Idempotent and quiet.
+# Prepares the real CNI runtimes that tests/runtimes/ drives, on Debian 12. Idempotent and quiet.
 #  - the simulated-LAN needs (tests/support/setup.sh)
 #  - podman 4.3 + runc + conmon, containerd 1.6 (ctr), busybox-static, golang-go, dpkg-dev
 #  - cnitool, built from Debian's golang-github-appc-cni source package with Debian's golang-go

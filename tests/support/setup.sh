@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the simulated-LAN tests (tests/support, tests/lan.rs) and the durability test (strace) need on Debian 12.
+# Installs what the simulated-LAN tests (tests/support, tests/lan/) and the durability test (strace) need on Debian 12.
 # Idempotent and quiet: only missing packages are installed.
 set -euo pipefail
 

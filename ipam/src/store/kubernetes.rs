@@ -24,16 +24,8 @@
 //! `app.kubernetes.io/managed-by=iotlan` label in their own namespace and no duration, so they
 //! are never mistaken for an election lock.
 //!
-//! Configuration (the `ipam.store` object):
-//!
-//! | key | default | meaning |
-//! |---|---|---|
-//! | `kind` | | `"kubernetes"` |
-//! | `namespace` | `iotlan-system` | where the Lease objects live |
-//! | `kubeconfig` | `/etc/cni/net.d/iotlan.d/iotlan.kubeconfig`, else k3s's `/var/lib/rancher/k3s/agent/etc/cni/net.d/iotlan.d/iotlan.kubeconfig` | written by `iotlan install` |
-//! | `timeoutMs` | 10000 | connect and per-request timeout |
-//! | `nodeLossGraceSeconds` | 300 (30 to 86400) | how long a node must have been not Ready before it counts as lost |
-//! | `stateDir` | `/var/lib/cni/iotlan` | where the node-local record of this node's attachments is kept ([`node_record`]) |
+//! Configuration: the `ipam.store` keys of this kind are the variants of [`StoreKey`]; what each means
+//! is in the README's configuration reference (`ipam.store`), checked against them by a test.
 //!
 //! An address held by an earlier sandbox of the same pod on *another* node is taken over only when
 //! that node is lost (`nodes.rs`): its Node object is gone, or its `Ready` condition has not been
@@ -79,8 +71,8 @@ pub use reassert::{
 };
 pub use reconcile::{ReconcileReport, Reconciler, DEFAULT_IDENTITY_RETENTION};
 pub use settings::{
-    Settings, DEFAULT_KUBECONFIGS, DEFAULT_NAMESPACE, DEFAULT_NODE_LOSS_GRACE_SECONDS,
-    DEFAULT_TIMEOUT_MS, NODE_LOSS_GRACE_SECONDS,
+    Key as StoreKey, Settings, DEFAULT_KUBECONFIGS, DEFAULT_NAMESPACE,
+    DEFAULT_NODE_LOSS_GRACE_SECONDS, DEFAULT_TIMEOUT_MS, NODE_LOSS_GRACE_SECONDS,
 };
 
 /// The kubernetes store of one network.

@@ -10,6 +10,11 @@
 //!
 //! Every call of [`Fixture::store`] must return a new handle on the same state (another process or
 //! node, as far as the store can tell), so the concurrency case exercises the store's own exclusion.
+//!
+//! Over 500 lines on purpose: the suite is one list, each case a function and the macro below that
+//! instantiates every case for a store; split, a case could be added without its instantiation. It is
+//! included by path by several test binaries (tests/store, tests/kubernetes, the node agent's), each
+//! using a different part of it: hence `allow(dead_code)`.
 #![allow(dead_code)]
 
 use std::collections::{BTreeSet, HashSet};

@@ -11,7 +11,8 @@
 //! `<config.json>` holds the CNI config's `ipam` object. Prints the resulting leases as JSON on stdout.
 //! Exit codes: 0 done, 11 retryable (busy), 1 any other error (message on stderr), 2 usage.
 //! With `IOTLAN_DRIVER_WAIT_STDIN` set it first waits for the end of its stdin, so a test can start
-//! many processes and release them at one instant by closing their stdin pipes.
+//! many processes and release them at one instant by closing their stdin pipes. Included by path by
+//! tests/multiprocess and the pool benchmark, which has no use for [`test_main`] (`allow(dead_code)`).
 #![allow(dead_code)]
 
 use iotlan_ipam::{open_store, AllocRequest, Attachment, Error, Lease, Pool, PoolConfig};
@@ -19,7 +20,7 @@ use iotlan_ipam::{open_store, AllocRequest, Attachment, Error, Lease, Pool, Pool
 pub const ARG: &str = "driver";
 
 /// The `main` of a self-exec test binary (`harness = false`): runs as the driver when called with
-/// [`ARG`], else runs `tests` (filtered by the non-flag arguments), prints cargo's closing line and
+/// [`ARG`], else runs `tests` (filtered by the non-flag arguments), prints libtest's closing line and
 /// exits 1 when one failed.
 pub fn test_main(tests: &[(&str, fn())]) {
     let args: Vec<String> = std::env::args().collect();
@@ -27,9 +28,10 @@ pub fn test_main(tests: &[(&str, fn())]) {
         std::process::exit(run(&args[2..]));
     }
     let filters: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut filtered) = (0, 0, 0);
     for (name, test) in tests {
         if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            filtered += 1;
             continue;
         }
         println!("test {name} ...");
@@ -45,8 +47,9 @@ pub fn test_main(tests: &[(&str, fn())]) {
             }
         }
     }
+    // libtest's own closing line, which test.sh's summary (scripts/test-summary) counts.
     println!(
-        "test result: {}. {passed} passed; {failed} failed",
+        "test result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; {filtered} filtered out",
         if failed == 0 { "ok" } else { "FAILED" }
     );
     if failed > 0 {

@@ -1,5 +1,6 @@
 //! What the kubernetes store tests share: a fixture around the API server double, the store's
-//! config for it, and leases and objects as another client would write them.
+//! config for it, and leases and objects as another client would write them. Included by path by
+//! tests/kubernetes and the node agent's test binaries, each using a part of it (`allow(dead_code)`).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

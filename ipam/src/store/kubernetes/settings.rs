@@ -1,7 +1,11 @@
-//! The `store` keys of the kubernetes kind (table in the parent module's docs).
+//! The `store` keys of the kubernetes kind. What each means is in the README's configuration
+//! reference (`ipam.store`), which a test checks against [`Key`].
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::config::{lenient_u64, StoreConfig};
 use crate::error::Error;
@@ -21,6 +25,28 @@ pub const MAX_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_NODE_LOSS_GRACE_SECONDS: u64 = 300;
 /// The bounds of `store.nodeLossGraceSeconds`.
 pub const NODE_LOSS_GRACE_SECONDS: std::ops::RangeInclusive<u64> = 30..=86_400;
+
+/// One key of `ipam.store` that this kind reads, with its value as given: the one list of the
+/// kind's keys (a key that is no variant is unknown). [`Settings::from_config`] checks the value,
+/// [`Settings::lenient`] reads it as DEL must.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Key {
+    Namespace(Value),
+    Kubeconfig(Value),
+    TimeoutMs(Value),
+    NodeLossGraceSeconds(Value),
+    StateDir(Value),
+}
+
+impl Key {
+    /// The variant `key` names, holding `value`; an error naming the known keys when it names none.
+    fn read(key: &str, value: &Value) -> Result<Key, serde_json::Error> {
+        let mut one = serde_json::Map::new();
+        one.insert(key.to_string(), value.clone());
+        serde_json::from_value(Value::Object(one))
+    }
+}
 
 /// The `store` keys this kind reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,29 +78,25 @@ impl Settings {
         let mut s = Settings::default();
         for (key, value) in &cfg.extra {
             let field = format!("store.{key}");
-            match key.as_str() {
-                "namespace" => {
-                    let ns = value.as_str().ok_or_else(|| Error::config(&field, "must be a string"))?;
+            let key = Key::read(key, value).map_err(|e| {
+                Error::config(&field, format!("not a key of the kubernetes store: {e}"))
+            })?;
+            match key {
+                Key::Namespace(value) => {
+                    let ns = value
+                        .as_str()
+                        .ok_or_else(|| Error::config(&field, "must be a string"))?;
                     if !is_dns_label(ns) {
-                        return Err(Error::config(&field, format!("{ns:?} is not a namespace name (a DNS label)")));
+                        return Err(Error::config(
+                            &field,
+                            format!("{ns:?} is not a namespace name (a DNS label)"),
+                        ));
                     }
                     s.namespace = ns.to_string();
                 }
-                "kubeconfig" => {
-                    let p = value.as_str().ok_or_else(|| Error::config(&field, "must be a string"))?;
-                    if !Path::new(p).is_absolute() {
-                        return Err(Error::config(&field, "must be an absolute path"));
-                    }
-                    s.kubeconfig = Some(PathBuf::from(p));
-                }
-                "stateDir" => {
-                    let p = value.as_str().ok_or_else(|| Error::config(&field, "must be a string"))?;
-                    if !Path::new(p).is_absolute() {
-                        return Err(Error::config(&field, "must be an absolute path"));
-                    }
-                    s.state_dir = PathBuf::from(p);
-                }
-                "timeoutMs" => {
+                Key::Kubeconfig(value) => s.kubeconfig = Some(absolute_path(&field, &value)?),
+                Key::StateDir(value) => s.state_dir = absolute_path(&field, &value)?,
+                Key::TimeoutMs(value) => {
                     let ms = value
                         .as_u64()
                         .filter(|ms| (1..=MAX_TIMEOUT_MS).contains(ms))
@@ -86,7 +108,7 @@ impl Settings {
                         })?;
                     s.timeout = Duration::from_millis(ms);
                 }
-                "nodeLossGraceSeconds" => {
+                Key::NodeLossGraceSeconds(value) => {
                     let secs = value
                         .as_u64()
                         .filter(|s| NODE_LOSS_GRACE_SECONDS.contains(s))
@@ -102,12 +124,6 @@ impl Settings {
                         })?;
                     s.node_loss_grace = Duration::from_secs(secs);
                 }
-                _ => {
-                    return Err(Error::config(
-                        &field,
-                        "unknown key for the kubernetes store (known: namespace, kubeconfig, timeoutMs, nodeLossGraceSeconds, stateDir)",
-                    ))
-                }
             }
         }
         Ok(s)
@@ -121,35 +137,33 @@ impl Settings {
         let mut s = Settings::default();
         for (key, value) in &cfg.extra {
             let field = format!("store.{key}");
-            match key.as_str() {
-                "namespace" => match value.as_str().filter(|ns| is_dns_label(ns)) {
+            let Ok(key) = Key::read(key, value) else {
+                tracing::warn!(%field, "a key this build does not know, ignored for DEL");
+                continue;
+            };
+            match key {
+                Key::Namespace(value) => match value.as_str().filter(|ns| is_dns_label(ns)) {
                     Some(ns) => s.namespace = ns.to_string(),
                     None => tracing::warn!(%field, given = %value, "unreadable, ignored for DEL"),
                 },
-                "kubeconfig" | "stateDir" => {
-                    match value
-                        .as_str()
-                        .map(PathBuf::from)
-                        .filter(|p| p.is_absolute())
-                    {
-                        Some(p) if key == "kubeconfig" => s.kubeconfig = Some(p),
-                        Some(p) => s.state_dir = p,
-                        None => {
-                            tracing::warn!(%field, given = %value, "unreadable, ignored for DEL")
-                        }
-                    }
-                }
-                "timeoutMs" => {
-                    if let Some(ms) = lenient_u64(&field, value, 1..=MAX_TIMEOUT_MS) {
+                Key::Kubeconfig(value) => match absolute_path(&field, &value) {
+                    Ok(p) => s.kubeconfig = Some(p),
+                    Err(_) => tracing::warn!(%field, given = %value, "unreadable, ignored for DEL"),
+                },
+                Key::StateDir(value) => match absolute_path(&field, &value) {
+                    Ok(p) => s.state_dir = p,
+                    Err(_) => tracing::warn!(%field, given = %value, "unreadable, ignored for DEL"),
+                },
+                Key::TimeoutMs(value) => {
+                    if let Some(ms) = lenient_u64(&field, &value, 1..=MAX_TIMEOUT_MS) {
                         s.timeout = Duration::from_millis(ms);
                     }
                 }
-                "nodeLossGraceSeconds" => {
-                    if let Some(secs) = lenient_u64(&field, value, NODE_LOSS_GRACE_SECONDS) {
+                Key::NodeLossGraceSeconds(value) => {
+                    if let Some(secs) = lenient_u64(&field, &value, NODE_LOSS_GRACE_SECONDS) {
                         s.node_loss_grace = Duration::from_secs(secs);
                     }
                 }
-                _ => tracing::warn!(%field, "a key this build does not know, ignored for DEL"),
             }
         }
         s
@@ -171,6 +185,17 @@ impl Settings {
                 ),
             })
     }
+}
+
+/// A path key's value: a string holding an absolute path.
+fn absolute_path(field: &str, value: &Value) -> Result<PathBuf, Error> {
+    let p = value
+        .as_str()
+        .ok_or_else(|| Error::config(field, "must be a string"))?;
+    if !Path::new(p).is_absolute() {
+        return Err(Error::config(field, "must be an absolute path"));
+    }
+    Ok(PathBuf::from(p))
 }
 
 fn is_dns_label(s: &str) -> bool {

@@ -1,0 +1,420 @@
+//! The lifecycle model: random sequences of what kubelet, Multus and runtimes really do to the pods of
+//! a cluster's nodes, against the file store, the memory store and the Kubernetes store (through the
+//! API server double), with the CNI layer's rules modelled on top:
+//! - an ADD grants addresses and brings a link up, or fails after its grant and reverts it, or is
+//!   killed (-9) between the two; its interface is whatever the order of the pod's networks made it
+//!   (`net1`, `net2`, `iot0`), and a sandbox may attach the same network twice;
+//! - DEL takes the link off the wire and releases (or is lost, as Multus thick drops a DEL's error);
+//! - a sandbox dies without DEL; a pod restarts under the same name, on its node or another, with or
+//!   without its old sandbox alive; a retried ADD of the same attachment fails with 103 and reverts;
+//! - a node loses its kubelet (NotReady past the grace) while its sandboxes still run, or comes back;
+//!   a takeover across nodes is undone while the old sandbox still answers on the LAN (the CNI
+//!   layer's probe from the master);
+//! - GC lists the live sandboxes.
+//!
+//! One oracle after every step: no address is on two live links, every live link's address is held
+//! by exactly its own attachment, and under the key of its pod (or, for a second attachment of the
+//! network in one sandbox, a key of its own), so that a reservation applies whatever the interface
+//! is called. A reverted grant leaves the store exactly as it was.
+//!
+//! `MODEL_NO_PROBE=1` leaves the CNI layer's probe before a takeover across nodes out: the oracle
+//! then finds an address on two live links (the control that shows the model can fail).
+
+use crate::contract;
+#[cfg(feature = "kubernetes")]
+use iotlan_apiserver_double as apiserver;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use iotlan_ipam::{
+    AllocRequest, Attachment, Error, FileStore, Lease, MemoryStore, Pool, SandboxCheck, Store,
+};
+use proptest::prelude::*;
+
+/// The pods: one with a reservation, three from the pool (which has room for two more).
+const IDENTITIES: &[&str] = &[
+    "ha/home-assistant-0",
+    "iot/esphome-0",
+    "iot/z2m-0",
+    "media/jf-0",
+];
+const RESERVED: &str = "192.168.20.100";
+/// The names a pod's attachment of the network may get.
+const IFNAMES: &[&str] = &["net1", "net2", "iot0"];
+/// The nodes (the file and memory stores are one node's).
+#[cfg(feature = "kubernetes")]
+const NODES: &[&str] = &["node-a", "node-b"];
+
+fn pool() -> Pool {
+    contract::pool(
+        "iot",
+        serde_json::json!({
+            "subnet": "192.168.20.0/24", "gateway": "192.168.20.1",
+            "pool": ["192.168.20.200-192.168.20.203"],
+            "reservations": { IDENTITIES[0]: RESERVED }
+        }),
+    )
+}
+
+#[derive(Clone, Debug)]
+enum Add {
+    /// The link comes up.
+    Up,
+    /// The link part fails after the grant (MAC in use, netlink error): the grant is reverted.
+    FailsAfterGrant,
+    /// The process is killed between the grant and the link: nothing is undone.
+    Killed,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// A new sandbox of pod `k` on node `n`, its attachment named `IFNAMES[i]` (a first start, or a
+    /// restart under the same name).
+    NewSandbox(usize, usize, usize, Add),
+    /// Attachment `a`'s sandbox attaches the network once more, as `IFNAMES[i]`.
+    AttachAgain(usize, usize),
+    /// The runtime retries ADD for an attachment that is up: 103, reverted.
+    RetryAdd(usize),
+    /// DEL of attachment `a` (of all ever made); `lost`: the release never reaches the store.
+    Del(usize, bool),
+    /// Attachment `a`'s sandbox dies without a DEL (its namespace is gone).
+    Dies(usize),
+    /// Node `n` loses its kubelet: NotReady long past the grace; its sandboxes run on.
+    NodeLost(usize),
+    /// Node `n` is Ready again.
+    NodeBack(usize),
+    /// CNI GC with the live sandboxes as valid.
+    Gc,
+}
+
+fn op(nodes: usize) -> impl Strategy<Value = Op> {
+    let add = prop_oneof![
+        4 => Just(Add::Up),
+        1 => Just(Add::FailsAfterGrant),
+        1 => Just(Add::Killed)
+    ];
+    let node_ops = if nodes > 1 { 1 } else { 0 };
+    prop_oneof![
+        5 => (0..IDENTITIES.len(), 0..nodes, 0..IFNAMES.len(), add)
+            .prop_map(|(k, n, i, a)| Op::NewSandbox(k, n, i, a)),
+        1 => (0..8usize, 0..IFNAMES.len()).prop_map(|(a, i)| Op::AttachAgain(a, i)),
+        1 => (0..8usize).prop_map(Op::RetryAdd),
+        3 => (0..8usize, proptest::bool::weighted(0.2)).prop_map(|(a, l)| Op::Del(a, l)),
+        1 => (0..8usize).prop_map(Op::Dies),
+        node_ops => (0..nodes).prop_map(Op::NodeLost),
+        node_ops => (0..nodes).prop_map(Op::NodeBack),
+        1 => Just(Op::Gc),
+    ]
+}
+
+/// One attachment ever made: its sandbox's container, its interface, its pod and node, and its
+/// link's addresses while on the wire.
+struct Attached {
+    att: Attachment,
+    identity: String,
+    node: usize,
+    on_wire: Option<Vec<IpAddr>>,
+    exists: bool,
+}
+
+/// A node's wire as the CNI layer's check sees it: a sandbox is gone when its link is.
+struct Wire<'a>(&'a [Attached]);
+
+impl Wire<'_> {
+    fn answers(&self, holder: &Lease) -> bool {
+        self.0
+            .iter()
+            .any(|s| s.on_wire.is_some() && s.att == holder.attachment())
+    }
+}
+
+impl SandboxCheck for Wire<'_> {
+    fn is_gone(&self, holder: &Lease) -> bool {
+        !self.answers(holder)
+    }
+}
+
+fn by_ip(store: &dyn Store) -> BTreeMap<IpAddr, Lease> {
+    store
+        .leases()
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.ip, l))
+        .collect()
+}
+
+/// The stores of one run: one per node (the same cluster state behind them), and the hook that sets
+/// a node's `Ready` condition.
+struct Cluster<'a> {
+    stores: Vec<&'a dyn Store>,
+    set_ready: &'a dyn Fn(usize, bool),
+}
+
+/// One ADD as the CNI layer runs it: the grant, then (a takeover of an address from a sandbox on
+/// another node) the probe from the master, which hears the old sandbox while it runs: the ADD is
+/// then undone with 11. Returns the granted leases when the link came up.
+fn add(
+    store: &dyn Store,
+    pool: &Pool,
+    req: &AllocRequest,
+    outcome: &Add,
+    wire: &Wire,
+) -> Result<Option<Vec<Lease>>, TestCaseError> {
+    let before = by_ip(store);
+    let g = match store.grant(pool, req, wire) {
+        Ok(g) => g,
+        Err(Error::StillInUse { holder, .. }) => {
+            prop_assert!(
+                wire.answers(&holder) || holder.node.is_some(),
+                "StillInUse names a live sandbox, or one on a node not known to be lost"
+            );
+            prop_assert_eq!(&by_ip(store), &before);
+            return Ok(None);
+        }
+        Err(Error::Exhausted { .. }) => {
+            prop_assert_eq!(&by_ip(store), &before);
+            return Ok(None);
+        }
+        Err(e) => return Err(TestCaseError::fail(format!("ADD {}: {e}", req.attachment))),
+    };
+    let probing = std::env::var_os("MODEL_NO_PROBE").is_none();
+    let old_answers = probing
+        && g.claimed.iter().any(|c| {
+            c.replaced
+                .as_ref()
+                .is_some_and(|old| old.node != c.lease.node && wire.answers(old))
+        });
+    match outcome {
+        _ if old_answers => {
+            store.revert(&g).unwrap();
+            prop_assert_eq!(&by_ip(store), &before, "a revert restores the store");
+            Ok(None)
+        }
+        Add::Up => Ok(Some(g.leases)),
+        Add::FailsAfterGrant => {
+            store.revert(&g).unwrap();
+            prop_assert_eq!(&by_ip(store), &before, "a revert restores the store");
+            Ok(None)
+        }
+        Add::Killed => Ok(None),
+    }
+}
+
+fn run(cluster: &Cluster, ops: &[Op]) -> Result<(), TestCaseError> {
+    let pool = pool();
+    let mut all: Vec<Attached> = Vec::new();
+    let mut keys: BTreeMap<Attachment, String> = BTreeMap::new();
+    for (n, op) in ops.iter().enumerate() {
+        match op {
+            Op::NewSandbox(k, node, i, outcome) => {
+                let node = node % cluster.stores.len();
+                let identity = IDENTITIES[*k].to_string();
+                let att = Attachment::new(format!("c{n}"), IFNAMES[*i]);
+                let req = AllocRequest {
+                    identity: identity.clone(),
+                    attachment: att.clone(),
+                    ..AllocRequest::default()
+                };
+                let up = add(cluster.stores[node], &pool, &req, outcome, &Wire(&all))?;
+                if let Some(l) = up.as_ref().and_then(|l| l.first()) {
+                    keys.insert(att.clone(), l.identity.clone());
+                }
+                all.push(Attached {
+                    att,
+                    identity,
+                    node,
+                    on_wire: up.map(|l| l.iter().map(|l| l.ip).collect()),
+                    exists: true,
+                });
+            }
+            Op::AttachAgain(a, i) => {
+                let Some(s) = all.get(*a).filter(|s| s.on_wire.is_some()) else {
+                    continue;
+                };
+                let att = Attachment::new(s.att.container_id.clone(), IFNAMES[*i]);
+                if all.iter().any(|x| x.att == att) {
+                    continue;
+                }
+                let (identity, node) = (s.identity.clone(), s.node);
+                let req = AllocRequest {
+                    identity: identity.clone(),
+                    attachment: att.clone(),
+                    ..AllocRequest::default()
+                };
+                let up = add(cluster.stores[node], &pool, &req, &Add::Up, &Wire(&all))?;
+                if let Some(l) = up.as_ref().and_then(|l| l.first()) {
+                    keys.insert(att.clone(), l.identity.clone());
+                }
+                all.push(Attached {
+                    att,
+                    identity,
+                    node,
+                    on_wire: up.map(|l| l.iter().map(|l| l.ip).collect()),
+                    exists: true,
+                });
+            }
+            Op::RetryAdd(a) => {
+                let Some(s) = all.get(*a).filter(|s| s.on_wire.is_some()) else {
+                    continue;
+                };
+                let store = cluster.stores[s.node];
+                let req = AllocRequest {
+                    identity: s.identity.clone(),
+                    attachment: s.att.clone(),
+                    ..AllocRequest::default()
+                };
+                let before = by_ip(store);
+                let g = store.grant(&pool, &req, &Wire(&all)).unwrap();
+                prop_assert!(g.claimed.is_empty(), "a retried ADD claims nothing new");
+                prop_assert_eq!(
+                    g.leases.first().map(|l| &l.identity),
+                    keys.get(&s.att),
+                    "a retried ADD keeps its key"
+                );
+                store.revert(&g).unwrap();
+                prop_assert_eq!(&by_ip(store), &before, "the retry's 103 harms nothing");
+            }
+            Op::Del(a, lost) => {
+                let Some(s) = all.get_mut(*a) else {
+                    continue;
+                };
+                s.on_wire = None;
+                s.exists = false;
+                if !lost {
+                    // As the CNI layer's DEL does: by the attachment alone.
+                    cluster.stores[s.node].release(&s.att).unwrap();
+                }
+            }
+            Op::Dies(a) => {
+                let Some(cid) = all.get(*a).map(|s| s.att.container_id.clone()) else {
+                    continue;
+                };
+                for s in all.iter_mut().filter(|s| s.att.container_id == cid) {
+                    s.on_wire = None;
+                    s.exists = false;
+                }
+            }
+            Op::NodeLost(node) => (cluster.set_ready)(*node, false),
+            Op::NodeBack(node) => (cluster.set_ready)(*node, true),
+            Op::Gc => {
+                // Each node's runtime lists its own live sandboxes.
+                for (node, store) in cluster.stores.iter().enumerate() {
+                    let valid: Vec<Attachment> = all
+                        .iter()
+                        .filter(|s| s.exists && s.node == node)
+                        .map(|s| s.att.clone())
+                        .collect();
+                    store.gc(&valid).unwrap();
+                }
+            }
+        }
+        // The oracle.
+        let held = by_ip(cluster.stores[0]);
+        let mut on_wire: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut keys_of_sandbox: BTreeSet<(String, String)> = BTreeSet::new();
+        for s in all.iter().filter(|s| s.on_wire.is_some()) {
+            for ip in s.on_wire.iter().flatten() {
+                prop_assert!(
+                    on_wire.insert(*ip),
+                    "{ip} is on two live links after {op:?}"
+                );
+                let holder = held.get(ip);
+                let holder_att = holder.map(Lease::attachment);
+                prop_assert_eq!(
+                    holder_att.as_ref(),
+                    Some(&s.att),
+                    "{} on the wire of {} is held by {:?} after {:?}",
+                    ip,
+                    s.att,
+                    holder,
+                    op
+                );
+            }
+            let key = keys.get(&s.att).cloned().unwrap_or_default();
+            let own = format!("{}@{}", s.identity, s.att.ifname);
+            prop_assert!(
+                key == s.identity || key == own,
+                "{} is keyed {key}, neither its pod nor its own interface's",
+                s.att
+            );
+            prop_assert!(
+                keys_of_sandbox.insert((s.att.container_id.clone(), key.clone())),
+                "two attachments of sandbox {} share the key {key}",
+                s.att.container_id
+            );
+            if key == IDENTITIES[0] {
+                let reserved: IpAddr = RESERVED.parse().unwrap();
+                prop_assert_eq!(
+                    s.on_wire.as_deref(),
+                    Some(&[reserved][..]),
+                    "the reservation applies to {} whatever its interface's name",
+                    s.att
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn one_node(store: &dyn Store) -> Cluster<'_> {
+    Cluster {
+        stores: vec![store],
+        set_ready: &|_, _| {},
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn lifecycle_file_store(ops in proptest::collection::vec(op(1), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(&dir.path().join("iot"), Duration::from_secs(5)).unwrap();
+        run(&one_node(&store), &ops)?;
+    }
+
+    #[test]
+    fn lifecycle_memory_store(ops in proptest::collection::vec(op(1), 1..40)) {
+        run(&one_node(&MemoryStore::new()), &ops)?;
+    }
+}
+
+#[cfg(feature = "kubernetes")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Two nodes on one cluster store: each node's store records its own node name, as the node
+    /// agent's node-name file makes the plugin do.
+    #[test]
+    fn lifecycle_kubernetes_store(ops in proptest::collection::vec(op(NODES.len()), 1..30)) {
+        let server = apiserver::ApiServer::start();
+        server.set_token(Some("t"));
+        let dir = tempfile::tempdir().unwrap();
+        let stores: Vec<Box<dyn Store>> = NODES
+            .iter()
+            .map(|node| {
+                server.put_node(node, "True", 600);
+                let d = dir.path().join(node);
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::write(d.join("node-name"), format!("{node}\n")).unwrap();
+                let kubeconfig = server.kubeconfig(&d, "default", "t");
+                let cfg: iotlan_ipam::StoreConfig = serde_json::from_value(serde_json::json!({
+                    "kind": "kubernetes", "namespace": "iotlan-system", "kubeconfig": kubeconfig,
+                    "gcGraceSeconds": 0, "nodeLossGraceSeconds": 30, "stateDir": d.join("state")
+                }))
+                .unwrap();
+                iotlan_ipam::open_store("iot", &cfg, &pool()).unwrap()
+            })
+            .collect();
+        let set_ready = |node: usize, ready: bool| {
+            let (status, since) = if ready { ("True", 0) } else { ("Unknown", 3600) };
+            server.put_node(NODES[node], status, since);
+        };
+        let cluster = Cluster {
+            stores: stores.iter().map(|s| &**s as &dyn Store).collect(),
+            set_ready: &set_ready,
+        };
+        run(&cluster, &ops)?;
+    }
+}
