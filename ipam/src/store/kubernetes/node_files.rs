@@ -233,7 +233,7 @@ impl FileStoreReconciler {
 
     fn pods_on_node(&self) -> Result<LivePods, Error> {
         let conn = Conn::open(&self.kubeconfig, Duration::from_millis(DEFAULT_TIMEOUT_MS))?;
-        let pods: Api<Pod> = Api::all(conn.client.clone());
+        let pods: Api<Pod> = Api::all(conn.client().clone());
         let params = ListParams::default().fields(&format!("spec.nodeName={}", self.node));
         let list = conn.run(
             &format!("list pods on node {}", self.node),

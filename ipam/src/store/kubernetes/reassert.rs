@@ -4,20 +4,14 @@
 //! `kubectl delete leases` removes Lease objects while pods keep their addresses on the wire; the
 //! next ADD would hand such an address out again. Every node agent, at start and in every pass,
 //! reads the node-local records of the attachments the store granted on its node
-//! ([`super::node_record`]; written on ADD, removed on DEL) and, for each of their leases:
-//! - the address object exists and is the attachment's: nothing to do (1 GET);
-//! - it is missing: it is created again as the record has it (an atomic create: a concurrent ADD
-//!   elsewhere that took the address first wins, and is then a duplicate, below), and the
-//!   identity's object lists the attachment again, so its DEL finds it by name;
-//! - another attachment holds the address: one address is on two devices already. That is
-//!   reported loudly (a Warning Event on the Lease's namespace, the agent's log, the report) and
-//!   never resolved silently: neither object is changed.
+//! ([`super::node_record`]; written on ADD, removed on DEL) and has the store recreate what is
+//! missing of them ([`KubernetesStore::reassert`]). An address another attachment holds in the
+//! store is on two devices already: that is reported loudly (a Warning Event on the Lease's
+//! namespace, the agent's log, the report) and never resolved silently: neither object is
+//! changed. A record of a sandbox whose network namespace is gone, and one whose leases were freed
+//! on purpose since, is removed.
 //!
 //! [`recent_duplicates`] reads those Events back (for `iotlan status`).
-//!
-//! A missing address object whose identity's object still lists the attachment was freed on
-//! purpose (the reconciler freed the Lease of a pod that is gone, whose DEL never came; a GC): a
-//! loss takes the identity's object too. Its record is removed and nothing is recreated.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -30,14 +24,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PostParams};
 use serde::Serialize;
 
-use super::conn::Conn;
 use super::node_record::{self, NodeRecord};
+use super::recreate::Reasserted;
 use super::settings::{Settings, DEFAULT_TIMEOUT_MS};
-use super::{objects, KubernetesStore};
-use crate::allocator::Claims;
+use super::{objects, Conn, KubernetesStore};
 use crate::config::StoreConfig;
 use crate::error::Error;
-use crate::lease::{AllocRequest, Lease};
+use crate::lease::Lease;
 
 /// The reason of the Warning Event a duplicate address is reported with
 /// (`kubectl get events --field-selector reason=DuplicateAddress`).
@@ -120,10 +113,10 @@ impl std::fmt::Display for ReassertReport {
     }
 }
 
-/// Re-asserts the Leases of this node's attachments (module docs).
 /// Whether a sandbox's network namespace (its path) is provably gone.
 pub type NetnsGone = Box<dyn Fn(&str) -> bool + Send>;
 
+/// Re-asserts the Leases of this node's attachments (module docs).
 pub struct Reasserter {
     kubeconfig: PathBuf,
     namespace: Option<String>,
@@ -187,13 +180,8 @@ impl Reasserter {
         for prefix in [crate::durable::TEMP_PREFIX, node_record::LEGACY_TEMP_PREFIX] {
             crate::durable::remove_stale_temps(&records_dir, prefix);
         }
-        let all = node_record::read_all(&self.state_dir).map_err(|e| {
-            Error::io(
-                "read directory",
-                self.state_dir.join(node_record::RECORD_DIR),
-                e,
-            )
-        })?;
+        let all = node_record::read_all(&self.state_dir)
+            .map_err(|e| Error::io("read directory", &records_dir, e))?;
         let mut by_network: BTreeMap<String, Vec<NodeRecord>> = BTreeMap::new();
         for node_record::ReadRecord { path, ino, record } in all {
             match record {
@@ -215,90 +203,83 @@ impl Reasserter {
         }
         for (network, records) in by_network {
             let conn = Conn::open(&self.kubeconfig, Duration::from_millis(DEFAULT_TIMEOUT_MS))?;
-            let ns = self
+            let namespace = self
                 .namespace
                 .clone()
-                .unwrap_or_else(|| conn.default_namespace.clone());
-            let mut store = KubernetesStore::on(&network, &ns, conn, &self.state_dir);
+                .unwrap_or_else(|| conn.default_namespace().to_string());
+            let settings = Settings {
+                namespace: namespace.clone(),
+                state_dir: self.state_dir.clone(),
+                ..Settings::default()
+            };
+            let mut store = KubernetesStore::with_conn(&network, settings, conn.clone());
             if let Some(node) = &self.node {
                 store = store.with_node(Some(node.clone()));
             }
+            let events = EventPoster {
+                conn,
+                namespace,
+                node: store.node().map(str::to_string),
+            };
             for rec in records {
                 report.records += 1;
-                store.reassert(&rec, &mut report)?;
+                self.reassert(&store, &events, &rec, &mut report)?;
             }
         }
         Ok(report)
     }
-}
 
-impl KubernetesStore {
-    fn reassert(&self, rec: &NodeRecord, report: &mut ReassertReport) -> Result<(), Error> {
-        let Some(first) = rec.leases.first() else {
-            return Ok(());
-        };
-        let att = first.attachment();
-        let mut txn = self.txn(&first.identity, &att);
-        let mut recreated = false;
-        for lease in &rec.leases {
-            let holder = match self.get(lease.ip)? {
-                Some(s) if s.lease.is_held_by(&att) => {
-                    report.present += 1;
-                    continue;
+    /// One record: what the store made of each of its leases, reported; a duplicate posted as an
+    /// Event; a record of leases freed since removed.
+    fn reassert(
+        &self,
+        store: &KubernetesStore,
+        events: &EventPoster,
+        rec: &NodeRecord,
+        report: &mut ReassertReport,
+    ) -> Result<(), Error> {
+        let outcomes = store.reassert(&rec.leases)?;
+        for (lease, outcome) in rec.leases.iter().zip(outcomes) {
+            match outcome {
+                Reasserted::Present => report.present += 1,
+                Reasserted::Released => {
+                    report.released += 1;
+                    node_record::remove(&self.state_dir, &rec.network, &lease.attachment());
                 }
-                Some(s) => Some(s.lease),
-                None => {
-                    // Freed on purpose (the reconciler, GC, a DEL whose record outlived it): the
-                    // identity's object still lists the attachment, which a loss would have taken
-                    // with it. The record goes; nothing is recreated.
-                    let rec = txn.parsed()?;
-                    if rec
-                        .attachment(&att)
-                        .is_some_and(|e| e.addresses.iter().any(|a| a.ip == lease.ip))
-                    {
-                        report.released += 1;
-                        node_record::remove(&self.state_dir, &self.network, &att);
-                        continue;
-                    }
-                    txn.claim(lease, None)?
-                }
-            };
-            match holder {
-                None => {
-                    tracing::warn!(network = %self.network, ip = %lease.ip, identity = %lease.identity,
+                Reasserted::Recreated => {
+                    tracing::warn!(network = %rec.network, ip = %lease.ip, identity = %lease.identity,
                         container = %lease.container_id,
                         "recreated the missing Lease of an attachment on this node");
-                    report.recreated.push((self.network.clone(), lease.clone()));
-                    recreated = true;
+                    report.recreated.push((rec.network.clone(), lease.clone()));
                 }
-                Some(holder) => {
+                Reasserted::HeldBy(holder) => {
                     let d = Duplicate {
-                        network: self.network.clone(),
+                        network: rec.network.clone(),
                         ours: lease.clone(),
                         holder,
                     };
                     tracing::error!("{d}");
-                    self.warn_event(&d);
+                    events.warn(&d);
                     report.duplicates.push(d);
                 }
             }
         }
-        if recreated {
-            let req = AllocRequest {
-                identity: first.identity.clone(),
-                attachment: att,
-                sandbox: first.sandbox.clone(),
-                ..AllocRequest::default()
-            };
-            txn.finish(&req, &rec.leases)?;
-        }
         Ok(())
     }
+}
 
+/// Posts the duplicate-address Events of one namespace, as this node.
+struct EventPoster {
+    conn: Conn,
+    namespace: String,
+    node: Option<String>,
+}
+
+impl EventPoster {
     /// A Warning Event on the address's Lease; a failure to post it is logged, never fatal.
-    fn warn_event(&self, d: &Duplicate) {
-        let events: Api<Event> = Api::namespaced(self.conn.client.clone(), &self.namespace);
-        let name = self.name_of(d.ours.ip);
+    fn warn(&self, d: &Duplicate) {
+        let events: Api<Event> = Api::namespaced(self.conn.client().clone(), &self.namespace);
+        let name = objects::address_name(&objects::network_key(&d.network), d.ours.ip);
         let now = Timestamp::now();
         let ev = Event {
             metadata: ObjectMeta {
@@ -371,7 +352,7 @@ pub struct DuplicateReport {
 pub fn recent_duplicates(network: &str, cfg: &StoreConfig) -> Result<Vec<DuplicateReport>, Error> {
     let settings = Settings::from_config(cfg)?;
     let conn = Conn::open(&settings.kubeconfig_path()?, settings.timeout)?;
-    let events: Api<Event> = Api::namespaced(conn.client.clone(), &settings.namespace);
+    let events: Api<Event> = Api::namespaced(conn.client().clone(), &settings.namespace);
     let sel = format!("{}={}", objects::MANAGED_BY, objects::MANAGER);
     let list = conn.run(
         "list events",

@@ -267,9 +267,9 @@ impl Reconciler {
         let ns = self
             .namespace
             .clone()
-            .unwrap_or_else(|| conn.default_namespace.clone());
-        let leases_api: Api<KLease> = Api::namespaced(conn.client.clone(), &ns);
-        let pods_api: Api<Pod> = Api::all(conn.client.clone());
+            .unwrap_or_else(|| conn.default_namespace().to_string());
+        let leases_api: Api<KLease> = Api::namespaced(conn.client().clone(), &ns);
+        let pods_api: Api<Pod> = Api::all(conn.client().clone());
         let (addresses, identities) = list_managed(&conn, &leases_api)?;
         // Names and UIDs are all it needs: metadata only, a fraction of the full Pod objects.
         let pods = conn.run("list pods", pods_api.list_metadata(&ListParams::default()))?;
@@ -282,7 +282,7 @@ impl Reconciler {
             ..ReconcileReport::default()
         };
         let mut nodes = ShimNodes {
-            api: Api::all(conn.client.clone()),
+            api: Api::all(conn.client().clone()),
             exists: HashMap::new(),
         };
         for obj in &addresses {
