@@ -13,7 +13,7 @@
 //! the address over replaces the object under a resourceVersion precondition).
 //!
 //! Leases record the node (host name) that allocated them. CNI GC comes from one node's runtime and
-//! frees only that node's leases; the DaemonSet's reconcile loop ([`Reconciler`]) frees leases of
+//! frees only that node's leases; the node agent's reconcile loop (`iotlan_agent::reconcile`) frees leases of
 //! pods that no longer exist (or were recreated under the same name, by pod UID) once they have
 //! been seen missing for longer than its grace, whatever their node.
 //!
@@ -63,22 +63,14 @@ use crate::store::Store;
 
 mod conn;
 mod error;
-mod node_files;
 pub mod node_record;
 mod nodes;
 pub mod objects;
-mod reassert;
-mod reconcile;
 mod recreate;
 mod settings;
 mod txn;
 
 pub use conn::{ApiError, Conn};
-pub use node_files::{FileReconcileReport, FileStoreReconciler};
-pub use reassert::{
-    recent_duplicates, Duplicate, DuplicateReport, ReassertReport, Reasserter, DUPLICATE_REASON,
-};
-pub use reconcile::{ReconcileReport, Reconciler, DEFAULT_IDENTITY_RETENTION};
 pub use recreate::Reasserted;
 pub use settings::{
     Settings, DEFAULT_KUBECONFIGS, DEFAULT_NAMESPACE, DEFAULT_NODE_LOSS_GRACE_SECONDS,

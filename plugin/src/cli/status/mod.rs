@@ -197,7 +197,7 @@ fn duplicates(conf: &NetConf) -> Result<Value> {
     let cfg: iotlan_ipam::StoreConfig =
         serde_json::from_value(conf.ipam.get("store").cloned().unwrap_or(Value::Null))
             .map_err(|e| Error::InvalidConfig(format!("ipam.store: {e}")))?;
-    let found = iotlan_ipam::store::kubernetes::recent_duplicates(&conf.name, &cfg)?;
+    let found = iotlan_agent::reassert::recent_duplicates(&conf.name, &cfg)?;
     serde_json::to_value(found).map_err(|e| Error::Decode(format!("duplicate reports: {e}")))
 }
 

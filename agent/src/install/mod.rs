@@ -22,6 +22,7 @@ mod files;
 mod kubeconfig;
 mod layout;
 mod netns;
+pub use netns::ShimRepair;
 mod node_name;
 mod reassert;
 mod reconcile;
@@ -233,9 +234,21 @@ fn parse_args(args: &[String]) -> Result<Options, InstallError> {
     Ok(o)
 }
 
+/// What the `iotlan` binary lends the agent: the agent cannot depend on the plugin's crate (the
+/// binary, which depends on the agent), so the plugin's parts it runs come in here.
+pub struct Hooks<'a> {
+    /// Sets up logging (the binary's `tracing` subscriber); called once, before the first pass.
+    pub init_logging: &'a dyn Fn(),
+    /// The hostShim repair pass (`iotlan::link::shim::repair`): given the plugin's state dir and
+    /// whether a pod's network namespace (a host path) is provably gone, it puts back every shim
+    /// link, address and pod route the records name, and drops the entries of pods that are gone.
+    #[allow(clippy::type_complexity)]
+    pub repair_host_shims: &'a dyn Fn(&Path, &dyn Fn(&str) -> bool) -> Result<ShimRepair, String>,
+}
+
 /// Entry point of `iotlan install`; `args` are the arguments after `install`. Returns the exit
 /// status: 0 done (or stopped by SIGTERM), 1 failed, 2 usage.
-pub fn main(args: &[String]) -> i32 {
+pub fn main(args: &[String], hooks: &Hooks) -> i32 {
     let opts = match parse_args(args) {
         Ok(o) => o,
         Err(InstallError::Usage(msg)) => {
@@ -254,8 +267,8 @@ pub fn main(args: &[String]) -> i32 {
     if opts.check_health {
         return check_health(&opts.health_file, opts.max_age);
     }
-    iotlan::logging::init(None, None);
-    match run(&opts) {
+    (hooks.init_logging)();
+    match run(&opts, hooks) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e}");
@@ -451,14 +464,14 @@ fn termination_channel() -> Result<mpsc::Receiver<i32>, InstallError> {
     Ok(rx)
 }
 
-fn run(opts: &Options) -> Result<(), InstallError> {
+fn run(opts: &Options, hooks: &Hooks) -> Result<(), InstallError> {
     let signals = termination_channel()?;
     let mut agent = Agent::new(opts)?;
     agent.tick()?;
     if opts.once {
         if opts.host_shims {
             netns::warn_unseen_dirs(&opts.host_root);
-            netns::repair_host_shims(opts);
+            netns::repair_host_shims(opts, hooks);
         }
         return Ok(());
     }
@@ -487,7 +500,7 @@ fn run(opts: &Options) -> Result<(), InstallError> {
                 r.run_once();
             }
             if opts.host_shims {
-                netns::repair_host_shims(opts);
+                netns::repair_host_shims(opts, hooks);
             }
             last_reconcile = Some(Instant::now());
         }

@@ -4,7 +4,7 @@
 //! `kubectl delete leases` removes Lease objects while pods keep their addresses on the wire; the
 //! next ADD would hand such an address out again. Every node agent, at start and in every pass,
 //! reads the node-local records of the attachments the store granted on its node
-//! ([`super::node_record`]; written on ADD, removed on DEL) and has the store recreate what is
+//! ([`node_record`]; written on ADD, removed on DEL) and has the store recreate what is
 //! missing of them ([`KubernetesStore::reassert`]). An address another attachment holds in the
 //! store is on two devices already: that is reported loudly (a Warning Event on the Lease's
 //! namespace, the agent's log, the report) and never resolved silently: neither object is
@@ -24,13 +24,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PostParams};
 use serde::Serialize;
 
-use super::node_record::{self, NodeRecord};
-use super::recreate::Reasserted;
-use super::settings::{Settings, DEFAULT_TIMEOUT_MS};
-use super::{objects, Conn, KubernetesStore};
-use crate::config::StoreConfig;
-use crate::error::Error;
-use crate::lease::Lease;
+use iotlan_ipam::store::kubernetes::node_record::{self, NodeRecord};
+use iotlan_ipam::store::kubernetes::{
+    objects, Conn, KubernetesStore, Reasserted, Settings, DEFAULT_TIMEOUT_MS,
+};
+use iotlan_ipam::{Error, Lease, StoreConfig};
 
 /// The reason of the Warning Event a duplicate address is reported with
 /// (`kubectl get events --field-selector reason=DuplicateAddress`).
@@ -96,7 +94,7 @@ impl std::fmt::Display for ReassertReport {
             self.present,
             self.recreated.len()
         )?;
-        super::reconcile::write_freed(f, &self.recreated)?;
+        crate::reconcile::cluster::write_freed(f, &self.recreated)?;
         write!(
             f,
             ", {} freed since (records removed), {} whose sandbox is gone (records removed), {} \
@@ -145,7 +143,7 @@ impl Reasserter {
 
     /// This node's Kubernetes name (the agent's `NODE_NAME`): the node its duplicate-address
     /// Events name, and that recreated Leases record. Without it, the name the plugin would use
-    /// ([`crate::node`]), which in the agent's pod is the pod's host name, not the node's.
+    /// ([`iotlan_ipam::node`]), which in the agent's pod is the pod's host name, not the node's.
     pub fn with_node(mut self, node: Option<String>) -> Reasserter {
         self.node = node;
         self
@@ -177,8 +175,11 @@ impl Reasserter {
         let mut report = ReassertReport::default();
         // What a plugin killed mid-write left (and the temp files of builds before the durable write).
         let records_dir = self.state_dir.join(node_record::RECORD_DIR);
-        for prefix in [crate::durable::TEMP_PREFIX, node_record::LEGACY_TEMP_PREFIX] {
-            crate::durable::remove_stale_temps(&records_dir, prefix);
+        for prefix in [
+            iotlan_ipam::durable::TEMP_PREFIX,
+            node_record::LEGACY_TEMP_PREFIX,
+        ] {
+            iotlan_ipam::durable::remove_stale_temps(&records_dir, prefix);
         }
         let all = node_record::read_all(&self.state_dir)
             .map_err(|e| Error::io("read directory", &records_dir, e))?;

@@ -3,7 +3,7 @@ use super::{Agent, Options};
 
 pub struct Reconciler {
     #[cfg(feature = "kubernetes")]
-    inner: iotlan_ipam::store::kubernetes::Reconciler,
+    inner: crate::reconcile::Reconciler,
 }
 
 impl Reconciler {
@@ -13,7 +13,7 @@ impl Reconciler {
             return None;
         }
         let (_, kubeconfig) = agent.kubeconfig.as_ref()?;
-        match iotlan_ipam::store::kubernetes::Reconciler::new(
+        match crate::reconcile::Reconciler::new(
             kubeconfig,
             opts.namespace.as_deref(),
             opts.reconcile_grace,

@@ -1,15 +1,12 @@
 //! A fake node for the node agent's tests: a host root laid out as kubeadm, k3s or pre-2024.10 k3s
 //! hosts, the DaemonSet container's projected ServiceAccount dir (written the way kubelet writes
 //! it), the image's binaries, and the real `iotlan install` run against them.
-#![allow(dead_code)]
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-pub const IOTLAN: &str = env!("CARGO_BIN_EXE_iotlan");
 
 /// A self-signed CA certificate (never used for TLS here; the kubeconfig must carry a valid one).
 pub const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
@@ -121,7 +118,7 @@ impl Host {
     }
 
     pub fn command(&self, extra: &[&str]) -> Command {
-        let mut c = Command::new(IOTLAN);
+        let mut c = Command::new(crate::bins::iotlan());
         c.arg("install")
             .arg("--host-root")
             .arg(self.root())

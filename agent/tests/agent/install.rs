@@ -3,7 +3,7 @@
 //! ServiceAccount dir written the way kubelet writes it (a `..data` symlink swapped atomically),
 //! and, for the reconcile loop, the API server test double of the kubernetes store.
 //!
-//! Run: `cargo test -p iotlan --test install`. Needs nothing but a Unix host (no root).
+//! Run: `cargo test -p iotlan-agent --test agent install`. Needs nothing but a Unix host (no root).
 
 #[cfg(feature = "kubernetes")]
 use iotlan_apiserver_double as apiserver;
@@ -15,10 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-#[path = "support/agent.rs"]
-mod agent;
-
-use agent::*;
+use crate::host::*;
 
 /// Checks what `--once` left on a host whose CNI dirs are `bin` and `conf` (host paths).
 fn assert_installed(h: &Host, bin: &str, conf: &str) {
@@ -168,7 +165,7 @@ fn overrides_and_an_unknown_host() {
 fn health_probe() {
     let h = Host::new(Flavor::Kubeadm);
     let check = |max_age: &str| {
-        Command::new(IOTLAN)
+        Command::new(crate::bins::iotlan())
             .args([
                 "install",
                 "--check-health",

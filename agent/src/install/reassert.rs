@@ -1,5 +1,5 @@
 //! The node agent re-asserts the kubernetes store's Leases of the attachments on its node, at start
-//! and before every reconcile pass ([`iotlan_ipam::store::kubernetes::Reasserter`]): any Lease
+//! and before every reconcile pass ([`crate::reassert::Reasserter`]): any Lease
 //! missing (a namespace deleted with the manifests, an etcd restore, `kubectl delete leases`) is
 //! created again from the plugin's node-local record, and an address held by another attachment is
 //! reported as a duplicate (an error in the log and a Warning Event), never resolved. A record whose
@@ -15,7 +15,7 @@ const STATE_DIR: &str = iotlan_ipam::config::DEFAULT_STORE_DIR;
 
 pub struct NodeReasserter {
     #[cfg(feature = "kubernetes")]
-    inner: iotlan_ipam::store::kubernetes::Reasserter,
+    inner: crate::reassert::Reasserter,
 }
 
 impl NodeReasserter {
@@ -32,11 +32,7 @@ impl NodeReasserter {
                 return None;
             }
         };
-        match iotlan_ipam::store::kubernetes::Reasserter::new(
-            kubeconfig,
-            opts.namespace.as_deref(),
-            &state_dir,
-        ) {
+        match crate::reassert::Reasserter::new(kubeconfig, opts.namespace.as_deref(), &state_dir) {
             Ok(inner) => Some(NodeReasserter {
                 inner: inner
                     .with_netns_check(super::netns::netns_gone(&opts.host_root))

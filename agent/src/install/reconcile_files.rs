@@ -1,6 +1,6 @@
 //! The node agent's reconcile loop for the file store: frees leases in this node's state dir
 //! (`/var/lib/cni/iotlan/<network>/`) whose pod is no longer on this node, after the reconcile
-//! grace ([`iotlan_ipam::store::kubernetes::FileStoreReconciler`]), and deletes the sticky identity
+//! grace ([`crate::reconcile::FileStoreReconciler`]), and deletes the sticky identity
 //! records unused for `--identity-retention` days. Multus never forwards GC to a
 //! NetworkAttachmentDefinition's plugin, so nothing else would. Needs the kubernetes store compiled
 //! in, the agent's kubeconfig (to list the node's pods) and the node name; otherwise it is off.
@@ -13,7 +13,7 @@ const STATE_DIR: &str = iotlan_ipam::config::DEFAULT_STORE_DIR;
 
 pub struct FileReconciler {
     #[cfg(feature = "kubernetes")]
-    inner: iotlan_ipam::store::kubernetes::FileStoreReconciler,
+    inner: crate::reconcile::FileStoreReconciler,
 }
 
 impl FileReconciler {
@@ -37,7 +37,7 @@ impl FileReconciler {
                 return None;
             }
         };
-        match iotlan_ipam::store::kubernetes::FileStoreReconciler::new(
+        match crate::reconcile::FileStoreReconciler::new(
             kubeconfig,
             node,
             &state_dir,
