@@ -85,7 +85,7 @@ fn operator(as_kubectl_plugin: bool) -> i32 {
         Command::Status(a) => cli::status::run(cli::status::View::Status, &a),
         Command::Leases(a) => cli::status::run(cli::status::View::Leases, &a),
         Command::Doctor(a) => cli::doctor::run(&a),
-        Command::Install { args } => iotlan_agent::install::main(&args, &agent_hooks()),
+        Command::Install(args) => iotlan_agent::install::main(&args, &agent_hooks()),
         Command::Version => {
             println!(
                 "iotlan {} (CNI {})",

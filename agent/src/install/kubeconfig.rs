@@ -10,9 +10,6 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Where kubelet mounts the ServiceAccount's projected token, CA and namespace.
-pub const SERVICEACCOUNT_DIR: &str = iotlan_ipam::paths::SERVICEACCOUNT_DIR;
-
 #[derive(Debug, thiserror::Error)]
 pub enum KubeconfigError {
     #[error("read {path}: {source}")]

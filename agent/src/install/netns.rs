@@ -16,7 +16,7 @@
 
 use std::path::Path;
 
-use super::{layout, Hooks, Options};
+use super::{layout, Args, Hooks};
 
 /// The directories runtimes create pod network namespaces in (host paths).
 pub(super) use iotlan_ipam::paths::RUNTIME_NETNS_DIRS;
@@ -61,7 +61,7 @@ pub struct ShimRepair {
 }
 
 /// One hostShim repair pass over the plugin's records on the host (`stateDir`'s default).
-pub(super) fn repair_host_shims(opts: &Options, hooks: &Hooks) {
+pub(super) fn repair_host_shims(opts: &Args, hooks: &Hooks) {
     let state_dir =
         match layout::resolve_in_root(&opts.host_root, Path::new(iotlan_ipam::paths::STATE_DIR)) {
             Ok(d) => d,

@@ -7,7 +7,7 @@
 //! re-asserted: nothing of it is on the wire any more. Needs the
 //! kubernetes store compiled in and the agent's kubeconfig; otherwise it is off.
 
-use super::{Agent, Options};
+use super::{Agent, Args};
 
 /// Where the plugin writes its node-local records on the host (`store.stateDir`'s default).
 #[cfg(feature = "kubernetes")]
@@ -20,7 +20,7 @@ pub struct NodeReasserter {
 
 impl NodeReasserter {
     #[cfg(feature = "kubernetes")]
-    pub fn new(agent: &Agent, opts: &Options) -> Option<NodeReasserter> {
+    pub fn new(agent: &Agent, opts: &Args) -> Option<NodeReasserter> {
         let (_, kubeconfig) = agent.kubeconfig.as_ref()?;
         let state_dir = match super::layout::resolve_in_root(
             &opts.host_root,
@@ -46,7 +46,7 @@ impl NodeReasserter {
     }
 
     #[cfg(not(feature = "kubernetes"))]
-    pub fn new(_agent: &Agent, _opts: &Options) -> Option<NodeReasserter> {
+    pub fn new(_agent: &Agent, _opts: &Args) -> Option<NodeReasserter> {
         None
     }
 

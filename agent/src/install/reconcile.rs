@@ -1,5 +1,5 @@
 //! The reconcile loop's hook. It needs the `kubernetes` store; without it, it is off.
-use super::{Agent, Options};
+use super::{Agent, Args};
 
 pub struct Reconciler {
     #[cfg(feature = "kubernetes")]
@@ -8,7 +8,7 @@ pub struct Reconciler {
 
 impl Reconciler {
     #[cfg(feature = "kubernetes")]
-    pub fn new(agent: &Agent, opts: &Options) -> Option<Reconciler> {
+    pub fn new(agent: &Agent, opts: &Args) -> Option<Reconciler> {
         if opts.reconcile_interval.is_zero() {
             return None;
         }
@@ -29,7 +29,7 @@ impl Reconciler {
     }
 
     #[cfg(not(feature = "kubernetes"))]
-    pub fn new(_agent: &Agent, opts: &Options) -> Option<Reconciler> {
+    pub fn new(_agent: &Agent, opts: &Args) -> Option<Reconciler> {
         if !opts.reconcile_interval.is_zero() {
             tracing::info!("reconcile loop off: built without the kubernetes store");
         }

@@ -5,7 +5,7 @@
 //! NetworkAttachmentDefinition's plugin, so nothing else would. Needs the kubernetes store compiled
 //! in, the agent's kubeconfig (to list the node's pods) and the node name; otherwise it is off.
 
-use super::{Agent, Options};
+use super::{Agent, Args};
 
 /// The file store's default state dir on the host (`store.dir`).
 #[cfg(feature = "kubernetes")]
@@ -18,7 +18,7 @@ pub struct FileReconciler {
 
 impl FileReconciler {
     #[cfg(feature = "kubernetes")]
-    pub fn new(agent: &Agent, opts: &Options) -> Option<FileReconciler> {
+    pub fn new(agent: &Agent, opts: &Args) -> Option<FileReconciler> {
         if opts.reconcile_interval.is_zero() {
             return None;
         }
@@ -54,7 +54,7 @@ impl FileReconciler {
     }
 
     #[cfg(not(feature = "kubernetes"))]
-    pub fn new(_agent: &Agent, _opts: &Options) -> Option<FileReconciler> {
+    pub fn new(_agent: &Agent, _opts: &Args) -> Option<FileReconciler> {
         None
     }
 

@@ -25,8 +25,6 @@ use std::time::Duration;
 
 use super::kubeconfig::Credentials;
 
-/// What the agent asks for by default: a day, as Calico's node agent does.
-pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The shortest lifetime the API server grants: a TokenRequest for less than 10 minutes is 422.
 pub const MIN_LIFETIME: Duration = Duration::from_secs(600);
 /// A token with less than this left is not kept when its renewal fails: the pod's own token
@@ -311,6 +309,8 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000;
     const DAY: u64 = 86_400;
+    /// `--token-lifetime`'s default: a day, as Calico's node agent asks for.
+    const DEFAULT_LIFETIME: Duration = Duration::from_secs(DAY);
 
     #[test]
     fn renewal_comes_after_a_quarter_to_a_half_of_the_remaining_life() {
