@@ -3,12 +3,21 @@
 //! for the plugin ([`super::token`]: a TokenRequest token of the ServiceAccount, or, when that is
 //! refused, the agent pod's own).
 //!
-//! The token and the CA are embedded, so the file is self-contained and is replaced as one
-//! atomic unit whenever the token changes. A TokenRequest token's expiry is recorded in a comment
-//! (`# expires-unix: N`), so that a restarted agent knows what the plugin holds.
+//! The file is a [`Kubeconfig`] serialised as JSON (YAML reads it; no YAML writer is in the tree).
+//! The token and the CA are embedded, so the file is self-contained and is replaced as one atomic
+//! unit whenever the token changes. A TokenRequest token's expiry is recorded in the kubeconfig's
+//! `iotlan` extension (`tokenExpiresUnix`), so that a restarted agent knows what the plugin holds.
 
 use std::io;
 use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use kube::config::{
+    AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
+    NamedExtension,
+};
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeconfigError {
@@ -21,6 +30,8 @@ pub enum KubeconfigError {
          pass --api-server https://HOST:PORT"
     )]
     NoServer,
+    #[error("cannot write the kubeconfig: {0}")]
+    Render(String),
 }
 
 /// Everything the kubeconfig is made of.
@@ -88,114 +99,160 @@ pub fn load(
     })
 }
 
-/// The marker of a TokenRequest token's expiry in the rendered kubeconfig.
-const EXPIRES: &str = "# expires-unix: ";
+/// The kubeconfig's extension that says who wrote it and what its token is: a TokenRequest token's
+/// expiry is recorded there, so that a restarted agent knows what the plugin holds.
+const EXTENSION: &str = "iotlan";
+/// The extension's key of a TokenRequest token's expiry (Unix seconds).
+const EXPIRES_KEY: &str = "tokenExpiresUnix";
+/// What this file is, for whoever reads it on the node.
+const WRITTEN_BY: &str = "iotlan install (the iotlan node agent), for the plugin on this host";
+/// The cluster, user and context of the kubeconfig.
+const NAME: &str = "iotlan";
 
-/// Renders the kubeconfig (YAML; each scalar is a JSON string, which YAML reads verbatim).
+/// The kubeconfig of `c`: one cluster, user and context, with the CA and the token embedded.
 /// `expires_unix`: when the token expires, for a TokenRequest token; `None` for the agent pod's
 /// own token.
-pub fn render(c: &Credentials, expires_unix: Option<u64>) -> String {
-    let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+pub fn kubeconfig(c: &Credentials, expires_unix: Option<u64>) -> Kubeconfig {
     let about = match expires_unix {
-        Some(t) => format!(
-            "# The token is the ServiceAccount's (TokenRequest), renewed by the agent; without the agent it\n\
-             # works until it expires.\n{EXPIRES}{t}\n"
-        ),
-        None => "# The token is the agent pod's own: the API server refuses it soon after that pod is deleted.\n"
-            .to_string(),
+        Some(t) => serde_json::json!({
+            "writtenBy": WRITTEN_BY,
+            "token": "the ServiceAccount's (TokenRequest), renewed by the agent; without the agent it works until it expires",
+            EXPIRES_KEY: t,
+        }),
+        None => serde_json::json!({
+            "writtenBy": WRITTEN_BY,
+            "token": "the agent pod's own: the API server refuses it soon after that pod is deleted",
+        }),
     };
-    format!(
-        "# Written by `iotlan install` (the iotlan node agent) for the plugin on this host.\n\
-         {about}\
-         apiVersion: v1\n\
-         kind: Config\n\
-         clusters:\n\
-         - name: iotlan\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
-         users:\n\
-         - name: iotlan\n  user:\n    token: {token}\n\
-         contexts:\n\
-         - name: iotlan\n  context:\n    cluster: iotlan\n    user: iotlan\n    namespace: {ns}\n\
-         current-context: iotlan\n",
-        server = q(&c.server),
-        ca = q(&base64(&c.ca_pem)),
-        token = q(&c.token),
-        ns = q(&c.namespace),
-    )
+    Kubeconfig {
+        api_version: Some("v1".into()),
+        kind: Some("Config".into()),
+        clusters: vec![NamedCluster {
+            name: NAME.into(),
+            cluster: Some(Cluster {
+                server: Some(c.server.clone()),
+                certificate_authority_data: Some(STANDARD.encode(&c.ca_pem)),
+                ..Cluster::default()
+            }),
+            ..NamedCluster::default()
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: NAME.into(),
+            auth_info: Some(AuthInfo {
+                token: Some(SecretString::from(c.token.clone())),
+                ..AuthInfo::default()
+            }),
+            ..NamedAuthInfo::default()
+        }],
+        contexts: vec![NamedContext {
+            name: NAME.into(),
+            context: Some(Context {
+                cluster: NAME.into(),
+                user: Some(NAME.into()),
+                namespace: Some(c.namespace.clone()),
+                ..Context::default()
+            }),
+            ..NamedContext::default()
+        }],
+        current_context: Some(NAME.into()),
+        extensions: Some(vec![NamedExtension {
+            name: EXTENSION.into(),
+            extension: about,
+        }]),
+        ..Kubeconfig::default()
+    }
+}
+
+/// The file's contents: [`kubeconfig`] as JSON (which is YAML, so every kubeconfig reader reads it).
+pub fn render(c: &Credentials, expires_unix: Option<u64>) -> Result<String, KubeconfigError> {
+    let mut text = serde_json::to_string_pretty(&kubeconfig(c, expires_unix))
+        .map_err(|e| KubeconfigError::Render(e.to_string()))?;
+    text.push('\n');
+    Ok(text)
 }
 
 /// The token of a kubeconfig [`render`] wrote for a TokenRequest token, and its expiry.
 pub fn issued_token(text: &str) -> Option<(String, u64)> {
-    let expires = text
-        .lines()
-        .find_map(|l| l.strip_prefix(EXPIRES))
-        .and_then(|n| n.trim().parse().ok())?;
-    let token = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))?;
-    let token: String = serde_json::from_str(token).ok()?;
+    let kc = Kubeconfig::from_yaml(text).ok()?;
+    let token = kc
+        .auth_infos
+        .iter()
+        .find(|u| u.name == NAME)?
+        .auth_info
+        .as_ref()?
+        .token
+        .as_ref()?
+        .expose_secret()
+        .to_string();
+    let expires = kc
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.name == EXTENSION)
+        .and_then(|e| e.extension.get(EXPIRES_KEY))
+        .and_then(serde_json::Value::as_u64)
+        .or_else(|| legacy_expiry(text))?;
     (!token.is_empty()).then_some((token, expires))
 }
 
-/// Standard base64 with padding (RFC 4648 §4), as kubeconfig's `*-data` fields expect.
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+/// The expiry as agents before the kubeconfig was JSON recorded it: a `# expires-unix: N` comment
+/// (a node upgraded from one still has such a file until the first pass rewrites it).
+fn legacy_expiry(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("# expires-unix: "))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
-        assert_eq!(base64(&[0xff, 0xfe, 0xfd]), "//79");
-    }
-
-    #[test]
-    fn rendered_values_are_quoted() {
-        let c = Credentials {
+    fn credentials() -> Credentials {
+        Credentials {
             server: "https://[fd00::1]:443".into(),
             ca_pem: b"-----BEGIN CERTIFICATE-----\n".to_vec(),
             token: "a.b-c_d".into(),
             namespace: "iotlan-system".into(),
-        };
-        let y = render(&c, None);
-        assert!(y.contains("server: \"https://[fd00::1]:443\"\n"), "{y}");
-        assert!(y.contains("token: \"a.b-c_d\"\n"), "{y}");
-        assert!(y.contains("namespace: \"iotlan-system\"\n"), "{y}");
+        }
+    }
+
+    #[test]
+    fn the_file_reads_back_as_the_kubeconfig_it_was_made_from() {
+        let c = credentials();
+        let text = render(&c, None).expect("rendered");
+        let kc = Kubeconfig::from_yaml(&text).expect("a kubeconfig");
+        let cluster = kc.clusters[0].cluster.as_ref().expect("a cluster");
+        assert_eq!(cluster.server.as_deref(), Some("https://[fd00::1]:443"));
+        let ca = cluster.certificate_authority_data.as_deref().expect("CA");
+        assert_eq!(STANDARD.decode(ca).expect("base64"), c.ca_pem);
+        let user = kc.auth_infos[0].auth_info.as_ref().expect("a user");
         assert_eq!(
-            issued_token(&y),
+            user.token.as_ref().map(|t| t.expose_secret()),
+            Some("a.b-c_d")
+        );
+        let context = kc.contexts[0].context.as_ref().expect("a context");
+        assert_eq!(context.namespace.as_deref(), Some("iotlan-system"));
+        assert_eq!(kc.current_context.as_deref(), Some("iotlan"));
+        assert_eq!(
+            issued_token(&text),
             None,
             "the pod's own token has no recorded expiry"
         );
-        let y = render(&c, Some(1_796_605_323));
-        assert_eq!(issued_token(&y), Some(("a.b-c_d".into(), 1_796_605_323)));
+        let text = render(&c, Some(1_796_605_323)).expect("rendered");
+        assert_eq!(issued_token(&text), Some(("a.b-c_d".into(), 1_796_605_323)));
+    }
+
+    #[test]
+    fn a_file_an_earlier_agent_wrote_still_names_its_token_and_expiry() {
+        let legacy = "# Written by `iotlan install` (the iotlan node agent) for the plugin on this host.\n\
+            # expires-unix: 1796605323\n\
+            apiVersion: v1\nkind: Config\nclusters:\n- name: iotlan\n  cluster:\n    server: \"https://10.43.0.1:443\"\n\
+            users:\n- name: iotlan\n  user:\n    token: \"a.b-c_d\"\n\
+            contexts:\n- name: iotlan\n  context:\n    cluster: iotlan\n    user: iotlan\n    namespace: \"iotlan-system\"\n\
+            current-context: iotlan\n";
+        assert_eq!(
+            issued_token(legacy),
+            Some(("a.b-c_d".into(), 1_796_605_323))
+        );
     }
 }

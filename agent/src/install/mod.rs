@@ -217,7 +217,7 @@ impl Agent {
                 token: plugin.token,
                 ..own
             };
-            let text = kubeconfig::render(&creds, plugin.expires_unix);
+            let text = kubeconfig::render(&creds, plugin.expires_unix)?;
             if files::replace_if_changed(local, text.as_bytes(), 0o600, 0o700)? {
                 tracing::info!(path = %host.display(), "kubeconfig written");
             }

@@ -18,7 +18,7 @@ use std::process::{Output, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::host::{wait_for, Daemon, Flavor, Host, CA_PEM};
+use crate::host::{read_kubeconfig, wait_for, Daemon, Flavor, Host, CA_PEM};
 use apiserver::{ApiServer, RbacRule};
 
 const NS: &str = "iotlan-system";
@@ -67,11 +67,11 @@ impl Node {
     }
 
     /// The token the kubeconfig carries now.
+    /// The token of the plugin's kubeconfig, as kube reads it; `None` before the agent wrote one.
     fn plugin_token(&self) -> Option<String> {
-        let text = std::fs::read_to_string(self.kubeconfig()).ok()?;
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix("token: "))
-            .map(|t| t.trim_matches('"').to_string())
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).ok()?;
+        let user = serde_json::to_value(kc.auth_infos.first()?.auth_info.clone()?).ok()?;
+        user["token"].as_str().map(str::to_string)
     }
 
     fn agent(&self) -> Daemon {
@@ -286,12 +286,10 @@ fn the_token_is_renewed_and_a_failed_renewal_keeps_a_token_that_is_still_valid()
         node.plugin_token().is_some_and(|t| t != node.projected)
     });
     let first = node.plugin_token().unwrap();
-    let text = std::fs::read_to_string(node.kubeconfig()).unwrap();
-    let expires: u64 = text
-        .lines()
-        .find_map(|l| l.split_once("expires-unix: ").map(|(_, n)| n.trim()))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no expiry recorded in\n{text}"));
+    let k = read_kubeconfig(&node.kubeconfig());
+    let expires = k
+        .expires_unix
+        .unwrap_or_else(|| panic!("no expiry recorded in\n{}", k.text));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -243,3 +243,46 @@ pub fn no_temp_files(dir: &Path) {
         );
     }
 }
+
+/// What the plugin reads from a kubeconfig the agent wrote (through kube's kubeconfig reader).
+pub struct PluginKubeconfig {
+    pub server: String,
+    pub token: String,
+    pub namespace: String,
+    /// The CA, decoded.
+    pub ca: Vec<u8>,
+    /// The TokenRequest token's expiry the agent recorded (its `iotlan` extension).
+    pub expires_unix: Option<u64>,
+    /// The file, for messages.
+    pub text: String,
+}
+
+pub fn read_kubeconfig(path: &Path) -> PluginKubeconfig {
+    use base64::Engine;
+    let text = fs::read_to_string(path).unwrap();
+    let kc = kube::config::Kubeconfig::read_from(path)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
+    let cluster = kc.clusters[0].cluster.clone().unwrap();
+    // Serialised as the file has it (kube keeps the token as a secret).
+    let user = serde_json::to_value(kc.auth_infos[0].auth_info.clone().unwrap()).unwrap();
+    let ext = kc
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.name == "iotlan")
+        .map(|e| e.extension.clone());
+    PluginKubeconfig {
+        server: cluster.server.unwrap_or_default(),
+        token: user["token"].as_str().unwrap_or_default().to_string(),
+        namespace: kc.contexts[0]
+            .context
+            .as_ref()
+            .and_then(|c| c.namespace.clone())
+            .unwrap_or_default(),
+        ca: base64::engine::general_purpose::STANDARD
+            .decode(cluster.certificate_authority_data.unwrap_or_default())
+            .unwrap(),
+        expires_unix: ext.and_then(|e| e["tokenExpiresUnix"].as_u64()),
+        text,
+    }
+}

@@ -45,15 +45,25 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 impl Conn {
     /// A connection through the kubeconfig file at `kubeconfig` (read now).
     pub fn open(kubeconfig: &Path, timeout: Duration) -> Result<Conn, Error> {
+        let what = || format!("kubeconfig {}", kubeconfig.display());
         let kc = Kubeconfig::read_from(kubeconfig)
-            .map_err(|e| unavailable(format!("kubeconfig {}: {e}", kubeconfig.display())))?;
+            .map_err(|e| unavailable(format!("{}: {e}", what())))?;
+        Conn::with_kubeconfig(kc, timeout, &what())
+    }
+
+    /// A connection as the kubeconfig `kc` (its current context) describes it.
+    pub fn from_kubeconfig(kc: Kubeconfig, timeout: Duration) -> Result<Conn, Error> {
+        Conn::with_kubeconfig(kc, timeout, "kubeconfig")
+    }
+
+    fn with_kubeconfig(kc: Kubeconfig, timeout: Duration, what: &str) -> Result<Conn, Error> {
         let rt = runtime()?;
         let config = rt
             .block_on(kube::Config::from_custom_kubeconfig(
                 kc,
                 &KubeConfigOptions::default(),
             ))
-            .map_err(|e| unavailable(format!("kubeconfig {}: {e}", kubeconfig.display())))?;
+            .map_err(|e| unavailable(format!("{what}: {e}")))?;
         Conn::on(rt, config, timeout)
     }
 
