@@ -6,11 +6,13 @@
 //! - [`reconcile`]: frees the leases of pods that no longer exist, in the cluster's `kubernetes`
 //!   store and in the file stores on this node, and prunes unused sticky records;
 //! - [`reassert`]: recreates the Leases of this node's attachments that were lost, and reports an
-//!   address held twice as a `DuplicateAddress` Event;
+//!   address held twice as a `DuplicateAddress` Event ([`events`], which `iotlan status` reads);
 //! - the hostShim repair pass, whose kernel work the `iotlan` binary lends it ([`install::Hooks`]).
 //!
 //! The pool and its stores are `iotlan-ipam`'s; the agent only uses them.
 
+#[cfg(feature = "kubernetes")]
+pub mod events;
 pub mod install;
 #[cfg(feature = "kubernetes")]
 pub mod reassert;

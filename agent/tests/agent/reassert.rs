@@ -7,7 +7,8 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use iotlan_agent::reassert::{recent_duplicates, Reasserter};
+use iotlan_agent::events::recent_duplicates;
+use iotlan_agent::reassert::Reasserter;
 use iotlan_ipam::{Attachment, Store};
 
 use crate::fixture::{self, ips, req, v4_pool, KubeFixture, NS};
@@ -107,14 +108,17 @@ fn an_address_taken_by_another_attachment_meanwhile_is_reported_as_a_duplicate()
 
     // Read back for `iotlan status`: one report per duplicate, however many passes posted it.
     reassert(&f);
-    let got = recent_duplicates("iot", &f.config()).unwrap();
+    let store = f.open();
+    let got = recent_duplicates(store.conn(), NS, "iot").unwrap();
     assert_eq!(got.len(), 1, "{got:#?}");
     assert_eq!(got[0].ip, Some(a[0].ip));
     assert_eq!(got[0].lease, fixture::name(&ip));
     assert_eq!((got[0].count, got[0].events), (2, 2));
     assert!(got[0].message.contains("DUPLICATE ADDRESS"), "{got:#?}");
     assert!(got[0].last_unix.is_some(), "{got:#?}");
-    assert!(recent_duplicates("other", &f.config()).unwrap().is_empty());
+    assert!(recent_duplicates(store.conn(), NS, "other")
+        .unwrap()
+        .is_empty());
     assert!(f.server.denied().is_empty(), "{:?}", f.server.denied());
 }
 

@@ -125,6 +125,18 @@ impl KubernetesStore {
         Ok(KubernetesStore::with_conn(network, settings, conn).with_node(node))
     }
 
+    /// The store of `network` on the API server `config` describes (`kube::Config::infer`,
+    /// `Config::incluster`, a kubeconfig read by the caller), as `settings` describe it but for the
+    /// kubeconfig. Nothing is sent to the API server until the first operation.
+    pub fn connect(
+        network: &str,
+        settings: Settings,
+        config: kube::Config,
+    ) -> Result<KubernetesStore, Error> {
+        let conn = Conn::new(config, settings.timeout)?;
+        Ok(KubernetesStore::with_conn(network, settings, conn))
+    }
+
     /// The store of `network` over an open connection, as `settings` describe it (its kubeconfig
     /// and timeout are the connection's). The node recorded in new leases is `MULTUS_NODE_NAME`,
     /// else the host name ([`crate::node::local_name`]), unless [`Self::with_node`] says.
@@ -148,6 +160,17 @@ impl KubernetesStore {
     pub fn with_node(mut self, node: Option<String>) -> KubernetesStore {
         self.node = node;
         self
+    }
+
+    /// The connection to the API server, for requests beside the store's (the node agents'
+    /// Events about this network).
+    pub fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    /// The namespace of the Lease objects.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     /// The node recorded in new leases, and whose leases GC may free.
