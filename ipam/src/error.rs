@@ -93,14 +93,16 @@ impl Error {
         )
     }
 
-    pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Error {
+    /// An [`Error::InvalidConfig`] of `field`.
+    pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Error {
         Error::InvalidConfig {
             field: field.into(),
             reason: reason.into(),
         }
     }
 
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+    /// An [`Error::Io`] of `op` on `path`.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {
             op,
             path: path.into(),

@@ -55,7 +55,6 @@ pub mod error;
 pub mod lease;
 pub mod names;
 pub mod node;
-pub mod orphan;
 pub mod paths;
 pub mod pool;
 pub mod store;

@@ -15,8 +15,6 @@ use clap::CommandFactory;
 use iotlan::cli::{self, Cli, Command};
 use iotlan::cni::{self, Plugin};
 
-mod install;
-
 /// The name the IPAM plugin is installed and configured under (`"ipam": {"type": "iotlan-ipam"}`).
 const IPAM_NAME: &str = "iotlan-ipam";
 /// kubectl runs `kubectl-iotlan` for `kubectl iotlan`.
@@ -48,6 +46,22 @@ fn main() {
     std::process::exit(operator(name == KUBECTL_PLUGIN_NAME));
 }
 
+/// What the node agent borrows from the plugin: its logging, and the hostShim repair (kernel work).
+fn agent_hooks() -> iotlan_agent::install::Hooks<'static> {
+    iotlan_agent::install::Hooks {
+        init_logging: &|| iotlan::logging::init(None, None),
+        repair_host_shims: &|state_dir, netns_gone| {
+            iotlan::link::shim::repair(state_dir, netns_gone)
+                .map(|r| iotlan_agent::install::ShimRepair {
+                    shims: r.shims,
+                    routes: r.routes,
+                    dropped: r.dropped,
+                })
+                .map_err(|e| e.to_string())
+        },
+    }
+}
+
 /// The operator's command line; returns the exit code.
 fn operator(as_kubectl_plugin: bool) -> i32 {
     let bin_name = if as_kubectl_plugin {
@@ -71,7 +85,7 @@ fn operator(as_kubectl_plugin: bool) -> i32 {
         Command::Status(a) => cli::status::run(cli::status::View::Status, &a),
         Command::Leases(a) => cli::status::run(cli::status::View::Leases, &a),
         Command::Doctor(a) => cli::doctor::run(&a),
-        Command::Install { args } => install::main(&args),
+        Command::Install(args) => iotlan_agent::install::main(&args, &agent_hooks()),
         Command::Version => {
             println!(
                 "iotlan {} (CNI {})",

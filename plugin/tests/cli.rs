@@ -284,7 +284,7 @@ fn status_shows_the_duplicate_address_the_reassert_pass_reported() {
         ip,
         "the new pod got the address the first one still carries"
     );
-    let report = iotlan_ipam::store::kubernetes::Reasserter::new(&kc, Some(NS), &state_dir(&kc))
+    let report = iotlan_agent::reassert::Reasserter::new(&kc, Some(NS), &state_dir(&kc))
         .unwrap()
         .run_once()
         .unwrap();

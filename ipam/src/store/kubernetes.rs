@@ -13,7 +13,7 @@
 //! the address over replaces the object under a resourceVersion precondition).
 //!
 //! Leases record the node (host name) that allocated them. CNI GC comes from one node's runtime and
-//! frees only that node's leases; the DaemonSet's reconcile loop ([`Reconciler`]) frees leases of
+//! frees only that node's leases; the node agent's reconcile loop (`iotlan_agent::reconcile`) frees leases of
 //! pods that no longer exist (or were recreated under the same name, by pod UID) once they have
 //! been seen missing for longer than its grace, whatever their node.
 //!
@@ -55,21 +55,15 @@ use crate::store::Store;
 
 mod conn;
 mod error;
-mod node_files;
 pub mod node_record;
 mod nodes;
 pub mod objects;
-mod reassert;
-mod reconcile;
+mod recreate;
 mod settings;
 mod txn;
 
-use conn::Conn;
-pub use node_files::{FileReconcileReport, FileStoreReconciler};
-pub use reassert::{
-    recent_duplicates, Duplicate, DuplicateReport, ReassertReport, Reasserter, DUPLICATE_REASON,
-};
-pub use reconcile::{ReconcileReport, Reconciler, DEFAULT_IDENTITY_RETENTION};
+pub use conn::{ApiError, Conn};
+pub use recreate::Reasserted;
 pub use settings::{
     Key as StoreKey, Settings, DEFAULT_KUBECONFIGS, DEFAULT_NAMESPACE,
     DEFAULT_NODE_LOSS_GRACE_SECONDS, DEFAULT_TIMEOUT_MS, NODE_LOSS_GRACE_SECONDS,
@@ -117,39 +111,38 @@ impl KubernetesStore {
     pub fn with_settings(network: &str, settings: Settings) -> Result<KubernetesStore, Error> {
         let kubeconfig = settings.kubeconfig_path()?;
         let conn = Conn::open(&kubeconfig, settings.timeout)?;
-        let api = Api::namespaced(conn.client.clone(), &settings.namespace);
-        let nodes = Api::all(conn.client.clone());
         // The node agent writes the node name beside the kubeconfig it writes.
         let beside: Vec<&Path> = kubeconfig.parent().into_iter().collect();
         let node = crate::node::local_name(&beside).or_else(crate::node::default_name);
-        Ok(KubernetesStore {
-            network: network.to_string(),
-            netkey: objects::network_key(network),
-            namespace: settings.namespace,
-            node,
-            gc_grace: Duration::ZERO,
-            node_loss_grace: settings.node_loss_grace,
-            state_dir: settings.state_dir,
-            conn,
-            api,
-            nodes,
-        })
+        Ok(KubernetesStore::with_conn(network, settings, conn).with_node(node))
     }
 
-    /// The store of `network` in `namespace` over an open connection, with the defaults (the node
-    /// agent's passes use it).
-    fn on(network: &str, namespace: &str, conn: Conn, state_dir: &Path) -> KubernetesStore {
-        let beside: Vec<&Path> = Vec::new();
+    /// The store of `network` on the API server `config` describes (`kube::Config::infer`,
+    /// `Config::incluster`, a kubeconfig read by the caller), as `settings` describe it but for the
+    /// kubeconfig. Nothing is sent to the API server until the first operation.
+    pub fn connect(
+        network: &str,
+        settings: Settings,
+        config: kube::Config,
+    ) -> Result<KubernetesStore, Error> {
+        let conn = Conn::new(config, settings.timeout)?;
+        Ok(KubernetesStore::with_conn(network, settings, conn))
+    }
+
+    /// The store of `network` over an open connection, as `settings` describe it (its kubeconfig
+    /// and timeout are the connection's). The node recorded in new leases is `MULTUS_NODE_NAME`,
+    /// else the host name ([`crate::node::local_name`]), unless [`Self::with_node`] says.
+    pub fn with_conn(network: &str, settings: Settings, conn: Conn) -> KubernetesStore {
         KubernetesStore {
             network: network.to_string(),
             netkey: objects::network_key(network),
-            namespace: namespace.to_string(),
-            node: crate::node::local_name(&beside).or_else(crate::node::default_name),
+            node: crate::node::local_name(&[]),
             gc_grace: Duration::ZERO,
-            node_loss_grace: Duration::from_secs(DEFAULT_NODE_LOSS_GRACE_SECONDS),
-            state_dir: state_dir.to_path_buf(),
-            api: Api::namespaced(conn.client.clone(), namespace),
-            nodes: Api::all(conn.client.clone()),
+            node_loss_grace: settings.node_loss_grace,
+            state_dir: settings.state_dir,
+            api: Api::namespaced(conn.client().clone(), &settings.namespace),
+            nodes: Api::all(conn.client().clone()),
+            namespace: settings.namespace,
             conn,
         }
     }
@@ -159,6 +152,22 @@ impl KubernetesStore {
     pub fn with_node(mut self, node: Option<String>) -> KubernetesStore {
         self.node = node;
         self
+    }
+
+    /// The connection to the API server, for requests beside the store's (the node agents'
+    /// Events about this network).
+    pub fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    /// The namespace of the Lease objects.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The node recorded in new leases, and whose leases GC may free.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
     }
 
     /// GC leaves leases younger than `grace` alone (their ADD may still be in flight).

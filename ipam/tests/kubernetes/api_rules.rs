@@ -14,10 +14,8 @@
 use crate::kubefix;
 use iotlan_apiserver_double::rbac;
 
-use std::time::Duration;
-
 use crate::contract::{ips, req, v4_pool};
-use iotlan_ipam::store::kubernetes::{objects, Reconciler};
+use iotlan_ipam::store::kubernetes::objects;
 use iotlan_ipam::{Attachment, Store};
 use serde_json::{json, Value};
 
@@ -130,22 +128,6 @@ fn a_takeover_of_a_lease_deleted_meanwhile_creates_a_fresh_one_never_resurrects(
         "new"
     );
     assert_eq!(s.leases().unwrap().len(), 1);
-}
-
-#[test]
-fn a_reconciler_mark_never_brings_back_a_lease_deleted_meanwhile() {
-    let f = KubeFixture::new();
-    let s = f.open();
-    let got = s.allocate(&v4_pool(), &req("ns/gone-0", "g")).unwrap();
-    let n = name(&got[0].ip.to_string());
-    // Its DEL lands between the reconciler's list and its missing-since mark (a PUT).
-    f.server.interfere("PUT", NS, &n, Value::Null);
-    Reconciler::new(&f.kubeconfig, Some(NS), Duration::from_secs(300))
-        .unwrap()
-        .run_once()
-        .unwrap();
-    assert!(stored(&f, &n).is_none());
-    assert!(s.leases().unwrap().is_empty());
 }
 
 #[test]
@@ -341,7 +323,7 @@ fn the_double_refuses_what_the_shipped_rbac_does_not_grant() {
 }
 
 #[test]
-fn everything_the_store_and_the_reconciler_do_is_within_the_shipped_rbac() {
+fn everything_the_store_does_is_within_the_shipped_rbac() {
     let f = KubeFixture::new();
     let pool = v4_pool();
     let a = f.open().with_node(Some("node-a".into()));
@@ -354,10 +336,6 @@ fn everything_the_store_and_the_reconciler_do_is_within_the_shipped_rbac() {
     a.revert(&got).unwrap();
     a.gc(&[]).unwrap();
     b.release(&Attachment::new("old", "net1")).unwrap();
-    let r = Reconciler::new(&f.kubeconfig, Some(NS), Duration::ZERO).unwrap();
-    let mut r = r.with_identity_retention(Some(Duration::ZERO));
-    r.run_once().unwrap();
-    r.run_once().unwrap();
     assert!(f.server.denied().is_empty(), "{:?}", f.server.denied());
     assert!(f.server.requests().len() > 10);
 }

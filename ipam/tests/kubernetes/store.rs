@@ -1,7 +1,7 @@
 //! The `kubernetes` store against the API server test double (the iotlan-apiserver-double crate, tests/apiserver): the shared
 //! store contract (support/contract.rs, the same suite the file store passes), then the cases only
 //! a lock-free, networked store has: lost races, conditional deletes, an unreachable or refusing
-//! API server, the objects it writes. The reconcile loop is in kubernetes_reconcile.rs.
+//! API server, the objects it writes. The reconcile loop is the node agent's (agent/tests/agent/reconcile.rs).
 //!
 //! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes store::`.
 

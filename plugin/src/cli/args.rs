@@ -47,16 +47,12 @@ pub enum Command {
     /// Makes a temporary namespace and link (root), cleans up, bounded in time.
     #[command(verbatim_doc_comment)]
     Doctor(DoctorArgs),
-    /// The DaemonSet's node agent (`iotlan install --help` lists its options)
+    /// The DaemonSet's node agent
     ///
     /// Installs the binary into the host's CNI dir (kubeadm or k3s, detected), keeps the
     /// plugin's kubeconfig current, frees the leases of deleted pods.
-    #[command(disable_help_flag = true, verbatim_doc_comment)]
-    Install {
-        /// The agent's options (see `iotlan install --help`)
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
-        args: Vec<String>,
-    },
+    #[command(verbatim_doc_comment)]
+    Install(Box<iotlan_agent::install::Args>),
     /// Print the plugin version and the CNI versions it speaks
     Version,
     /// Print a shell completion script
@@ -138,6 +134,7 @@ mod tests {
     fn every_subcommand_has_help() {
         for sub in [
             "validate",
+            "install",
             "status",
             "leases",
             "doctor",
@@ -192,14 +189,55 @@ mod tests {
     }
 
     #[test]
-    fn install_passes_its_own_options_through() {
-        let Command::Install { args } = parse(&["install", "--once", "--host-root=/h", "--help"])
+    fn install_lists_every_option_of_the_agent_in_its_help() {
+        let Command::Install(a) = parse(&["install", "--once", "--host-root=/h"])
             .expect("parses")
             .command
         else {
             panic!("not install");
         };
-        assert_eq!(args, ["--once", "--host-root=/h", "--help"]);
+        assert!(a.once);
+        assert_eq!(a.host_root, PathBuf::from("/h"));
+        let help = parse(&["install", "--help"]).expect_err("help").to_string();
+        for flag in [
+            "--host-root <DIR>",
+            "--flavor <NAME>",
+            "--bin-dir <PATH>",
+            "--conf-dir <PATH>",
+            "--source-dir <DIR>",
+            "--serviceaccount-dir <DIR>",
+            "--api-server <URL>",
+            "--namespace <NS>",
+            "--kubeconfig <PATH>",
+            "--no-kubeconfig",
+            "--token-serviceaccount <SA>",
+            "--token-lifetime <SECS>",
+            "--interval <SECS>",
+            "--health-file <PATH>",
+            "--max-age <SECS>",
+            "--reconcile-interval <SECS>",
+            "--reconcile-grace <SECS>",
+            "--identity-retention <DAYS>",
+            "--node-name <NAME>",
+            "--host-shims",
+            "--once",
+            "--check-health",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from\n{help}");
+        }
+        for default in [
+            "[default: /host]",
+            "[default: auto]",
+            "[default: /var/run/secrets/kubernetes.io/serviceaccount]",
+            "[default: iotlan]",
+            "[default: 86400]",
+            "[default: 10]",
+            "[default: /run/iotlan/healthy]",
+            "[default: 300]",
+            "[default: 30]",
+        ] {
+            assert!(help.contains(default), "{default} missing from\n{help}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use crate::error::Error;
 
 /// A failed API request, before it becomes an [`Error`].
 #[derive(Debug)]
-pub(super) enum ApiError {
+pub enum ApiError {
     Status {
         what: String,
         code: u16,
@@ -23,11 +23,32 @@ pub(super) enum ApiError {
 }
 
 impl ApiError {
-    pub(super) fn is(&self, want: u16) -> bool {
+    /// `e`, the failure of the request `what`.
+    pub fn of(what: &str, e: kube::Error) -> ApiError {
+        match e {
+            kube::Error::Api(status) => ApiError::Status {
+                what: what.to_string(),
+                code: status.code,
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+            },
+            e @ kube::Error::SerdeError(_) => ApiError::BadAnswer {
+                what: what.to_string(),
+                message: crate::error::with_causes(&e),
+            },
+            e => ApiError::Transport {
+                what: what.to_string(),
+                message: crate::error::with_causes(&e),
+            },
+        }
+    }
+
+    /// Whether the API server answered with HTTP status `want`.
+    pub fn is(&self, want: u16) -> bool {
         matches!(self, ApiError::Status { code, .. } if *code == want)
     }
 
-    pub(super) fn into_error(self) -> Error {
+    pub fn into_error(self) -> Error {
         let reason = match self {
             ApiError::Status {
                 what,

@@ -10,7 +10,7 @@
 //! <state dir>/.kubernetes-attachments/<net>.<hash of container ID/ifname>.json
 //! ```
 //!
-//! The node agent re-asserts the Lease objects of these records ([`super::Reasserter`]). Writing
+//! The node agent re-asserts the Lease objects of these records (`iotlan_agent::reassert`, through [`super::KubernetesStore::reassert`]). Writing
 //! or removing a record never fails the operation: a failure is logged, and costs only that the
 //! attachment cannot be re-asserted. The state dir is `store.stateDir` (default
 //! [`crate::config::DEFAULT_STORE_DIR`], where the node agent's state mount is); the directory name

@@ -170,7 +170,7 @@ impl Settings {
     }
 
     /// The kubeconfig to use: the configured one, else the first default that exists.
-    pub(super) fn kubeconfig_path(&self) -> Result<PathBuf, Error> {
+    pub fn kubeconfig_path(&self) -> Result<PathBuf, Error> {
         if let Some(p) = &self.kubeconfig {
             return Ok(p.clone());
         }

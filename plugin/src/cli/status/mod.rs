@@ -9,10 +9,17 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use iotlan_ipam::{FileStore, Lease, Store};
+#[cfg(feature = "kubernetes")]
+use iotlan_ipam::StoreConfig;
+use iotlan_ipam::{FileStore, Lease, Pool, PoolConfig, Store};
 use serde_json::{json, Value};
 
 use super::access;
+#[cfg(feature = "kubernetes")]
+use super::access::Cluster;
+/// Without the kubernetes store there is no cluster to reach.
+#[cfg(not(feature = "kubernetes"))]
+type Cluster = ();
 use super::args::StoreArgs;
 use crate::config::NetConf;
 use crate::error::{Error, Result};
@@ -58,24 +65,6 @@ fn read_config(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))
 }
 
-/// `conf` with its kubernetes store pointed at `kubeconfig` (the CLI's choice, see
-/// [`access::kubeconfig`]); other stores are left as they are.
-fn with_kubeconfig(conf: &[u8], kubeconfig: &Path) -> Result<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(conf)
-        .map_err(|e| Error::InvalidConfig(format!("config is not JSON: {e}")))?;
-    if let Some(store) = v
-        .pointer_mut("/ipam/store")
-        .and_then(Value::as_object_mut)
-        .filter(|s| s.get("kind").and_then(Value::as_str) == Some("kubernetes"))
-    {
-        store.insert(
-            "kubeconfig".into(),
-            Value::String(kubeconfig.to_string_lossy().into_owned()),
-        );
-    }
-    serde_json::to_vec(&v).map_err(|e| Error::InvalidConfig(format!("config: {e}")))
-}
-
 /// The whole picture as JSON (the `--json` output).
 fn report(o: &StoreArgs) -> Result<Value> {
     let state_dir = o
@@ -109,20 +98,12 @@ fn report(o: &StoreArgs) -> Result<Value> {
         }
     } else {
         // Decided once, and only when a config asks for a kubernetes store.
-        let mut kubeconfig: Option<access::Kubeconfig> = None;
+        let mut cluster = None;
         for path in &o.configs {
             // A NAD's config may be a conflist (iotlan, then tuning): each iotlan plugin in it.
-            for mut bytes in crate::config::iotlan_plugins(&read_config(path)?)? {
-                let kubernetes = is_kubernetes_store(&bytes);
-                if kubernetes {
-                    if kubeconfig.is_none() {
-                        kubeconfig = Some(access::kubeconfig(o.kubeconfig.as_deref())?);
-                    }
-                    if let Some(p) = kubeconfig.as_ref().and_then(access::Kubeconfig::path) {
-                        bytes = with_kubeconfig(&bytes, p)?;
-                    }
-                }
-                networks.push(network_of_config(&bytes, kubernetes, &conflicts_of)?);
+            for bytes in crate::config::iotlan_plugins(&read_config(path)?)? {
+                let conf = NetConf::parse(&bytes)?;
+                networks.push(network_of_config(&conf, o, &mut cluster, &conflicts_of)?);
             }
         }
     }
@@ -144,22 +125,36 @@ fn report(o: &StoreArgs) -> Result<Value> {
     }))
 }
 
-/// One network's part of the report, from one plugin's config.
+/// One network's part of the report, from one plugin's config. `cluster`: how a kubernetes store
+/// reaches its API server, decided at the first one ([`access::cluster`]).
 fn network_of_config(
-    bytes: &[u8],
-    kubernetes: bool,
+    conf: &NetConf,
+    o: &StoreArgs,
+    cluster: &mut Option<Cluster>,
     conflicts_of: &dyn Fn(&str) -> Value,
 ) -> Result<Value> {
-    let conf = NetConf::parse(bytes)?;
-    let (pool, store) = crate::ipam::open_pool(&conf.name, &conf.ipam)?;
+    let cfg: PoolConfig = serde_json::from_value(conf.ipam.clone())
+        .map_err(|e| Error::InvalidConfig(format!("ipam: {e}")))?;
+    let pool = Pool::new(&conf.name, &cfg)?;
+    #[cfg(not(feature = "kubernetes"))]
+    let _ = (o, &cluster);
+    let (store, duplicates) = match cfg.store.kind.as_str() {
+        #[cfg(feature = "kubernetes")]
+        "kubernetes" => kubernetes_store(&conf.name, &cfg.store, o, cluster)?,
+        // (Without the kubernetes store, the pool's error says so.)
+        _ => (
+            iotlan_ipam::open_store(&conf.name, &cfg.store, &pool)?,
+            None,
+        ),
+    };
     let leases = store.leases()?;
     let mut n = network_json(&conf.name, Some((pool.size(), pool.free(&leases))), &leases);
     n["unreadable"] = json!(store.unreadable()?);
     n["conflicts"] = conflicts_of(&conf.name);
-    if kubernetes {
+    if let Some(duplicates) = duplicates {
         // The leases are the command's answer; a failure to read the Events is shown
         // beside them, not instead of them.
-        match duplicates(&conf) {
+        match duplicates {
             Ok(d) => n["duplicates"] = d,
             Err(e) => {
                 let why = format!("cannot list the DuplicateAddress Events: {e}");
@@ -170,6 +165,41 @@ fn network_of_config(
         }
     }
     Ok(n)
+}
+
+/// A network's store, and for a kubernetes store the duplicate addresses the node agents reported
+/// for it (or why they cannot be read).
+type StoreAndDuplicates = (Box<dyn Store>, Option<Result<Value>>);
+
+/// A kubernetes store of `network` reached as the CLI decides ([`access::cluster`]), and the
+/// duplicate addresses the node agents reported for it (or why they cannot be read).
+#[cfg(feature = "kubernetes")]
+fn kubernetes_store(
+    network: &str,
+    cfg: &StoreConfig,
+    o: &StoreArgs,
+    cluster: &mut Option<Cluster>,
+) -> Result<StoreAndDuplicates> {
+    use iotlan_ipam::store::kubernetes::{KubernetesStore, Settings};
+    let settings = Settings::from_config(cfg)?;
+    let cluster = match cluster {
+        Some(c) => c,
+        None => cluster.insert(access::cluster(o.kubeconfig.as_deref())?),
+    };
+    let store = match cluster {
+        Cluster::Config(config) => {
+            KubernetesStore::connect(network, settings, config.as_ref().clone())?
+        }
+        Cluster::StoreDefault => KubernetesStore::with_settings(network, settings)?,
+    };
+    let duplicates =
+        iotlan_agent::events::recent_duplicates(store.conn(), store.namespace(), network)
+            .map_err(Error::from)
+            .and_then(|found| {
+                serde_json::to_value(found)
+                    .map_err(|e| Error::Decode(format!("duplicate reports: {e}")))
+            });
+    Ok((Box::new(store), Some(duplicates)))
 }
 
 /// The conflicts of `network` recorded under `state_dir` within the hold, with when each stops
@@ -189,30 +219,6 @@ fn conflicts_json(state_dir: &Path, network: &str) -> Value {
             })
             .collect(),
     )
-}
-
-/// The duplicate addresses the node agents reported for this network's kubernetes store.
-#[cfg(feature = "kubernetes")]
-fn duplicates(conf: &NetConf) -> Result<Value> {
-    let cfg: iotlan_ipam::StoreConfig =
-        serde_json::from_value(conf.ipam.get("store").cloned().unwrap_or(Value::Null))
-            .map_err(|e| Error::InvalidConfig(format!("ipam.store: {e}")))?;
-    let found = iotlan_ipam::store::kubernetes::recent_duplicates(&conf.name, &cfg)?;
-    serde_json::to_value(found).map_err(|e| Error::Decode(format!("duplicate reports: {e}")))
-}
-
-#[cfg(not(feature = "kubernetes"))]
-fn duplicates(_conf: &NetConf) -> Result<Value> {
-    Err(Error::InvalidConfig(
-        "this build has no kubernetes store (cargo feature \"kubernetes\")".into(),
-    ))
-}
-
-fn is_kubernetes_store(conf: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(conf)
-        .ok()
-        .and_then(|v| v.pointer("/ipam/store/kind").cloned())
-        .is_some_and(|k| k == "kubernetes")
 }
 
 fn network_json(name: &str, sizes: Option<(u64, u64)>, leases: &[Lease]) -> Value {
@@ -311,23 +317,6 @@ mod tests {
             drv.split_whitespace().take(2).collect::<Vec<_>>(),
             ["eth0", "ipvlan"]
         );
-    }
-
-    #[test]
-    fn only_a_kubernetes_store_gets_the_chosen_kubeconfig() {
-        let kube =
-            br#"{"name":"iot","ipam":{"store":{"kind":"kubernetes","kubeconfig":"/etc/x"}}}"#;
-        let out: Value =
-            serde_json::from_slice(&with_kubeconfig(kube, Path::new("/k")).expect("json"))
-                .expect("json");
-        assert_eq!(out["ipam"]["store"]["kubeconfig"], "/k");
-        assert!(is_kubernetes_store(kube));
-        let file = br#"{"name":"iot","ipam":{"store":{"kind":"file"}}}"#;
-        let out: Value =
-            serde_json::from_slice(&with_kubeconfig(file, Path::new("/k")).expect("json"))
-                .expect("json");
-        assert!(out["ipam"]["store"].get("kubeconfig").is_none());
-        assert!(!is_kubernetes_store(file));
     }
 
     fn unix_now() -> u64 {

@@ -1,19 +1,19 @@
 //! The reconcile loop's hook. It needs the `kubernetes` store; without it, it is off.
-use super::{Agent, Options};
+use super::{Agent, Args};
 
 pub struct Reconciler {
     #[cfg(feature = "kubernetes")]
-    inner: iotlan_ipam::store::kubernetes::Reconciler,
+    inner: crate::reconcile::Reconciler,
 }
 
 impl Reconciler {
     #[cfg(feature = "kubernetes")]
-    pub fn new(agent: &Agent, opts: &Options) -> Option<Reconciler> {
+    pub fn new(agent: &Agent, opts: &Args) -> Option<Reconciler> {
         if opts.reconcile_interval.is_zero() {
             return None;
         }
         let (_, kubeconfig) = agent.kubeconfig.as_ref()?;
-        match iotlan_ipam::store::kubernetes::Reconciler::new(
+        match crate::reconcile::Reconciler::new(
             kubeconfig,
             opts.namespace.as_deref(),
             opts.reconcile_grace,
@@ -29,7 +29,7 @@ impl Reconciler {
     }
 
     #[cfg(not(feature = "kubernetes"))]
-    pub fn new(_agent: &Agent, opts: &Options) -> Option<Reconciler> {
+    pub fn new(_agent: &Agent, opts: &Args) -> Option<Reconciler> {
         if !opts.reconcile_interval.is_zero() {
             tracing::info!("reconcile loop off: built without the kubernetes store");
         }

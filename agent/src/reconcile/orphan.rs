@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use crate::lease::Lease;
+use iotlan_ipam::Lease;
 
 /// The pods that exist: `namespace/name` to the pod object's UID (when the list gave one).
 #[derive(Debug, Clone, Default)]
@@ -85,7 +85,7 @@ pub fn due(since: u64, now: u64, grace: std::time::Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::Sandbox;
+    use iotlan_ipam::Sandbox;
 
     fn lease(identity: &str, uid: Option<&str>) -> Lease {
         Lease {

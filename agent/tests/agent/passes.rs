@@ -1,15 +1,12 @@
 //! What the node agent's passes do on the node, run as the DaemonSet runs it: the real
-//! `iotlan install` on a fake node ([`agent::Host`]) against the API server double.
+//! `iotlan install` on a fake node ([`crate::host::Host`]) against the API server double.
 //! - Multus never forwards CNI GC to a NAD's plugin, so the file store's sticky identity records
 //!   would grow for good: the agent applies `--identity-retention` on its node.
 //! - A duplicate address the agent finds is posted as an Event that names the Kubernetes node
 //!   (`NODE_NAME`), not the agent pod's host name.
 //!
-//! Run: `cargo test -p iotlan --test agent_passes`. Needs no root.
-#![cfg(feature = "kubernetes")]
+//! Run: `cargo test -p iotlan-agent --test agent passes`. Needs no root.
 
-#[path = "support/agent.rs"]
-mod agent;
 use iotlan_apiserver_double as apiserver;
 
 use std::path::Path;
@@ -20,7 +17,7 @@ use iotlan_ipam::store::kubernetes::KubernetesStore;
 use iotlan_ipam::{AllocRequest, Attachment, FileStore, Pool, PoolConfig, Store, StoreConfig};
 use serde_json::json;
 
-use agent::{wait_for, Daemon, Flavor, Host};
+use crate::host::{wait_for, Daemon, Flavor, Host};
 
 const NODE: &str = "pi-radio-1";
 const DAY: u64 = 86_400;
@@ -122,7 +119,7 @@ fn the_agent_deletes_file_store_identity_records_unused_for_the_retention() {
         !present("home/music-7c9d-x2k4p") && !present("home/music-7c9d-q8w3z")
     });
     let o = daemon.terminate();
-    let log = agent::stderr(&o);
+    let log = crate::host::stderr(&o);
     assert!(o.status.success(), "{log}");
     assert!(present("home/piper-0"), "used a day ago: kept");
     assert!(present("home/esphome-0"), "its pod holds an address: kept");
@@ -162,7 +159,7 @@ fn a_duplicate_address_event_names_the_kubernetes_node() {
             .iter()
             .any(|e| e["reason"] == "DuplicateAddress")
     });
-    let log = agent::stderr(&daemon.terminate());
+    let log = crate::host::stderr(&daemon.terminate());
     let ev = server
         .events()
         .into_iter()

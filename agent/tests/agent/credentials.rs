@@ -1,6 +1,6 @@
 //! The plugin's credentials outlive the node agent's pod.
 //!
-//! The real `iotlan install` runs as the DaemonSet's pod on a fake node ([`agent::Host`]), with the
+//! The real `iotlan install` runs as the DaemonSet's pod on a fake node ([`crate::host::Host`]), with the
 //! token kubelet projects into that pod: bound to the pod, so the API server (the double,
 //! tests/apiserver/src/tokens.rs, as the real one) refuses it once the pod object is
 //! deleted. The plugin (`iotlan-ipam`, exec'd as a runtime does) reaches the API server with the
@@ -8,14 +8,9 @@
 //! an upgrade whose image never arrives, a rollout), the plugin's DEL and ADD must still work, for
 //! the token's lifetime; after that they fail with code 11 and say what to do.
 //!
-//! Run: `cargo test -p iotlan --test agent_credentials`. Needs no root.
-#![cfg(feature = "kubernetes")]
+//! Run: `cargo test -p iotlan-agent --test agent credentials`. Needs no root.
 
-#[path = "support/agent.rs"]
-mod agent;
 use iotlan_apiserver_double as apiserver;
-#[path = "support/cni.rs"]
-mod cni;
 use iotlan_apiserver_double::rbac;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +18,7 @@ use std::process::{Output, Stdio};
 
 use serde_json::{json, Value};
 
-use agent::{wait_for, Daemon, Flavor, Host, CA_PEM};
+use crate::host::{read_kubeconfig, wait_for, Daemon, Flavor, Host, CA_PEM};
 use apiserver::{ApiServer, RbacRule};
 
 const NS: &str = "iotlan-system";
@@ -72,11 +67,11 @@ impl Node {
     }
 
     /// The token the kubeconfig carries now.
+    /// The token of the plugin's kubeconfig, as kube reads it; `None` before the agent wrote one.
     fn plugin_token(&self) -> Option<String> {
-        let text = std::fs::read_to_string(self.kubeconfig()).ok()?;
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix("token: "))
-            .map(|t| t.trim_matches('"').to_string())
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).ok()?;
+        let user = serde_json::to_value(kc.auth_infos.first()?.auth_info.clone()?).ok()?;
+        user["token"].as_str().map(str::to_string)
     }
 
     fn agent(&self) -> Daemon {
@@ -116,7 +111,7 @@ impl Node {
 
     /// Execs `iotlan-ipam` as the runtime does on this node.
     fn cni(&self, cmd: &str, cid: &str, pod: &str) -> Output {
-        cni::exec(cmd, &self.conf(), cid, pod)
+        crate::bins::exec_ipam(cmd, &self.conf(), cid, pod)
     }
 }
 
@@ -164,7 +159,7 @@ fn rules_without_token_requests() -> Vec<RbacRule> {
 
 fn log_of(daemon: Daemon) -> String {
     let o = daemon.terminate();
-    let log = agent::stderr(&o);
+    let log = crate::host::stderr(&o);
     assert!(o.status.success(), "{log}");
     log
 }
@@ -291,12 +286,10 @@ fn the_token_is_renewed_and_a_failed_renewal_keeps_a_token_that_is_still_valid()
         node.plugin_token().is_some_and(|t| t != node.projected)
     });
     let first = node.plugin_token().unwrap();
-    let text = std::fs::read_to_string(node.kubeconfig()).unwrap();
-    let expires: u64 = text
-        .lines()
-        .find_map(|l| l.split_once("expires-unix: ").map(|(_, n)| n.trim()))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no expiry recorded in\n{text}"));
+    let k = read_kubeconfig(&node.kubeconfig());
+    let expires = k
+        .expires_unix
+        .unwrap_or_else(|| panic!("no expiry recorded in\n{}", k.text));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -2,23 +2,16 @@
 //! objects are lost (the namespace deleted with the manifests, an etcd restore, `kubectl delete
 //! leases`), and reports an address held by another attachment as a duplicate, never resolving it.
 //!
-//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_reassert`.
-
-#[macro_use]
-#[path = "support/contract.rs"]
-mod contract;
-use iotlan_apiserver_double as apiserver;
-#[path = "support/kubefix.rs"]
-mod kubefix;
-use iotlan_apiserver_double::rbac;
+//! Run: `cargo test -p iotlan-agent --test agent reassert`.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use contract::{ips, req, v4_pool};
-use iotlan_ipam::store::kubernetes::{recent_duplicates, Reasserter};
+use iotlan_agent::events::recent_duplicates;
+use iotlan_agent::reassert::Reasserter;
 use iotlan_ipam::{Attachment, Store};
-use kubefix::{KubeFixture, NS};
+
+use crate::fixture::{self, ips, req, v4_pool, KubeFixture, NS};
 
 /// (address, container) of every address object.
 fn held(f: &KubeFixture) -> BTreeSet<(String, String)> {
@@ -36,7 +29,7 @@ fn held(f: &KubeFixture) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-fn reassert(f: &KubeFixture) -> iotlan_ipam::store::kubernetes::ReassertReport {
+fn reassert(f: &KubeFixture) -> iotlan_agent::reassert::ReassertReport {
     Reasserter::new(&f.kubeconfig, Some(NS), &f.state_dir)
         .unwrap()
         .run_once()
@@ -93,7 +86,7 @@ fn an_address_taken_by_another_attachment_meanwhile_is_reported_as_a_duplicate()
     // Before any agent pass, a new pod asks for exactly that address (the defect of a reinstall).
     let ip = a[0].ip.to_string();
     let other = s
-        .allocate(&pool, &contract::req_ip("ha/other-0", "o1", &[&ip]))
+        .allocate(&pool, &fixture::req_ip("ha/other-0", "o1", &[&ip]))
         .unwrap();
     assert_eq!(ips(&other), ips(&a));
 
@@ -115,14 +108,17 @@ fn an_address_taken_by_another_attachment_meanwhile_is_reported_as_a_duplicate()
 
     // Read back for `iotlan status`: one report per duplicate, however many passes posted it.
     reassert(&f);
-    let got = recent_duplicates("iot", &f.config()).unwrap();
+    let store = f.open();
+    let got = recent_duplicates(store.conn(), NS, "iot").unwrap();
     assert_eq!(got.len(), 1, "{got:#?}");
     assert_eq!(got[0].ip, Some(a[0].ip));
-    assert_eq!(got[0].lease, kubefix::name(&ip));
+    assert_eq!(got[0].lease, fixture::name(&ip));
     assert_eq!((got[0].count, got[0].events), (2, 2));
     assert!(got[0].message.contains("DUPLICATE ADDRESS"), "{got:#?}");
     assert!(got[0].last_unix.is_some(), "{got:#?}");
-    assert!(recent_duplicates("other", &f.config()).unwrap().is_empty());
+    assert!(recent_duplicates(store.conn(), NS, "other")
+        .unwrap()
+        .is_empty());
     assert!(f.server.denied().is_empty(), "{:?}", f.server.denied());
 }
 
@@ -149,7 +145,7 @@ fn a_lease_freed_on_purpose_is_not_brought_back_and_its_record_goes() {
         .unwrap();
     let elsewhere = iotlan_ipam::store::kubernetes::KubernetesStore::open(
         "iot",
-        &kubefix::store_config(
+        &fixture::store_config(
             &f.kubeconfig,
             serde_json::json!({ "stateDir": f.state_dir.join("elsewhere") }),
         ),

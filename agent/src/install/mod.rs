@@ -18,10 +18,12 @@
 //! - SIGTERM or SIGINT ends it at once with status 0; installed files stay, because pods on
 //!   the node keep using them while the DaemonSet rolls.
 
+mod args;
 mod files;
 mod kubeconfig;
 mod layout;
 mod netns;
+pub use netns::ShimRepair;
 mod node_name;
 mod reassert;
 mod reconcile;
@@ -32,111 +34,16 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use layout::{Flavor, Layout, Overrides};
+pub use args::Args;
+use layout::Layout;
 
 /// The one executable we install, looked up in the source dir.
 const BINARY: &str = "iotlan";
 /// Its other names on the node (it dispatches on argv[0]): NADs name `"ipam": {"type": "iotlan-ipam"}`.
 const LINKS: [&str; 1] = ["iotlan-ipam"];
 
-const USAGE: &str = "\
-usage: iotlan install [options]          install binaries and kubeconfig, then keep them current
-       iotlan install --check-health [--health-file PATH] [--max-age SECS]
-
-  --host-root DIR           where the host's file system is mounted (default /host)
-  --flavor NAME             auto (default), kubeadm, k3s or k3s-legacy
-  --bin-dir PATH            host path of the CNI binary dir (overrides detection)
-  --conf-dir PATH           host path of the CNI config dir (overrides detection)
-  --source-dir DIR          where iotlan is (default: this binary's dir); iotlan-ipam is installed
-                            as a hard link of it
-  --serviceaccount-dir DIR  token, ca.crt, namespace (default /var/run/secrets/kubernetes.io/serviceaccount)
-  --api-server URL          API server for the kubeconfig (default from KUBERNETES_SERVICE_HOST/PORT)
-  --namespace NS            namespace of the lease objects (default: the ServiceAccount's)
-  --kubeconfig PATH         host path of the kubeconfig (default <conf dir>/iotlan.d/iotlan.kubeconfig)
-  --no-kubeconfig           write no kubeconfig (file store only)
-  --token-serviceaccount SA the ServiceAccount (in this pod's namespace) whose token the plugin's
-                            kubeconfig carries, from the TokenRequest API (default iotlan)
-  --token-lifetime SECS     what that token is asked to live; renewed after a quarter to a half of
-                            it (default 86400, at least 600)
-  --interval SECS           how often to re-check token, binaries and health (default 10)
-  --health-file PATH        touched every tick (default /run/iotlan/healthy)
-  --max-age SECS            --check-health: oldest acceptable health file (default 60)
-  --reconcile-interval SECS free leases of deleted pods this often; 0 disables (default 60)
-  --reconcile-grace SECS    free a lease only once its pod has been missing this long (default 300)
-  --identity-retention DAYS delete a sticky identity record (a pod's latest addresses) unused
-                            this long; 0 keeps them all (default 30)
-  --node-name NAME          this node's Kubernetes name, written to <conf dir>/iotlan.d/node-name
-                            for the plugin (default $NODE_NAME)
-  --host-shims              repair the hostShim links, addresses and pod routes on this node
-                            every reconcile interval (needs hostNetwork and CAP_NET_ADMIN: the
-                            manifests' host-shim component)
-  --once                    do one pass and exit
-";
-
-#[derive(Debug, Clone)]
-struct Options {
-    host_root: PathBuf,
-    layout: Overrides,
-    source_dir: Option<PathBuf>,
-    sa_dir: PathBuf,
-    api_server: Option<String>,
-    namespace: Option<String>,
-    kubeconfig: Option<PathBuf>,
-    no_kubeconfig: bool,
-    token_serviceaccount: String,
-    token_lifetime: Duration,
-    interval: Duration,
-    health_file: PathBuf,
-    max_age: Duration,
-    reconcile_interval: Duration,
-    reconcile_grace: Duration,
-    identity_retention_days: u64,
-    node_name: Option<String>,
-    host_shims: bool,
-    once: bool,
-    check_health: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            host_root: PathBuf::from(iotlan_ipam::paths::HOST_ROOT),
-            layout: Overrides::default(),
-            source_dir: None,
-            sa_dir: PathBuf::from(kubeconfig::SERVICEACCOUNT_DIR),
-            api_server: None,
-            namespace: None,
-            kubeconfig: None,
-            no_kubeconfig: false,
-            token_serviceaccount: token::DEFAULT_SERVICE_ACCOUNT.to_string(),
-            token_lifetime: token::DEFAULT_LIFETIME,
-            interval: Duration::from_secs(10),
-            health_file: PathBuf::from(iotlan_ipam::paths::HEALTH_FILE),
-            max_age: Duration::from_secs(60),
-            reconcile_interval: Duration::from_secs(60),
-            reconcile_grace: Duration::from_secs(300),
-            identity_retention_days: 30,
-            node_name: None,
-            host_shims: false,
-            once: false,
-            check_health: false,
-        }
-    }
-}
-
-impl Options {
-    /// `--identity-retention` as a duration; `None` (0 days) keeps the records.
-    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
-    fn identity_retention(&self) -> Option<Duration> {
-        (self.identity_retention_days > 0)
-            .then(|| Duration::from_secs(self.identity_retention_days.saturating_mul(86_400)))
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 enum InstallError {
-    #[error("{0}")]
-    Usage(String),
     #[error(transparent)]
     Layout(#[from] layout::LayoutError),
     #[error(transparent)]
@@ -151,111 +58,26 @@ enum InstallError {
     Signal(nix::Error),
 }
 
-fn parse_args(args: &[String]) -> Result<Options, InstallError> {
-    let mut o = Options::default();
-    let mut it = args.iter();
-    let secs = |flag: &str, v: &str| {
-        v.parse::<u64>()
-            .map(Duration::from_secs)
-            .map_err(|_| InstallError::Usage(format!("{flag}: not a number of seconds: {v:?}")))
-    };
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or_else(|| InstallError::Usage(format!("{flag} needs a value")))
-        };
-        match flag {
-            "--host-root" => o.host_root = value()?.into(),
-            "--flavor" => {
-                o.layout.flavor = match value()?.as_str() {
-                    "auto" => None,
-                    "kubeadm" => Some(Flavor::Kubeadm),
-                    "k3s" => Some(Flavor::K3s),
-                    "k3s-legacy" => Some(Flavor::K3sLegacy),
-                    other => {
-                        return Err(InstallError::Usage(format!(
-                            "--flavor: unknown flavor {other:?}"
-                        )))
-                    }
-                }
-            }
-            "--bin-dir" => o.layout.bin_dir = Some(value()?.into()),
-            "--conf-dir" => o.layout.conf_dir = Some(value()?.into()),
-            "--source-dir" => o.source_dir = Some(value()?.into()),
-            "--serviceaccount-dir" => o.sa_dir = value()?.into(),
-            "--api-server" => o.api_server = Some(value()?),
-            "--namespace" => o.namespace = Some(value()?),
-            "--kubeconfig" => o.kubeconfig = Some(value()?.into()),
-            "--no-kubeconfig" => o.no_kubeconfig = true,
-            "--token-serviceaccount" => o.token_serviceaccount = value()?,
-            "--token-lifetime" => {
-                o.token_lifetime = secs(flag, &value()?)?;
-                if o.token_lifetime < token::MIN_LIFETIME {
-                    return Err(InstallError::Usage(format!(
-                        "{flag}: the API server refuses tokens of less than {} s",
-                        token::MIN_LIFETIME.as_secs()
-                    )));
-                }
-            }
-            "--interval" => o.interval = secs(flag, &value()?)?.max(Duration::from_secs(1)),
-            "--health-file" => o.health_file = value()?.into(),
-            "--max-age" => o.max_age = secs(flag, &value()?)?,
-            "--reconcile-interval" => o.reconcile_interval = secs(flag, &value()?)?,
-            "--reconcile-grace" => o.reconcile_grace = secs(flag, &value()?)?,
-            "--identity-retention" => {
-                let v = value()?;
-                o.identity_retention_days = v.parse().map_err(|_| {
-                    InstallError::Usage(format!("{flag} needs a number of days, not {v:?}"))
-                })?
-            }
-            "--node-name" => o.node_name = Some(value()?),
-            "--host-shims" => o.host_shims = true,
-            "--once" => o.once = true,
-            "--check-health" => o.check_health = true,
-            "-h" | "--help" => return Err(InstallError::Usage(String::new())),
-            other => return Err(InstallError::Usage(format!("unknown argument {other:?}"))),
-        }
-    }
-    if let Some(k) = &o.kubeconfig {
-        if !k.is_absolute() {
-            return Err(InstallError::Usage(format!(
-                "--kubeconfig must be an absolute host path: {}",
-                k.display()
-            )));
-        }
-    }
-    Ok(o)
+/// What the `iotlan` binary lends the agent: the agent cannot depend on the plugin's crate (the
+/// binary, which depends on the agent), so the plugin's parts it runs come in here.
+pub struct Hooks<'a> {
+    /// Sets up logging (the binary's `tracing` subscriber); called once, before the first pass.
+    pub init_logging: &'a dyn Fn(),
+    /// The hostShim repair pass (`iotlan::link::shim::repair`): given the plugin's state dir and
+    /// whether a pod's network namespace (a host path) is provably gone, it puts back every shim
+    /// link, address and pod route the records name, and drops the entries of pods that are gone.
+    #[allow(clippy::type_complexity)]
+    pub repair_host_shims: &'a dyn Fn(&Path, &dyn Fn(&str) -> bool) -> Result<ShimRepair, String>,
 }
 
-/// Entry point of `iotlan install`; `args` are the arguments after `install`. Returns the exit
-/// status: 0 done (or stopped by SIGTERM), 1 failed, 2 usage.
-pub fn main(args: &[String]) -> i32 {
-    let opts = match parse_args(args) {
-        Ok(o) => o,
-        Err(InstallError::Usage(msg)) => {
-            if msg.is_empty() {
-                print!("{USAGE}");
-                return 0;
-            }
-            eprintln!("iotlan install: {msg}\n\n{USAGE}");
-            return 2;
-        }
-        Err(e) => {
-            eprintln!("iotlan install: {e}");
-            return 2;
-        }
-    };
+/// Entry point of `iotlan install`. Returns the exit status: 0 done (or stopped by SIGTERM), 1
+/// failed. (A usage error is clap's: 2.)
+pub fn main(opts: &Args, hooks: &Hooks) -> i32 {
     if opts.check_health {
         return check_health(&opts.health_file, opts.max_age);
     }
-    iotlan::logging::init(None, None);
-    match run(&opts) {
+    (hooks.init_logging)();
+    match run(opts, hooks) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e}");
@@ -288,7 +110,7 @@ fn check_health(path: &Path, max_age: Duration) -> i32 {
 
 /// The state of one installer: what it has found and last written.
 struct Agent {
-    opts: Options,
+    opts: Args,
     layout: Layout,
     source_dir: PathBuf,
     /// (host path, path under the host root) of the kubeconfig, unless disabled.
@@ -301,8 +123,8 @@ struct Agent {
 }
 
 impl Agent {
-    fn new(opts: &Options) -> Result<Agent, InstallError> {
-        let layout = layout::detect(&opts.host_root, &opts.layout)?;
+    fn new(opts: &Args) -> Result<Agent, InstallError> {
+        let layout = layout::detect(&opts.host_root, &opts.layout())?;
         tracing::info!(
             flavor = %layout.flavor,
             bin_dir = %layout.host_bin_dir.display(),
@@ -395,7 +217,7 @@ impl Agent {
                 token: plugin.token,
                 ..own
             };
-            let text = kubeconfig::render(&creds, plugin.expires_unix);
+            let text = kubeconfig::render(&creds, plugin.expires_unix)?;
             if files::replace_if_changed(local, text.as_bytes(), 0o600, 0o700)? {
                 tracing::info!(path = %host.display(), "kubeconfig written");
             }
@@ -451,14 +273,14 @@ fn termination_channel() -> Result<mpsc::Receiver<i32>, InstallError> {
     Ok(rx)
 }
 
-fn run(opts: &Options) -> Result<(), InstallError> {
+fn run(opts: &Args, hooks: &Hooks) -> Result<(), InstallError> {
     let signals = termination_channel()?;
     let mut agent = Agent::new(opts)?;
     agent.tick()?;
     if opts.once {
         if opts.host_shims {
             netns::warn_unseen_dirs(&opts.host_root);
-            netns::repair_host_shims(opts);
+            netns::repair_host_shims(opts, hooks);
         }
         return Ok(());
     }
@@ -487,7 +309,7 @@ fn run(opts: &Options) -> Result<(), InstallError> {
                 r.run_once();
             }
             if opts.host_shims {
-                netns::repair_host_shims(opts);
+                netns::repair_host_shims(opts, hooks);
             }
             last_reconcile = Some(Instant::now());
         }

@@ -3,25 +3,17 @@
 //! pass that sees them so and freed only once they have been missing for longer than the grace;
 //! sticky identity records unused for the retention are pruned.
 //!
-//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_reconcile`.
-
-#[macro_use]
-#[path = "support/contract.rs"]
-mod contract;
-use iotlan_apiserver_double as apiserver;
-#[path = "support/kubefix.rs"]
-mod kubefix;
-use iotlan_apiserver_double::rbac;
+//! Run: `cargo test -p iotlan-agent --test agent reconcile`.
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use contract::{ips, req, v4_pool};
-use iotlan_ipam::store::kubernetes::{objects, Reconciler};
+use iotlan_agent::reconcile::Reconciler;
+use iotlan_ipam::store::kubernetes::objects;
 use iotlan_ipam::{AllocRequest, Attachment, Lease, Store};
 use serde_json::Value;
 
-use kubefix::{name, object, req_uid, KubeFixture, NS};
+use crate::fixture::{self, ips, name, object, req, req_uid, v4_pool, KubeFixture, NS};
 
 fn reconciler(f: &KubeFixture, grace_secs: u64) -> Reconciler {
     Reconciler::new(&f.kubeconfig, Some(NS), Duration::from_secs(grace_secs)).unwrap()
@@ -378,7 +370,7 @@ fn reconcile_lists_once_per_pass_in_metadata_pages() {
     // 1,100 address objects of pods that are gone, and 100 stale sticky records.
     for i in 0..1100u32 {
         let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a14_0000 + i));
-        let mut l = kubefix::lease("10.20.0.1", &format!("gone/p-{i}"), &format!("c{i}"));
+        let mut l = fixture::lease("10.20.0.1", &format!("gone/p-{i}"), &format!("c{i}"));
         l.ip = ip;
         f.server.put_lease(NS, object(&l));
     }
@@ -460,4 +452,62 @@ fn the_hostshim_address_of_a_removed_node_is_freed_after_the_grace_and_a_notread
     reconciler(&f, 300).run_once().unwrap();
     assert_eq!(mark(&f, &ready[0]), None);
     assert!(held(&s).contains(&ready[0].ip));
+}
+
+#[test]
+fn a_reconciler_mark_never_brings_back_a_lease_deleted_meanwhile() {
+    let f = KubeFixture::new();
+    let s = f.open();
+    let got = s.allocate(&v4_pool(), &req("ns/gone-0", "g")).unwrap();
+    let n = name(&got[0].ip.to_string());
+    // Its DEL lands between the reconciler's list and its missing-since mark (a PUT).
+    f.server.interfere("PUT", NS, &n, Value::Null);
+    Reconciler::new(&f.kubeconfig, Some(NS), Duration::from_secs(300))
+        .unwrap()
+        .run_once()
+        .unwrap();
+    assert!(f
+        .server
+        .leases(NS)
+        .iter()
+        .all(|o| o["metadata"]["name"] != n.as_str()));
+    assert!(s.leases().unwrap().is_empty());
+}
+
+/// The shipped RBAC, as the double enforces it, covers every request of the reconcile pass: the
+/// leases' metadata LIST, the pods' LIST, the hostShim nodes' GET, marks (PUT) and frees (DELETE) of
+/// address and identity objects.
+#[test]
+fn everything_the_reconciler_does_is_within_the_shipped_rbac() {
+    let f = KubeFixture::new();
+    let pool = v4_pool();
+    let a = f.open().with_node(Some("node-a".into()));
+    f.server.add_pod("ns", "web-0");
+    a.allocate(&pool, &req("ns/web-0", "web"))
+        .expect("a live pod's lease");
+    a.allocate(&pool, &req("ns/gone-0", "gone"))
+        .expect("a gone pod's lease");
+    a.allocate(
+        &pool,
+        &req(&iotlan_ipam::node::shim_identity("node-gone"), "shim"),
+    )
+    .expect("a removed node's hostShim lease");
+    a.release(&Attachment::new("web", "net1")).unwrap();
+    let r = Reconciler::new(&f.kubeconfig, Some(NS), Duration::ZERO).unwrap();
+    let mut r = r.with_identity_retention(Some(Duration::ZERO));
+    // Marks, then frees and marks the records unused, then prunes them (web-0's stays: its pod is
+    // there).
+    let first = r.run_once().unwrap();
+    let second = r.run_once().unwrap();
+    let third = r.run_once().unwrap();
+    assert!(f.server.denied().is_empty(), "{:?}", f.server.denied());
+    assert_eq!(
+        (
+            first.marked,
+            second.freed.len(),
+            third.identities_pruned.len()
+        ),
+        (2, 2, 2),
+        "{first}; {second}; {third}"
+    );
 }

@@ -3,7 +3,7 @@
 //! ServiceAccount dir written the way kubelet writes it (a `..data` symlink swapped atomically),
 //! and, for the reconcile loop, the API server test double of the kubernetes store.
 //!
-//! Run: `cargo test -p iotlan --test install`. Needs nothing but a Unix host (no root).
+//! Run: `cargo test -p iotlan-agent --test agent install`. Needs nothing but a Unix host (no root).
 
 #[cfg(feature = "kubernetes")]
 use iotlan_apiserver_double as apiserver;
@@ -15,10 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-#[path = "support/agent.rs"]
-mod agent;
-
-use agent::*;
+use crate::host::*;
 
 /// Checks what `--once` left on a host whose CNI dirs are `bin` and `conf` (host paths).
 fn assert_installed(h: &Host, bin: &str, conf: &str) {
@@ -39,20 +36,18 @@ fn assert_installed(h: &Host, bin: &str, conf: &str) {
     assert_eq!(mode(&d), 0o700);
     let kc = d.join("iotlan.kubeconfig");
     assert_eq!(mode(&kc), 0o600);
-    let text = fs::read_to_string(&kc).unwrap();
-    assert!(
-        text.contains(&format!("server: \"https://127.0.0.1:{CLOSED_PORT}\"")),
-        "{text}"
+    // As the plugin reads it (kube's kubeconfig reader).
+    let k = read_kubeconfig(&kc);
+    assert_eq!(
+        k.server,
+        format!("https://127.0.0.1:{CLOSED_PORT}"),
+        "{}",
+        k.text
     );
-    assert!(text.contains("token: \"token-1\""), "{text}");
-    assert!(text.contains("namespace: \"iotlan-system\""), "{text}");
+    assert_eq!(k.token, "token-1", "{}", k.text);
+    assert_eq!(k.namespace, "iotlan-system", "{}", k.text);
     // The CA, base64-encoded, decodes back to the ServiceAccount's ca.crt.
-    let b64 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
-        .unwrap()
-        .trim_matches('"');
-    assert_eq!(base64_decode(b64), CA_PEM.as_bytes());
+    assert_eq!(k.ca, CA_PEM.as_bytes());
     assert!(h.health().exists());
 }
 
@@ -66,29 +61,6 @@ fn assert_one_file(bin: &Path) {
         "iotlan-ipam is not a link of iotlan in {}",
         bin.display()
     );
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("bad base64 {c}"),
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::new();
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= u32::from(val(c)) << (18 - 6 * i);
-        }
-        for i in 0..chunk.len() - 1 {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
 }
 
 #[test]
@@ -168,7 +140,7 @@ fn overrides_and_an_unknown_host() {
 fn health_probe() {
     let h = Host::new(Flavor::Kubeadm);
     let check = |max_age: &str| {
-        Command::new(IOTLAN)
+        Command::new(crate::bins::iotlan())
             .args([
                 "install",
                 "--check-health",

@@ -1,11 +1,11 @@
 //! The node agent's reconcile loop for the file store: frees leases in this node's state dir
 //! (`/var/lib/cni/iotlan/<network>/`) whose pod is no longer on this node, after the reconcile
-//! grace ([`iotlan_ipam::store::kubernetes::FileStoreReconciler`]), and deletes the sticky identity
+//! grace ([`crate::reconcile::FileStoreReconciler`]), and deletes the sticky identity
 //! records unused for `--identity-retention` days. Multus never forwards GC to a
 //! NetworkAttachmentDefinition's plugin, so nothing else would. Needs the kubernetes store compiled
 //! in, the agent's kubeconfig (to list the node's pods) and the node name; otherwise it is off.
 
-use super::{Agent, Options};
+use super::{Agent, Args};
 
 /// The file store's default state dir on the host (`store.dir`).
 #[cfg(feature = "kubernetes")]
@@ -13,12 +13,12 @@ const STATE_DIR: &str = iotlan_ipam::config::DEFAULT_STORE_DIR;
 
 pub struct FileReconciler {
     #[cfg(feature = "kubernetes")]
-    inner: iotlan_ipam::store::kubernetes::FileStoreReconciler,
+    inner: crate::reconcile::FileStoreReconciler,
 }
 
 impl FileReconciler {
     #[cfg(feature = "kubernetes")]
-    pub fn new(agent: &Agent, opts: &Options) -> Option<FileReconciler> {
+    pub fn new(agent: &Agent, opts: &Args) -> Option<FileReconciler> {
         if opts.reconcile_interval.is_zero() {
             return None;
         }
@@ -37,7 +37,7 @@ impl FileReconciler {
                 return None;
             }
         };
-        match iotlan_ipam::store::kubernetes::FileStoreReconciler::new(
+        match crate::reconcile::FileStoreReconciler::new(
             kubeconfig,
             node,
             &state_dir,
@@ -54,7 +54,7 @@ impl FileReconciler {
     }
 
     #[cfg(not(feature = "kubernetes"))]
-    pub fn new(_agent: &Agent, _opts: &Options) -> Option<FileReconciler> {
+    pub fn new(_agent: &Agent, _opts: &Args) -> Option<FileReconciler> {
         None
     }
 

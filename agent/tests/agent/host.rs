@@ -1,15 +1,12 @@
 //! A fake node for the node agent's tests: a host root laid out as kubeadm, k3s or pre-2024.10 k3s
 //! hosts, the DaemonSet container's projected ServiceAccount dir (written the way kubelet writes
 //! it), the image's binaries, and the real `iotlan install` run against them.
-#![allow(dead_code)]
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-pub const IOTLAN: &str = env!("CARGO_BIN_EXE_iotlan");
 
 /// A self-signed CA certificate (never used for TLS here; the kubeconfig must carry a valid one).
 pub const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
@@ -121,7 +118,7 @@ impl Host {
     }
 
     pub fn command(&self, extra: &[&str]) -> Command {
-        let mut c = Command::new(IOTLAN);
+        let mut c = Command::new(crate::bins::iotlan());
         c.arg("install")
             .arg("--host-root")
             .arg(self.root())
@@ -244,5 +241,48 @@ pub fn no_temp_files(dir: &Path) {
             "temp file left: {}",
             dir.join(name).display()
         );
+    }
+}
+
+/// What the plugin reads from a kubeconfig the agent wrote (through kube's kubeconfig reader).
+pub struct PluginKubeconfig {
+    pub server: String,
+    pub token: String,
+    pub namespace: String,
+    /// The CA, decoded.
+    pub ca: Vec<u8>,
+    /// The TokenRequest token's expiry the agent recorded (its `iotlan` extension).
+    pub expires_unix: Option<u64>,
+    /// The file, for messages.
+    pub text: String,
+}
+
+pub fn read_kubeconfig(path: &Path) -> PluginKubeconfig {
+    use base64::Engine;
+    let text = fs::read_to_string(path).unwrap();
+    let kc = kube::config::Kubeconfig::read_from(path)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
+    let cluster = kc.clusters[0].cluster.clone().unwrap();
+    // Serialised as the file has it (kube keeps the token as a secret).
+    let user = serde_json::to_value(kc.auth_infos[0].auth_info.clone().unwrap()).unwrap();
+    let ext = kc
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.name == "iotlan")
+        .map(|e| e.extension.clone());
+    PluginKubeconfig {
+        server: cluster.server.unwrap_or_default(),
+        token: user["token"].as_str().unwrap_or_default().to_string(),
+        namespace: kc.contexts[0]
+            .context
+            .as_ref()
+            .and_then(|c| c.namespace.clone())
+            .unwrap_or_default(),
+        ca: base64::engine::general_purpose::STANDARD
+            .decode(cluster.certificate_authority_data.unwrap_or_default())
+            .unwrap(),
+        expires_unix: ext.and_then(|e| e["tokenExpiresUnix"].as_u64()),
+        text,
     }
 }

@@ -16,7 +16,7 @@
 
 use std::path::Path;
 
-use super::{layout, Options};
+use super::{layout, Args, Hooks};
 
 /// The directories runtimes create pod network namespaces in (host paths).
 pub(super) use iotlan_ipam::paths::RUNTIME_NETNS_DIRS;
@@ -49,19 +49,28 @@ pub(super) fn warn_unseen_dirs(host_root: &Path) {
     }
 }
 
+/// What one hostShim repair pass did (`iotlan::link::shim::repair`, lent by the binary).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShimRepair {
+    /// Shims with pods to serve, checked (and made again where missing).
+    pub shims: usize,
+    /// Pod routes that were missing and were put back.
+    pub routes: usize,
+    /// Record entries of pods whose namespace is gone, dropped with their routes.
+    pub dropped: usize,
+}
+
 /// One hostShim repair pass over the plugin's records on the host (`stateDir`'s default).
-pub(super) fn repair_host_shims(opts: &Options) {
-    let state_dir = match layout::resolve_in_root(
-        &opts.host_root,
-        Path::new(iotlan::config::DEFAULT_STATE_DIR),
-    ) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!("hostShim repair: {e}");
-            return;
-        }
-    };
-    match iotlan::link::shim::repair(&state_dir, &netns_gone(&opts.host_root)) {
+pub(super) fn repair_host_shims(opts: &Args, hooks: &Hooks) {
+    let state_dir =
+        match layout::resolve_in_root(&opts.host_root, Path::new(iotlan_ipam::paths::STATE_DIR)) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("hostShim repair: {e}");
+                return;
+            }
+        };
+    match (hooks.repair_host_shims)(&state_dir, &netns_gone(&opts.host_root)) {
         Ok(r) if r.shims == 0 && r.dropped == 0 => {
             tracing::debug!("hostShim repair: no shim to keep")
         }

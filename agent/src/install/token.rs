@@ -25,8 +25,6 @@ use std::time::Duration;
 
 use super::kubeconfig::Credentials;
 
-/// What the agent asks for by default: a day, as Calico's node agent does.
-pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The shortest lifetime the API server grants: a TokenRequest for less than 10 minutes is 422.
 pub const MIN_LIFETIME: Duration = Duration::from_secs(600);
 /// A token with less than this left is not kept when its renewal fails: the pod's own token
@@ -224,33 +222,14 @@ pub fn request(
     name: &str,
     lifetime: Duration,
 ) -> Result<Issued, RequestError> {
+    use iotlan_ipam::store::kubernetes::{ApiError, Conn};
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
 
     const TIMEOUT: Duration = Duration::from_secs(10);
-    let failed =
-        |what: &str, e: &dyn std::fmt::Display| RequestError::Failed(format!("{what}: {e}"));
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&super::kubeconfig::render(own, None))
-        .map_err(|e| failed("the agent's own kubeconfig", &e))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| failed("API client runtime", &e))?;
-    let mut config = rt
-        .block_on(kube::Config::from_custom_kubeconfig(
-            kubeconfig,
-            &kube::config::KubeConfigOptions::default(),
-        ))
-        .map_err(|e| failed("the agent's own kubeconfig", &e))?;
-    config.connect_timeout = Some(TIMEOUT);
-    config.read_timeout = Some(TIMEOUT);
-    config.write_timeout = Some(TIMEOUT);
-    let client = {
-        let _guard = rt.enter();
-        kube::Client::try_from(config).map_err(|e| failed("API client", &e))?
-    };
-    let api: kube::Api<ServiceAccount> = kube::Api::namespaced(client, namespace);
+    let conn = Conn::from_kubeconfig(super::kubeconfig::kubeconfig(own, None), TIMEOUT)
+        .map_err(|e| RequestError::Failed(format!("the agent's own kubeconfig: {e}")))?;
+    let api: kube::Api<ServiceAccount> = kube::Api::namespaced(conn.client().clone(), namespace);
     let body = TokenRequest {
         spec: TokenRequestSpec {
             // None named: the API server's own audiences, which it accepts for itself.
@@ -261,23 +240,26 @@ pub fn request(
         ..TokenRequest::default()
     };
     let params = kube::api::PostParams::default();
-    let call = api.create_token_request(name, &params, &body);
-    let answer = match rt.block_on(async { tokio::time::timeout(TIMEOUT * 2, call).await }) {
-        Err(_) => {
-            return Err(RequestError::Failed(format!(
-                "no answer within {} s",
-                (TIMEOUT * 2).as_secs()
-            )))
-        }
-        Ok(Err(kube::Error::Api(status))) => {
+    let answer = match conn.run(
+        "create serviceaccounts/token",
+        api.create_token_request(name, &params, &body),
+    ) {
+        Ok(a) => a,
+        Err(ApiError::Status {
+            code,
+            reason,
+            message,
+            ..
+        }) => {
             return Err(RequestError::Refused {
-                code: status.code,
-                reason: status.reason.clone(),
-                message: status.message.clone(),
+                code,
+                reason,
+                message,
             })
         }
-        Ok(Err(e)) => return Err(failed("API server", &iotlan_ipam::error::with_causes(&e))),
-        Ok(Ok(a)) => a,
+        Err(ApiError::Transport { message, .. } | ApiError::BadAnswer { message, .. }) => {
+            return Err(RequestError::Failed(format!("API server: {message}")))
+        }
     };
     let status = answer.status.ok_or_else(|| {
         RequestError::Failed("the TokenRequest came back without a status".into())
@@ -311,6 +293,8 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000;
     const DAY: u64 = 86_400;
+    /// `--token-lifetime`'s default: a day, as Calico's node agent asks for.
+    const DEFAULT_LIFETIME: Duration = Duration::from_secs(DAY);
 
     #[test]
     fn renewal_comes_after_a_quarter_to_a_half_of_the_remaining_life() {

@@ -6,7 +6,7 @@
 //! would stay for good. The node agent knows its node, and the API server knows which pods are on
 //! it. Each pass lists the leases of every network under the state dir first, then the pods bound
 //! to this node (`spec.nodeName`, metadata only), and judges each lease as the cluster
-//! reconciler does ([`crate::orphan`]): a lease whose pod is not on this node, or is there as
+//! reconciler does ([`super::orphan`]): a lease whose pod is not on this node, or is there as
 //! another pod object (another UID), is marked missing, and freed (as DEL frees it) once it has
 //! been missing for longer than the grace. The marks are kept in memory across passes: an agent
 //! restart starts them again, which only delays a release.
@@ -24,12 +24,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
-use super::conn::Conn;
-use super::settings::DEFAULT_TIMEOUT_MS;
-use crate::error::Error;
-use crate::lease::Lease;
-use crate::orphan::{self, LivePods, PodState};
-use crate::store::{FileStore, Store};
+use iotlan_ipam::store::kubernetes::{Conn, DEFAULT_TIMEOUT_MS};
+use iotlan_ipam::{Error, FileStore, Lease, Store};
+
+use super::orphan::{self, LivePods, PodState};
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,7 +55,7 @@ impl std::fmt::Display for FileReconcileReport {
             self.networks,
             self.freed.len()
         )?;
-        super::reconcile::write_freed(f, &self.freed)?;
+        super::cluster::write_freed(f, &self.freed)?;
         write!(
             f,
             ", {} of pods not on this node newly marked, {} within the grace period, {} without a pod identity",
@@ -94,7 +92,7 @@ impl FileStoreReconciler {
         state_dir: &Path,
         grace: Duration,
     ) -> Result<FileStoreReconciler, Error> {
-        if !crate::node::valid(node) {
+        if !iotlan_ipam::node::valid(node) {
             return Err(Error::config(
                 "node",
                 format!("{node:?} is not a Kubernetes node name"),
@@ -106,7 +104,7 @@ impl FileStoreReconciler {
             node: node.to_string(),
             state_dir: state_dir.to_path_buf(),
             grace,
-            lock_timeout: Duration::from_millis(crate::config::DEFAULT_LOCK_TIMEOUT_MS),
+            lock_timeout: Duration::from_millis(iotlan_ipam::config::DEFAULT_LOCK_TIMEOUT_MS),
             missing_since: HashMap::new(),
             identity_retention: None,
         })
@@ -222,7 +220,7 @@ impl FileStoreReconciler {
             let Ok(network) = entry.file_name().into_string() else {
                 continue;
             };
-            if !entry.path().is_dir() || crate::names::validate_network(&network).is_err() {
+            if !entry.path().is_dir() || iotlan_ipam::names::validate_network(&network).is_err() {
                 continue;
             }
             stores.push((network, FileStore::open(&entry.path(), self.lock_timeout)?));
@@ -233,12 +231,12 @@ impl FileStoreReconciler {
 
     fn pods_on_node(&self) -> Result<LivePods, Error> {
         let conn = Conn::open(&self.kubeconfig, Duration::from_millis(DEFAULT_TIMEOUT_MS))?;
-        let pods: Api<Pod> = Api::all(conn.client.clone());
+        let pods: Api<Pod> = Api::all(conn.client().clone());
         let params = ListParams::default().fields(&format!("spec.nodeName={}", self.node));
         let list = conn.run(
             &format!("list pods on node {}", self.node),
             pods.list_metadata(&params),
         )?;
-        Ok(super::reconcile::live_pods(&list.items))
+        Ok(super::cluster::live_pods(&list.items))
     }
 }

@@ -3,24 +3,15 @@
 //! freed once missing for longer than the grace; pods on this node keep theirs. Pods come from the
 //! API server double under the shipped RBAC.
 //!
-//! Run: `cargo test -p iotlan-ipam --features kubernetes --test kubernetes_node_files`.
-
-#[macro_use]
-#[path = "support/contract.rs"]
-mod contract;
-use iotlan_apiserver_double as apiserver;
-#[path = "support/kubefix.rs"]
-mod kubefix;
-use iotlan_apiserver_double::rbac;
+//! Run: `cargo test -p iotlan-agent --test agent node_files`.
 
 use std::path::Path;
 use std::time::Duration;
 
-use contract::{ips, req, v4_pool};
-use iotlan_ipam::store::kubernetes::FileStoreReconciler;
+use iotlan_agent::reconcile::FileStoreReconciler;
 use iotlan_ipam::{Attachment, FileStore, Lease, Store};
 
-use kubefix::{req_uid, KubeFixture};
+use crate::fixture::{ips, req, req_uid, v4_pool, KubeFixture};
 
 fn store(state: &Path, network: &str) -> FileStore {
     FileStore::open(&state.join(network), Duration::from_secs(5)).unwrap()

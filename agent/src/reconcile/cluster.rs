@@ -1,6 +1,6 @@
 //! The reconcile loop: frees leases whose pod no longer exists (or is another pod object of the
 //! same name) once they have been seen so for longer than the grace, and prunes unused sticky
-//! records. A node's hostShim address (identity `iotlan-shim.<node>`, [`crate::node::shim_node`])
+//! records. A node's hostShim address (identity `iotlan-shim.<node>`, [`iotlan_ipam::node::shim_node`])
 //! is its node's: it is freed the same way once the Node object is gone (a node removed from the
 //! cluster, a re-imaged Pi joining under a new name); a node that exists keeps it, Ready or not.
 
@@ -14,12 +14,10 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::core::PartialObjectMeta;
 
-use super::conn::Conn;
-use super::objects;
-use super::settings::DEFAULT_TIMEOUT_MS;
-use crate::error::Error;
-use crate::lease::Lease;
-use crate::orphan::{self, LivePods, PodState};
+use iotlan_ipam::store::kubernetes::{objects, Conn, DEFAULT_TIMEOUT_MS};
+use iotlan_ipam::{Error, Lease};
+
+use super::orphan::{self, LivePods, PodState};
 
 /// What one reconcile pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -64,7 +62,7 @@ impl std::fmt::Display for ReconcileReport {
 }
 
 /// ` [network ip of identity (container)]` for each freed lease.
-pub(super) fn write_freed(
+pub(crate) fn write_freed(
     f: &mut std::fmt::Formatter<'_>,
     freed: &[(String, Lease)],
 ) -> std::fmt::Result {
@@ -79,7 +77,7 @@ pub(super) fn write_freed(
 }
 
 /// The pods of a metadata list, by namespace/name, with their UIDs.
-pub(super) fn live_pods(items: &[PartialObjectMeta<Pod>]) -> LivePods {
+pub(crate) fn live_pods(items: &[PartialObjectMeta<Pod>]) -> LivePods {
     LivePods::new(items.iter().filter_map(|p| {
         Some((
             p.metadata.namespace.as_deref()?,
@@ -205,7 +203,7 @@ impl ShimNodes {
     /// once its Node object is gone, else `Live`. A NotReady node keeps its address: it may come
     /// back, and the address must not go to a pod meanwhile.
     fn state(&mut self, conn: &Conn, identity: &str) -> Result<Option<PodState>, Error> {
-        let Some(node) = crate::node::shim_node(identity) else {
+        let Some(node) = iotlan_ipam::node::shim_node(identity) else {
             return Ok(None);
         };
         let exists = match self.exists.get(node) {
@@ -234,7 +232,7 @@ impl Reconciler {
     /// freed only once its pod has been seen missing (no pod of that name, or another pod object
     /// of that name than the one the lease recorded) for longer than `grace`, counted from the
     /// `iotlan/missing-since-unix` mark the first pass that saw it so writes on its object
-    /// ([`crate::orphan`]); a pod seen again clears the mark. The kubeconfig is read again on every pass, so a
+    /// ([`super::orphan`]); a pod seen again clears the mark. The kubeconfig is read again on every pass, so a
     /// rotated token is picked up; `new` checks that it can be read now.
     pub fn new(
         kubeconfig: &Path,
@@ -267,9 +265,9 @@ impl Reconciler {
         let ns = self
             .namespace
             .clone()
-            .unwrap_or_else(|| conn.default_namespace.clone());
-        let leases_api: Api<KLease> = Api::namespaced(conn.client.clone(), &ns);
-        let pods_api: Api<Pod> = Api::all(conn.client.clone());
+            .unwrap_or_else(|| conn.default_namespace().to_string());
+        let leases_api: Api<KLease> = Api::namespaced(conn.client().clone(), &ns);
+        let pods_api: Api<Pod> = Api::all(conn.client().clone());
         let (addresses, identities) = list_managed(&conn, &leases_api)?;
         // Names and UIDs are all it needs: metadata only, a fraction of the full Pod objects.
         let pods = conn.run("list pods", pods_api.list_metadata(&ListParams::default()))?;
@@ -282,7 +280,7 @@ impl Reconciler {
             ..ReconcileReport::default()
         };
         let mut nodes = ShimNodes {
-            api: Api::all(conn.client.clone()),
+            api: Api::all(conn.client().clone()),
             exists: HashMap::new(),
         };
         for obj in &addresses {

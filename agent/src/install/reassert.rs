@@ -1,5 +1,5 @@
 //! The node agent re-asserts the kubernetes store's Leases of the attachments on its node, at start
-//! and before every reconcile pass ([`iotlan_ipam::store::kubernetes::Reasserter`]): any Lease
+//! and before every reconcile pass ([`crate::reassert::Reasserter`]): any Lease
 //! missing (a namespace deleted with the manifests, an etcd restore, `kubectl delete leases`) is
 //! created again from the plugin's node-local record, and an address held by another attachment is
 //! reported as a duplicate (an error in the log and a Warning Event), never resolved. A record whose
@@ -7,7 +7,7 @@
 //! re-asserted: nothing of it is on the wire any more. Needs the
 //! kubernetes store compiled in and the agent's kubeconfig; otherwise it is off.
 
-use super::{Agent, Options};
+use super::{Agent, Args};
 
 /// Where the plugin writes its node-local records on the host (`store.stateDir`'s default).
 #[cfg(feature = "kubernetes")]
@@ -15,12 +15,12 @@ const STATE_DIR: &str = iotlan_ipam::config::DEFAULT_STORE_DIR;
 
 pub struct NodeReasserter {
     #[cfg(feature = "kubernetes")]
-    inner: iotlan_ipam::store::kubernetes::Reasserter,
+    inner: crate::reassert::Reasserter,
 }
 
 impl NodeReasserter {
     #[cfg(feature = "kubernetes")]
-    pub fn new(agent: &Agent, opts: &Options) -> Option<NodeReasserter> {
+    pub fn new(agent: &Agent, opts: &Args) -> Option<NodeReasserter> {
         let (_, kubeconfig) = agent.kubeconfig.as_ref()?;
         let state_dir = match super::layout::resolve_in_root(
             &opts.host_root,
@@ -32,11 +32,7 @@ impl NodeReasserter {
                 return None;
             }
         };
-        match iotlan_ipam::store::kubernetes::Reasserter::new(
-            kubeconfig,
-            opts.namespace.as_deref(),
-            &state_dir,
-        ) {
+        match crate::reassert::Reasserter::new(kubeconfig, opts.namespace.as_deref(), &state_dir) {
             Ok(inner) => Some(NodeReasserter {
                 inner: inner
                     .with_netns_check(super::netns::netns_gone(&opts.host_root))
@@ -50,7 +46,7 @@ impl NodeReasserter {
     }
 
     #[cfg(not(feature = "kubernetes"))]
-    pub fn new(_agent: &Agent, _opts: &Options) -> Option<NodeReasserter> {
+    pub fn new(_agent: &Agent, _opts: &Args) -> Option<NodeReasserter> {
         None
     }
 
