@@ -122,9 +122,21 @@ fn a_takeover_across_nodes_waits_while_the_old_sandbox_still_answers() {
         "the old lease is put back"
     );
 
-    // The old sandbox is gone (the node is powered off): the address moves.
+    // The old sandbox is gone (the node is powered off): the address moves. The kernel tears a
+    // deleted namespace's links down asynchronously, so the old device may answer for a moment
+    // after `ip netns del` returns; kubelet retries a failed ADD, and so does this, for a bounded
+    // while: 11 (try again later) until the old device is silent, then the takeover.
     drop(old);
-    cni(&iotlan_bin(), "ADD", &on_b, &conf_b).expect_ok();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = cni(&iotlan_bin(), "ADD", &on_b, &conf_b);
+        if out.ok() || Instant::now() > until {
+            out.expect_ok();
+            break;
+        }
+        out.expect_err(11);
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(only_ip(&new, "net1").to_string(), HA_IP);
 }
 
