@@ -415,3 +415,14 @@ def test_readme_covers_discovery_on_net1_and_the_dialout_gid():
     assert "Settings → System → Network" in text, "the fallback when multicast is not routed through net1"
     assert "224.0.0.251" in text and "homeassistant/components/network/util.py" in text
     assert "getent group dialout" in text
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=[t.id for t in TARGETS])
+def test_network_policies_carry_no_empty_rule_lists(target):
+    """An empty `ingress: []` or `egress: []` means what leaving it out means (no traffic of that direction, as
+    `policyTypes` lists it), but the API server drops it (k8s.io/api networking/v1 types.go: `ingress,omitempty`),
+    so every `kubectl apply` of the unchanged file reports the policy "configured" and bumps its generation
+    (measured: re-applying iotlan/base on a real Kubernetes 1.31). Leave the key out instead."""
+    for policy in find(render(target), "NetworkPolicy"):
+        for key in ("ingress", "egress"):
+            assert policy["spec"].get(key, None) != [], f"{name_of(policy)}: spec.{key} is an empty list"
