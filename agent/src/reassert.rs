@@ -55,7 +55,7 @@ impl std::fmt::Display for Duplicate {
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReassertReport {
-    /// Node-local records read.
+    /// Node-local records read: the ones re-asserted, whose sandbox is gone, and that did not parse.
     pub records: usize,
     /// Leases whose object was there and the attachment's.
     pub present: usize,
@@ -80,7 +80,7 @@ impl std::fmt::Display for ReassertReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} node-local attachment records: {} leases present, {} recreated",
+            "{} node-local attachment records read: {} leases present, {} recreated",
             self.records,
             self.present,
             self.recreated.len()
@@ -175,6 +175,7 @@ impl Reasserter {
         let all = node_record::read_all(&self.state_dir)
             .map_err(|e| Error::io("read directory", &records_dir, e))?;
         let mut by_network: BTreeMap<String, Vec<NodeRecord>> = BTreeMap::new();
+        report.records = all.len();
         for node_record::ReadRecord { path, ino, record } in all {
             match record {
                 Ok(r) if self.sandbox_gone(&r) => {
@@ -214,7 +215,6 @@ impl Reasserter {
                 node: store.node().map(str::to_string),
             };
             for rec in records {
-                report.records += 1;
                 self.reassert(&store, &events, &rec, &mut report)?;
             }
         }
