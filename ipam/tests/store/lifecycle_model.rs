@@ -10,6 +10,15 @@
 //! - a node loses its kubelet (NotReady past the grace) while its sandboxes still run, or comes back;
 //!   a takeover across nodes is undone while the old sandbox still answers on the LAN (the CNI
 //!   layer's probe from the master);
+//! - the node agent is gone long enough for the plugin's token to die (the API server answers 401),
+//!   and comes back with a fresh one: meanwhile every ADD, DEL and GC of the Kubernetes store fails
+//!   with "unavailable" (CNI code 11, which the runtime retries) and changes nothing, and a DEL's
+//!   link is gone while its lease stays held, as when Multus thick drops the error (the file and
+//!   memory stores need no token);
+//! - each sandbox's network namespace is the path its runtime passes as `CNI_NETNS`: podman's
+//!   `/run/netns/…` or containerd's and CRI-O's `/var/run/netns/…` (on the host a link to `/run`);
+//!   the leases record it, and "is the old sandbox gone?" is judged by that recorded path through
+//!   the link, as the plugin and the node agent judge it;
 //! - GC lists the live sandboxes.
 //!
 //! One oracle after every step: no address is on two live links, every live link's address is held
@@ -19,6 +28,9 @@
 //!
 //! `MODEL_NO_PROBE=1` leaves the CNI layer's probe before a takeover across nodes out: the oracle
 //! then finds an address on two live links (the control that shows the model can fail).
+//! `MODEL_NO_VAR_RUN=1` judges a recorded `/var/run/netns/…` path without the link to `/run` (the
+//! node agent's view before it mounted both names): a live containerd sandbox is then judged gone
+//! and its address taken over while it is on the wire.
 
 use crate::contract;
 #[cfg(feature = "kubernetes")]
@@ -28,7 +40,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use iotlan_ipam::{
-    AllocRequest, Attachment, Error, FileStore, Lease, MemoryStore, Pool, SandboxCheck, Store,
+    AllocRequest, Attachment, Error, FileStore, Lease, MemoryStore, Pool, Sandbox, SandboxCheck,
+    Store,
 };
 use proptest::prelude::*;
 
@@ -42,6 +55,9 @@ const IDENTITIES: &[&str] = &[
 const RESERVED: &str = "192.168.20.100";
 /// The names a pod's attachment of the network may get.
 const IFNAMES: &[&str] = &["net1", "net2", "iot0"];
+/// The directories a runtime's `CNI_NETNS` is in: podman's, and containerd's and CRI-O's (the host's
+/// `/var/run` is a link to `/run`).
+const NETNS_DIRS: &[&str] = &["/run/netns", "/var/run/netns"];
 /// The nodes (the file and memory stores are one node's).
 #[cfg(feature = "kubernetes")]
 const NODES: &[&str] = &["node-a", "node-b"];
@@ -70,8 +86,8 @@ enum Add {
 #[derive(Clone, Debug)]
 enum Op {
     /// A new sandbox of pod `k` on node `n`, its attachment named `IFNAMES[i]` (a first start, or a
-    /// restart under the same name).
-    NewSandbox(usize, usize, usize, Add),
+    /// restart under the same name), its namespace in `NETNS_DIRS[d]`.
+    NewSandbox(usize, usize, usize, usize, Add),
     /// Attachment `a`'s sandbox attaches the network once more, as `IFNAMES[i]`.
     AttachAgain(usize, usize),
     /// The runtime retries ADD for an attachment that is up: 103, reverted.
@@ -84,6 +100,10 @@ enum Op {
     NodeLost(usize),
     /// Node `n` is Ready again.
     NodeBack(usize),
+    /// The plugin's token dies (the agent is gone past its lifetime): the API server answers 401.
+    TokenDead,
+    /// An agent runs again: the plugin's token is valid.
+    TokenBack,
     /// CNI GC with the live sandboxes as valid.
     Gc,
 }
@@ -96,14 +116,16 @@ fn op(nodes: usize) -> impl Strategy<Value = Op> {
     ];
     let node_ops = if nodes > 1 { 1 } else { 0 };
     prop_oneof![
-        5 => (0..IDENTITIES.len(), 0..nodes, 0..IFNAMES.len(), add)
-            .prop_map(|(k, n, i, a)| Op::NewSandbox(k, n, i, a)),
+        5 => (0..IDENTITIES.len(), 0..nodes, 0..IFNAMES.len(), 0..NETNS_DIRS.len(), add)
+            .prop_map(|(k, n, i, d, a)| Op::NewSandbox(k, n, i, d, a)),
         1 => (0..8usize, 0..IFNAMES.len()).prop_map(|(a, i)| Op::AttachAgain(a, i)),
         1 => (0..8usize).prop_map(Op::RetryAdd),
         3 => (0..8usize, proptest::bool::weighted(0.2)).prop_map(|(a, l)| Op::Del(a, l)),
         1 => (0..8usize).prop_map(Op::Dies),
         node_ops => (0..nodes).prop_map(Op::NodeLost),
         node_ops => (0..nodes).prop_map(Op::NodeBack),
+        1 => Just(Op::TokenDead),
+        1 => Just(Op::TokenBack),
         1 => Just(Op::Gc),
     ]
 }
@@ -114,24 +136,55 @@ struct Attached {
     att: Attachment,
     identity: String,
     node: usize,
+    /// `CNI_NETNS` as the runtime passed it.
+    netns: String,
     on_wire: Option<Vec<IpAddr>>,
     exists: bool,
 }
 
-/// A node's wire as the CNI layer's check sees it: a sandbox is gone when its link is.
+/// The LAN and the nodes' namespaces as the CNI layer sees them.
 struct Wire<'a>(&'a [Attached]);
 
+/// A `CNI_NETNS` path as the host resolves it: `/var/run` is a link to `/run`.
+fn on_host(netns: &str) -> String {
+    match netns.strip_prefix("/var/run/") {
+        Some(rest) => format!("/run/{rest}"),
+        None => netns.to_string(),
+    }
+}
+
 impl Wire<'_> {
+    /// The holder's link answers on the LAN (the probe from the master hears it).
     fn answers(&self, holder: &Lease) -> bool {
         self.0
             .iter()
             .any(|s| s.on_wire.is_some() && s.att == holder.attachment())
     }
+
+    /// The namespace the holder's lease records still exists: some attachment of a sandbox in it
+    /// has not been deleted, whichever name the runtime gave the path.
+    fn netns_exists(&self, holder: &Lease) -> bool {
+        let Some(recorded) = holder.sandbox.netns.as_deref() else {
+            return false;
+        };
+        // The judge's view of the host: through the /var/run link, unless the control says not.
+        let judged = if std::env::var_os("MODEL_NO_VAR_RUN").is_some() {
+            recorded.to_string()
+        } else {
+            on_host(recorded)
+        };
+        self.0
+            .iter()
+            .any(|s| s.exists && on_host(&s.netns) == judged)
+    }
 }
 
 impl SandboxCheck for Wire<'_> {
+    /// Gone when the namespace its lease records is, as the plugin's `Netns::judge` and the node
+    /// agent's view of the host judge it: by that path alone (a store that lost or changed it would
+    /// have a live sandbox judged gone, and its address handed to a second link).
     fn is_gone(&self, holder: &Lease) -> bool {
-        !self.answers(holder)
+        !self.netns_exists(holder)
     }
 }
 
@@ -149,6 +202,44 @@ fn by_ip(store: &dyn Store) -> BTreeMap<IpAddr, Lease> {
 struct Cluster<'a> {
     stores: Vec<&'a dyn Store>,
     set_ready: &'a dyn Fn(usize, bool),
+    /// Makes the plugin's token valid or dead; None for the stores that need none.
+    set_token: Option<&'a dyn Fn(bool)>,
+}
+
+/// Whether the plugin's token is dead, and the oracle's way in meanwhile.
+struct Token<'a> {
+    dead: bool,
+    set: Option<&'a dyn Fn(bool)>,
+}
+
+impl Token<'_> {
+    /// What the store holds, read as the test's observer (with a valid token, then as before).
+    fn held(&self, store: &dyn Store) -> BTreeMap<IpAddr, Lease> {
+        match (self.dead, self.set) {
+            (true, Some(set)) => {
+                set(true);
+                let held = by_ip(store);
+                set(false);
+                held
+            }
+            _ => by_ip(store),
+        }
+    }
+
+    /// Whether a store operation must fail as unavailable.
+    fn refuses(&self) -> bool {
+        self.dead && self.set.is_some()
+    }
+}
+
+/// An operation refused while the token is dead: "unavailable" (CNI code 11), nothing else.
+fn unavailable<T: std::fmt::Debug>(r: Result<T, Error>, what: &str) -> Result<(), TestCaseError> {
+    match r {
+        Err(Error::Unavailable { .. }) => Ok(()),
+        other => Err(TestCaseError::fail(format!(
+            "{what} with a dead token: {other:?}, not unavailable"
+        ))),
+    }
 }
 
 /// One ADD as the CNI layer runs it: the grant, then (a takeover of an address from a sandbox on
@@ -160,13 +251,19 @@ fn add(
     req: &AllocRequest,
     outcome: &Add,
     wire: &Wire,
+    token: &Token,
 ) -> Result<Option<Vec<Lease>>, TestCaseError> {
-    let before = by_ip(store);
+    let before = token.held(store);
+    if token.refuses() {
+        unavailable(store.grant(pool, req, wire), "ADD")?;
+        prop_assert_eq!(&token.held(store), &before, "a refused ADD changes nothing");
+        return Ok(None);
+    }
     let g = match store.grant(pool, req, wire) {
         Ok(g) => g,
         Err(Error::StillInUse { holder, .. }) => {
             prop_assert!(
-                wire.answers(&holder) || holder.node.is_some(),
+                wire.netns_exists(&holder) || wire.answers(&holder) || holder.node.is_some(),
                 "StillInUse names a live sandbox, or one on a node not known to be lost"
             );
             prop_assert_eq!(&by_ip(store), &before);
@@ -205,18 +302,34 @@ fn run(cluster: &Cluster, ops: &[Op]) -> Result<(), TestCaseError> {
     let pool = pool();
     let mut all: Vec<Attached> = Vec::new();
     let mut keys: BTreeMap<Attachment, String> = BTreeMap::new();
+    let mut token = Token {
+        dead: false,
+        set: cluster.set_token,
+    };
     for (n, op) in ops.iter().enumerate() {
         match op {
-            Op::NewSandbox(k, node, i, outcome) => {
+            Op::NewSandbox(k, node, i, d, outcome) => {
                 let node = node % cluster.stores.len();
                 let identity = IDENTITIES[*k].to_string();
                 let att = Attachment::new(format!("c{n}"), IFNAMES[*i]);
+                let netns = format!("{}/cni-c{n}", NETNS_DIRS[*d]);
                 let req = AllocRequest {
                     identity: identity.clone(),
                     attachment: att.clone(),
+                    sandbox: Sandbox {
+                        netns: Some(netns.clone()),
+                        ..Sandbox::default()
+                    },
                     ..AllocRequest::default()
                 };
-                let up = add(cluster.stores[node], &pool, &req, outcome, &Wire(&all))?;
+                let up = add(
+                    cluster.stores[node],
+                    &pool,
+                    &req,
+                    outcome,
+                    &Wire(&all),
+                    &token,
+                )?;
                 if let Some(l) = up.as_ref().and_then(|l| l.first()) {
                     keys.insert(att.clone(), l.identity.clone());
                 }
@@ -224,6 +337,7 @@ fn run(cluster: &Cluster, ops: &[Op]) -> Result<(), TestCaseError> {
                     att,
                     identity,
                     node,
+                    netns,
                     on_wire: up.map(|l| l.iter().map(|l| l.ip).collect()),
                     exists: true,
                 });
@@ -236,13 +350,24 @@ fn run(cluster: &Cluster, ops: &[Op]) -> Result<(), TestCaseError> {
                 if all.iter().any(|x| x.att == att) {
                     continue;
                 }
-                let (identity, node) = (s.identity.clone(), s.node);
+                let (identity, node, netns) = (s.identity.clone(), s.node, s.netns.clone());
                 let req = AllocRequest {
                     identity: identity.clone(),
                     attachment: att.clone(),
+                    sandbox: Sandbox {
+                        netns: Some(netns.clone()),
+                        ..Sandbox::default()
+                    },
                     ..AllocRequest::default()
                 };
-                let up = add(cluster.stores[node], &pool, &req, &Add::Up, &Wire(&all))?;
+                let up = add(
+                    cluster.stores[node],
+                    &pool,
+                    &req,
+                    &Add::Up,
+                    &Wire(&all),
+                    &token,
+                )?;
                 if let Some(l) = up.as_ref().and_then(|l| l.first()) {
                     keys.insert(att.clone(), l.identity.clone());
                 }
@@ -250,6 +375,7 @@ fn run(cluster: &Cluster, ops: &[Op]) -> Result<(), TestCaseError> {
                     att,
                     identity,
                     node,
+                    netns,
                     on_wire: up.map(|l| l.iter().map(|l| l.ip).collect()),
                     exists: true,
                 });
@@ -262,8 +388,16 @@ fn run(cluster: &Cluster, ops: &[Op]) -> Result<(), TestCaseError> {
                 let req = AllocRequest {
                     identity: s.identity.clone(),
                     attachment: s.att.clone(),
+                    sandbox: Sandbox {
+                        netns: Some(s.netns.clone()),
+                        ..Sandbox::default()
+                    },
                     ..AllocRequest::default()
                 };
+                if token.refuses() {
+                    unavailable(store.grant(&pool, &req, &Wire(&all)), "a retried ADD")?;
+                    continue;
+                }
                 let before = by_ip(store);
                 let g = store.grant(&pool, &req, &Wire(&all)).unwrap();
                 prop_assert!(g.claimed.is_empty(), "a retried ADD claims nothing new");
@@ -281,7 +415,12 @@ fn run(cluster: &Cluster, ops: &[Op]) -> Result<(), TestCaseError> {
                 };
                 s.on_wire = None;
                 s.exists = false;
-                if !lost {
+                if token.refuses() {
+                    // The link is gone first; the release is refused and the error reaches a
+                    // runtime that retries, or Multus thick, which drops it: held until GC or the
+                    // agent's reconcile (modelled as lost).
+                    unavailable(cluster.stores[s.node].release(&s.att), "DEL")?;
+                } else if !lost {
                     // As the CNI layer's DEL does: by the attachment alone.
                     cluster.stores[s.node].release(&s.att).unwrap();
                 }
@@ -297,6 +436,17 @@ fn run(cluster: &Cluster, ops: &[Op]) -> Result<(), TestCaseError> {
             }
             Op::NodeLost(node) => (cluster.set_ready)(*node, false),
             Op::NodeBack(node) => (cluster.set_ready)(*node, true),
+            Op::TokenDead | Op::TokenBack => {
+                token.dead = matches!(op, Op::TokenDead);
+                if let Some(set) = cluster.set_token {
+                    set(!token.dead);
+                }
+            }
+            Op::Gc if token.refuses() => {
+                for store in &cluster.stores {
+                    unavailable(store.gc(&[]), "GC")?;
+                }
+            }
             Op::Gc => {
                 // Each node's runtime lists its own live sandboxes.
                 for (node, store) in cluster.stores.iter().enumerate() {
@@ -310,7 +460,7 @@ fn run(cluster: &Cluster, ops: &[Op]) -> Result<(), TestCaseError> {
             }
         }
         // The oracle.
-        let held = by_ip(cluster.stores[0]);
+        let held = token.held(cluster.stores[0]);
         let mut on_wire: BTreeSet<IpAddr> = BTreeSet::new();
         let mut keys_of_sandbox: BTreeSet<(String, String)> = BTreeSet::new();
         for s in all.iter().filter(|s| s.on_wire.is_some()) {
@@ -361,6 +511,7 @@ fn one_node(store: &dyn Store) -> Cluster<'_> {
     Cluster {
         stores: vec![store],
         set_ready: &|_, _| {},
+        set_token: None,
     }
 }
 
@@ -411,9 +562,11 @@ proptest! {
             let (status, since) = if ready { ("True", 0) } else { ("Unknown", 3600) };
             server.put_node(NODES[node], status, since);
         };
+        let set_token = |valid: bool| server.set_token(Some(if valid { "t" } else { "expired" }));
         let cluster = Cluster {
             stores: stores.iter().map(|s| &**s as &dyn Store).collect(),
             set_ready: &set_ready,
+            set_token: Some(&set_token),
         };
         run(&cluster, &ops)?;
     }
