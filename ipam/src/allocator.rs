@@ -45,6 +45,9 @@ use crate::lease::{AllocRequest, Attachment, AvoidReason, Lease};
 use crate::names;
 use crate::pool::Pool;
 
+mod takeover;
+use takeover::{claim_fixed, claim_own, Own, Takeover};
+
 /// What a store offers the allocator. Called within one [`crate::Store::allocate`].
 pub trait Claims {
     /// The leases `att` already holds (an ADD for it is then idempotent).
@@ -381,123 +384,12 @@ fn allocate_as(
     }))
 }
 
-/// The claims of one allocation with what it needs to judge a takeover.
-struct Takeover<'a> {
-    node: Option<&'a str>,
-    check: &'a dyn SandboxCheck,
-    claims: &'a mut dyn Claims,
-    /// Whether meeting another interface of the same sandbox asks for a key of this attachment's own.
-    may_rekey: bool,
-}
-
-impl Takeover<'_> {
-    /// `Ok(())` when `holder`, an earlier sandbox of the same pod, has certainly left the wire;
-    /// [`Error::StillInUse`] otherwise.
-    fn may_replace(&mut self, holder: &Lease) -> Result<(), Error> {
-        let why = if self.claims.is_local(holder, self.node) {
-            if self.check.is_gone(holder) {
-                return Ok(());
-            }
-            "its sandbox on this node may still carry the address".to_string()
-        } else {
-            let node = holder.node.as_deref().unwrap_or_default();
-            if self.claims.node_lost(node)? {
-                tracing::warn!(ip = %holder.ip, %node, container = %holder.container_id,
-                    "taking over the address of a sandbox on a lost node");
-                return Ok(());
-            }
-            format!("node {node} is not known to be lost (it exists and was Ready within the grace period)")
-        };
-        Err(Error::StillInUse {
-            holder: Box::new(holder.clone()),
-            why,
-        })
-    }
-}
-
 fn undo(claims: &mut dyn Claims, claimed: &[Claimed]) {
     if claimed.is_empty() {
         return;
     }
     if let Err(e) = claims.abandon(claimed) {
         tracing::warn!(error = %e, "could not undo a partial allocation");
-    }
-}
-
-/// Whether `holder` is an earlier sandbox of the same pod (same identity, another container).
-fn is_stale_self(holder: &Lease, req: &AllocRequest) -> bool {
-    holder.identity == req.identity && holder.container_id != req.attachment.container_id
-}
-
-/// Whether `holder` is another interface of the same sandbox under the same key (a second
-/// attachment of one network in one pod).
-fn is_sibling(holder: &Lease, req: &AllocRequest) -> bool {
-    holder.identity == req.identity
-        && holder.container_id == req.attachment.container_id
-        && holder.ifname != req.attachment.ifname
-}
-
-/// What one claim of an address the pod wants came to.
-enum Own {
-    Claimed(Claimed),
-    /// Another pod holds it.
-    HeldBy(Lease),
-    /// Another interface of the same sandbox holds it: this attachment needs its own key.
-    Sibling,
-    /// An earlier sandbox of this pod held it, had left the wire, and the takeover lost a race.
-    LostTakeover,
-}
-
-/// Claims `lease.ip`, taking it over from an earlier sandbox of the same pod only when that sandbox
-/// has left the wire ([`Takeover::may_replace`], else [`Error::StillInUse`]). Claim first, read
-/// second: the claim is atomic and names the holder when it loses, so the common case (a free
-/// address) costs one claim and no read.
-fn claim_own(t: &mut Takeover, req: &AllocRequest, lease: &Lease) -> Result<Own, Error> {
-    let holder = match t.claims.claim(lease, None)? {
-        None => {
-            return Ok(Own::Claimed(Claimed {
-                lease: lease.clone(),
-                replaced: None,
-            }))
-        }
-        Some(h) if is_stale_self(&h, req) => h,
-        Some(h) if t.may_rekey && is_sibling(&h, req) => return Ok(Own::Sibling),
-        Some(h) => return Ok(Own::HeldBy(h)),
-    };
-    t.may_replace(&holder)?;
-    if t.claims.claim(lease, Some(&holder))?.is_some() {
-        return Ok(Own::LostTakeover);
-    }
-    tracing::info!(ip = %lease.ip, old = %holder.container_id, new = %lease.container_id,
-        identity = %req.identity, "took over the address of a stale sandbox of the same pod");
-    Ok(Own::Claimed(Claimed {
-        lease: lease.clone(),
-        replaced: Some(holder),
-    }))
-}
-
-/// Claims an address the attachment must get (a reservation or a request), taking over a stale lease of
-/// the same identity; any other holder is a conflict. `None`: another interface of the same sandbox
-/// holds it ([`Keyed::Rekey`]).
-fn claim_fixed(
-    t: &mut Takeover,
-    req: &AllocRequest,
-    lease: Lease,
-) -> Result<Option<Claimed>, Error> {
-    // Two rounds: the holder may change between the lost claim and the takeover in a lock-free store.
-    for _ in 0..2 {
-        match claim_own(t, req, &lease)? {
-            Own::Claimed(c) => return Ok(Some(c)),
-            Own::Sibling => return Ok(None),
-            Own::HeldBy(h) => return Err(h.conflict()),
-            Own::LostTakeover => {}
-        }
-    }
-    match t.claims.holder(lease.ip)? {
-        Some(h) => Err(h.conflict()),
-        None => Err(Error::Unavailable {
-            reason: format!("{} changed hands repeatedly while being claimed", lease.ip),
-        }),
     }
 }
 
@@ -534,117 +426,4 @@ fn search(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-
-    /// A lock-free store where another node wins the race for the first `lose` claims.
-    #[derive(Default)]
-    struct Racy {
-        held: BTreeMap<IpAddr, Lease>,
-        lose: usize,
-        lost: Vec<IpAddr>,
-    }
-
-    impl Claims for Racy {
-        fn held_by(&mut self, att: &Attachment) -> Result<Vec<Lease>, Error> {
-            Ok(self
-                .held
-                .values()
-                .filter(|l| l.is_held_by(att))
-                .cloned()
-                .collect())
-        }
-        fn previous(&mut self, _: &str) -> Result<Vec<IpAddr>, Error> {
-            Ok(vec![])
-        }
-        fn holder(&mut self, ip: IpAddr) -> Result<Option<Lease>, Error> {
-            Ok(self.held.get(&ip).cloned())
-        }
-        fn claim(&mut self, lease: &Lease, _: Option<&Lease>) -> Result<Option<Lease>, Error> {
-            if let Some(h) = self.held.get(&lease.ip) {
-                return Ok(Some(h.clone()));
-            }
-            if self.lost.len() < self.lose {
-                self.lost.push(lease.ip);
-                let other = Lease {
-                    identity: "other/node".into(),
-                    container_id: format!("other{}", self.lost.len()),
-                    ..lease.clone()
-                };
-                self.held.insert(lease.ip, other.clone());
-                return Ok(Some(other));
-            }
-            self.held.insert(lease.ip, lease.clone());
-            Ok(None)
-        }
-        fn finish(&mut self, _: &AllocRequest, _: &[Lease]) -> Result<(), Error> {
-            Ok(())
-        }
-        fn abandon(&mut self, claimed: &[Claimed]) -> Result<(), Error> {
-            for c in claimed {
-                self.held.remove(&c.lease.ip);
-            }
-            Ok(())
-        }
-    }
-
-    fn pool() -> Pool {
-        let cfg = serde_json::from_value(serde_json::json!({
-            "subnet": "10.0.0.0/24", "pool": ["10.0.0.10-10.0.0.12"],
-            "reservations": { "ns/r": "10.0.0.5" }
-        }))
-        .unwrap();
-        Pool::new("net", &cfg).unwrap()
-    }
-
-    fn req(identity: &str) -> AllocRequest {
-        AllocRequest {
-            identity: identity.into(),
-            attachment: Attachment::new("c1", "net1"),
-            ..AllocRequest::default()
-        }
-    }
-
-    #[test]
-    fn a_lost_race_moves_the_search_on() {
-        let pool = pool();
-        let walk: Vec<IpAddr> = pool.candidates(Family::V4, "ns/a").collect();
-        let mut racy = Racy {
-            lose: 2,
-            ..Racy::default()
-        };
-        let got = allocate(&pool, &req("ns/a"), None, &mut racy, &NeverGone)
-            .unwrap()
-            .leases;
-        assert_eq!(racy.lost, walk[..2]);
-        assert_eq!(got[0].ip, walk[2]);
-    }
-
-    #[test]
-    fn a_lost_race_for_a_fixed_address_is_a_conflict() {
-        let pool = pool();
-        let mut racy = Racy {
-            lose: 1,
-            ..Racy::default()
-        };
-        match allocate(&pool, &req("ns/r"), None, &mut racy, &NeverGone) {
-            Err(Error::Conflict {
-                holder_identity, ..
-            }) => assert_eq!(holder_identity, "other/node"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn exhausted_when_every_race_is_lost() {
-        let pool = pool();
-        let mut racy = Racy {
-            lose: 3,
-            ..Racy::default()
-        };
-        let e = allocate(&pool, &req("ns/a"), None, &mut racy, &NeverGone).unwrap_err();
-        assert!(matches!(e, Error::Exhausted { size: 4, .. }), "{e}");
-    }
-}
+mod tests;

@@ -143,6 +143,12 @@ fn detect_flavor(root: &Path) -> Result<Flavor, LayoutError> {
     })
 }
 
+/// The plugin's state dir on the host ([`iotlan_ipam::paths::STATE_DIR`]: the file store's leases,
+/// the kubernetes store's node-local records, the hostShim records) as seen under `root`.
+pub fn state_dir(root: &Path) -> Result<PathBuf, LayoutError> {
+    resolve_in_root(root, Path::new(iotlan_ipam::paths::STATE_DIR))
+}
+
 /// Maps the absolute host path `host` to a path under `root`, following symbolic links the
 /// way the host would: an absolute link target starts again at `root`, never at our own `/`.
 /// (k3s's `data/current` is such a link.) `..` never climbs above `root`.

@@ -62,14 +62,13 @@ pub struct ShimRepair {
 
 /// One hostShim repair pass over the plugin's records on the host (`stateDir`'s default).
 pub(super) fn repair_host_shims(opts: &Args, hooks: &Hooks) {
-    let state_dir =
-        match layout::resolve_in_root(&opts.host_root, Path::new(iotlan_ipam::paths::STATE_DIR)) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!("hostShim repair: {e}");
-                return;
-            }
-        };
+    let state_dir = match layout::state_dir(&opts.host_root) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("hostShim repair: {e}");
+            return;
+        }
+    };
     match (hooks.repair_host_shims)(&state_dir, &netns_gone(&opts.host_root)) {
         Ok(r) if r.shims == 0 && r.dropped == 0 => {
             tracing::debug!("hostShim repair: no shim to keep")

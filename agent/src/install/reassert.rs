@@ -9,10 +9,6 @@
 
 use super::{Agent, Args};
 
-/// Where the plugin writes its node-local records on the host (`store.stateDir`'s default).
-#[cfg(feature = "kubernetes")]
-const STATE_DIR: &str = iotlan_ipam::config::DEFAULT_STORE_DIR;
-
 pub struct NodeReasserter {
     #[cfg(feature = "kubernetes")]
     inner: crate::reassert::Reasserter,
@@ -22,10 +18,7 @@ impl NodeReasserter {
     #[cfg(feature = "kubernetes")]
     pub fn new(agent: &Agent, opts: &Args) -> Option<NodeReasserter> {
         let (_, kubeconfig) = agent.kubeconfig.as_ref()?;
-        let state_dir = match super::layout::resolve_in_root(
-            &opts.host_root,
-            std::path::Path::new(STATE_DIR),
-        ) {
+        let state_dir = match super::layout::state_dir(&opts.host_root) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!("re-asserting this node's Leases disabled: {e}");

@@ -7,10 +7,6 @@
 
 use super::{Agent, Args};
 
-/// The file store's default state dir on the host (`store.dir`).
-#[cfg(feature = "kubernetes")]
-const STATE_DIR: &str = iotlan_ipam::config::DEFAULT_STORE_DIR;
-
 pub struct FileReconciler {
     #[cfg(feature = "kubernetes")]
     inner: crate::reconcile::FileStoreReconciler,
@@ -27,10 +23,7 @@ impl FileReconciler {
             tracing::info!("file-store reconcile off: no node name (NODE_NAME or --node-name)");
             return None;
         };
-        let state_dir = match super::layout::resolve_in_root(
-            &opts.host_root,
-            std::path::Path::new(STATE_DIR),
-        ) {
+        let state_dir = match super::layout::state_dir(&opts.host_root) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!("file-store reconcile disabled: {e}");

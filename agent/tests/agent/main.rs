@@ -1,7 +1,7 @@
 //! The node agent's tests, in one test binary (each binary is linked on its own, which is slow on a
 //! small machine):
-//! - [`install`], [`credentials`], [`passes`]: the real `iotlan install`, run as the DaemonSet runs
-//!   it on a fake node ([`host::Host`]), the plugin exec'd as a runtime does;
+//! - [`install`], [`credentials`], [`passes`], [`loops`]: the real `iotlan install`, run as the
+//!   DaemonSet runs it on a fake node ([`host::Host`]), the plugin exec'd as a runtime does;
 //! - [`reconcile`], [`node_files`], [`reassert`]: the agent's passes as a library, against the API
 //!   server double ([`fixture`]).
 //!
@@ -16,6 +16,8 @@ mod install;
 mod credentials;
 #[cfg(feature = "kubernetes")]
 mod fixture;
+#[cfg(feature = "kubernetes")]
+mod loops;
 #[cfg(feature = "kubernetes")]
 mod node_files;
 #[cfg(feature = "kubernetes")]

@@ -1,3 +1,5 @@
+//! Over 500 lines: one concern, the kubernetes store's reconcile pass, one case a test.
+//!
 //! The reconcile loop of the kubernetes store against the API server double: leases of pods that
 //! are gone, or replaced by another pod object of the same name, are marked missing on the first
 //! pass that sees them so and freed only once they have been missing for longer than the grace;

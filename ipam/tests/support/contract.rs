@@ -1,3 +1,5 @@
+//! Over 500 lines: one contract suite, every store runs every case.
+//!
 //! The store contract: the behaviour every [`Store`] must show, whatever keeps its state.
 //!
 //! A store's test file includes this module and instantiates the suite with a [`Fixture`]:

@@ -8,21 +8,20 @@ use std::os::fd::RawFd;
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoIpVlan, InfoKind, InfoMacVlan, IpVlanMode, LinkAttribute, LinkFlags, LinkInfo,
     LinkMessage, MacVlanMode,
 };
-use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
-};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+mod neighbour;
 
 /// What iotlan needs to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -383,65 +382,6 @@ impl Netlink {
                 _ => None,
             })
             .collect())
-    }
-}
-
-impl Netlink {
-    /// Asks the kernel to resolve `ip` on `ifindex` now (RTM_NEWNEIGH with NTF_USE): it sends the
-    /// ARP request (or neighbour solicitation) itself, from the link's own MAC and address.
-    pub fn neighbour_resolve(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<()> {
-        let mut msg = NeighbourMessage::default();
-        msg.header.family = family(ip);
-        msg.header.ifindex = ifindex;
-        msg.header.state = NeighbourState::None;
-        msg.header.flags = NeighbourFlags::Use;
-        msg.attributes
-            .push(NeighbourAttribute::Destination(match ip {
-                IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
-                IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
-            }));
-        self.exchange(
-            RouteNetlinkMessage::NewNeighbour(msg),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
-        .map(drop)
-    }
-
-    /// The neighbour entry's state and link-layer address for `ip` on `ifindex`, if there is one.
-    pub fn neighbour(
-        &mut self,
-        ifindex: u32,
-        ip: IpAddr,
-    ) -> io::Result<Option<(NeighbourState, Option<Vec<u8>>)>> {
-        let mut msg = NeighbourMessage::default();
-        msg.header.family = family(ip);
-        let replies = self.exchange(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_DUMP)?;
-        for m in replies {
-            let RouteNetlinkMessage::NewNeighbour(n) = m else {
-                continue;
-            };
-            if n.header.ifindex != ifindex {
-                continue;
-            }
-            let mut dst = None;
-            let mut lladdr = None;
-            for a in n.attributes {
-                match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
-                        dst = Some(IpAddr::V4(v4))
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
-                        dst = Some(IpAddr::V6(v6))
-                    }
-                    NeighbourAttribute::LinkLayerAddress(l) => lladdr = Some(l),
-                    _ => {}
-                }
-            }
-            if dst == Some(ip) {
-                return Ok(Some((n.header.state, lladdr)));
-            }
-        }
-        Ok(None)
     }
 }
 
