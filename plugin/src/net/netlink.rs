@@ -7,8 +7,9 @@ use std::os::fd::RawFd;
 
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
+    DecodeError, Emitable, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NetlinkSerializable, Parseable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
@@ -101,7 +102,7 @@ impl Netlink {
         let mut header = NetlinkHeader::default();
         header.flags = flags;
         header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(Rt(msg)));
         packet.finalize();
         let mut out = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut out);
@@ -122,7 +123,7 @@ impl Netlink {
             let mut offset = 0;
             while offset < n {
                 let bytes = &self.buf[offset..n];
-                let packet = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+                let packet = NetlinkMessage::<Rt>::deserialize(bytes)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 let len = packet.header.length as usize;
                 if len == 0 {
@@ -144,7 +145,7 @@ impl Netlink {
                         };
                     }
                     NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::InnerMessage(m) => out.push(m),
+                    NetlinkPayload::InnerMessage(Rt(m)) => out.push(m),
                     _ => {}
                 }
             }
@@ -442,6 +443,77 @@ impl Netlink {
             }
         }
         Ok(None)
+    }
+}
+
+/// A request or reply of the five kinds iotlan exchanges (links, addresses, routes, rules and
+/// neighbours), encoded and decoded by those kinds' own code. `RouteNetlinkMessage`'s encoding and
+/// decoding dispatch over every rtnetlink family (traffic control's qdiscs, filters and actions,
+/// neighbour tables, namespace IDs...), all of which would otherwise be linked into the binary.
+struct Rt(RouteNetlinkMessage);
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_NEWRULE: u16 = 32;
+
+/// Applies `$f` to the message inside any variant iotlan sends.
+macro_rules! sent {
+    ($msg:expr, $m:ident => $f:expr) => {
+        match $msg {
+            RouteNetlinkMessage::NewLink($m)
+            | RouteNetlinkMessage::SetLink($m)
+            | RouteNetlinkMessage::GetLink($m)
+            | RouteNetlinkMessage::DelLink($m) => $f,
+            RouteNetlinkMessage::NewAddress($m)
+            | RouteNetlinkMessage::GetAddress($m)
+            | RouteNetlinkMessage::DelAddress($m) => $f,
+            RouteNetlinkMessage::NewRoute($m)
+            | RouteNetlinkMessage::GetRoute($m)
+            | RouteNetlinkMessage::DelRoute($m) => $f,
+            RouteNetlinkMessage::NewRule($m)
+            | RouteNetlinkMessage::GetRule($m)
+            | RouteNetlinkMessage::DelRule($m) => $f,
+            RouteNetlinkMessage::NewNeighbour($m) | RouteNetlinkMessage::GetNeighbour($m) => $f,
+            other => unreachable!(
+                "iotlan sends link, address, route, rule and neighbour requests only, not {}",
+                other.message_type()
+            ),
+        }
+    };
+}
+
+impl NetlinkSerializable for Rt {
+    fn message_type(&self) -> u16 {
+        self.0.message_type()
+    }
+
+    fn buffer_len(&self) -> usize {
+        sent!(&self.0, m => m.buffer_len())
+    }
+
+    fn serialize(&self, buffer: &mut [u8]) {
+        sent!(&self.0, m => m.emit(buffer))
+    }
+}
+
+impl NetlinkDeserializable for Rt {
+    type Error = DecodeError;
+
+    /// The replies to iotlan's requests: new links, addresses, routes, rules and neighbours (a
+    /// dump's entries, an echo). Any other kind would be no answer to them: an error.
+    fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, DecodeError> {
+        Ok(Rt(match header.message_type {
+            RTM_NEWLINK => RouteNetlinkMessage::NewLink(LinkMessage::parse(payload)?),
+            RTM_NEWADDR => RouteNetlinkMessage::NewAddress(AddressMessage::parse(payload)?),
+            RTM_NEWROUTE => RouteNetlinkMessage::NewRoute(RouteMessage::parse(payload)?),
+            RTM_NEWRULE => RouteNetlinkMessage::NewRule(
+                netlink_packet_route::rule::RuleMessage::parse(payload)?,
+            ),
+            RTM_NEWNEIGH => RouteNetlinkMessage::NewNeighbour(NeighbourMessage::parse(payload)?),
+            t => return Err(format!("unexpected rtnetlink message type {t}").into()),
+        }))
     }
 }
 
