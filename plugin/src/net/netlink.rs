@@ -21,7 +21,10 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
+mod codec;
 mod neighbour;
+
+use codec::Rt;
 
 /// What iotlan needs to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +103,7 @@ impl Netlink {
         let mut header = NetlinkHeader::default();
         header.flags = flags;
         header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(Rt(msg)));
         packet.finalize();
         let mut out = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut out);
@@ -121,7 +124,7 @@ impl Netlink {
             let mut offset = 0;
             while offset < n {
                 let bytes = &self.buf[offset..n];
-                let packet = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+                let packet = NetlinkMessage::<Rt>::deserialize(bytes)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 let len = packet.header.length as usize;
                 if len == 0 {
@@ -143,7 +146,7 @@ impl Netlink {
                         };
                     }
                     NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::InnerMessage(m) => out.push(m),
+                    NetlinkPayload::InnerMessage(Rt(m)) => out.push(m),
                     _ => {}
                 }
             }
