@@ -209,11 +209,7 @@ impl Reasserter {
             if let Some(node) = &self.node {
                 store = store.with_node(Some(node.clone()));
             }
-            let events = EventPoster {
-                conn,
-                namespace,
-                node: store.node().map(str::to_string),
-            };
+            let events = EventPoster::new(conn, namespace, store.node().map(str::to_string));
             for rec in records {
                 self.reassert(&store, &events, &rec, &mut report)?;
             }

@@ -331,12 +331,14 @@ def test_config_volume_is_backed_up_next_to_the_database():
 
 def test_iotlan_rbac_is_least_privilege_and_lets_status_read_the_duplicate_events():
     """The node agent posts DuplicateAddress Events and `iotlan status` (as the same ServiceAccount on a node or in
-    its pod) lists them back: create and list on events, in the Leases' namespace only, and no wildcards anywhere."""
+    its pod) lists them back: kube's Recorder posts events.k8s.io/v1 Events (create, and patch to add a recurrence to
+    an Event's series), status lists them; in the Leases' namespace only, none in the core group, and no wildcards
+    anywhere."""
     docs = render(BY_ID["iotlan/namespace"])
     role = one(docs, "Role", "iotlan-leases")
     assert role["metadata"]["namespace"] == "iotlan-system"
     events = [r for r in role["rules"] if "events" in r["resources"]]
-    assert events == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]}]
+    assert events == [{"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "list"]}]
     binding = one(docs, "RoleBinding", "iotlan-leases")
     assert binding["roleRef"]["name"] == "iotlan-leases" and binding["metadata"]["namespace"] == "iotlan-system"
     assert {"kind": "ServiceAccount", "name": "iotlan", "namespace": "iotlan-system"} in binding["subjects"]

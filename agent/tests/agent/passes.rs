@@ -166,5 +166,5 @@ fn a_duplicate_address_event_names_the_kubernetes_node() {
         .find(|e| e["reason"] == "DuplicateAddress")
         .unwrap();
     assert_eq!(ev["reportingInstance"], NODE, "{ev}\n{log}");
-    assert_eq!(ev["source"]["host"], NODE, "{ev}");
+    assert_eq!(ev["regarding"]["kind"], "Lease", "{ev}");
 }

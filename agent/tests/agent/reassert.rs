@@ -103,7 +103,10 @@ fn an_address_taken_by_another_attachment_meanwhile_is_reported_as_a_duplicate()
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0]["reason"], "DuplicateAddress");
     assert_eq!(events[0]["type"], "Warning");
-    assert_eq!(events[0]["involvedObject"]["kind"], "Lease");
+    assert_eq!(events[0]["regarding"]["kind"], "Lease");
+    assert_eq!(events[0]["regarding"]["name"], fixture::name(&ip).as_str());
+    assert_eq!(events[0]["regarding"]["namespace"], NS);
+    assert_eq!(events[0]["reportingController"], "iotlan");
     assert_eq!(held(&f), BTreeSet::from([(ip.clone(), "o1".to_string())]));
 
     // Read back for `iotlan status`: one report per duplicate, however many passes posted it.

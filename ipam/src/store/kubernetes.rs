@@ -337,7 +337,8 @@ impl KubernetesStore {
         }
         for (att, leases) in put_back {
             let identity = leases[0].identity.clone();
-            let mut txn = self.txn(&identity, &att);
+            let names = txn::Names::default();
+            let mut txn = self.txn(&names, &identity, &att);
             let mut current = Vec::new();
             for l in &leases {
                 // Only what the undo really put back.
@@ -366,7 +367,8 @@ impl Store for KubernetesStore {
         req: &AllocRequest,
         check: &dyn SandboxCheck,
     ) -> Result<Grant, Error> {
-        let mut txn = self.txn(&req.identity, &req.attachment);
+        let names = txn::Names::default();
+        let mut txn = self.txn(&names, &req.identity, &req.attachment);
         let grant = allocator::allocate(pool, req, self.node.as_deref(), &mut txn, check)?;
         node_record::save(&self.state_dir, &self.network, &grant.leases);
         Ok(grant)
@@ -378,7 +380,8 @@ impl Store for KubernetesStore {
             .first()
             .map(|c| (c.lease.identity.clone(), c.lease.attachment()))
             .unwrap_or_else(|| (String::new(), Attachment::new("", "")));
-        let mut txn = self.txn(&identity, &att);
+        let names = txn::Names::default();
+        let mut txn = self.txn(&names, &identity, &att);
         // Read what each claimed object is now: only what is still exactly our claim is undone.
         for c in &grant.claimed {
             txn.holder(c.lease.ip)?;

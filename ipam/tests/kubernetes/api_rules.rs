@@ -186,8 +186,9 @@ fn the_shipped_rbac_is_exactly_what_the_store_and_the_agent_need() {
         ("coordination.k8s.io", "leases", "get", ns.clone(), any),
         ("coordination.k8s.io", "leases", "list", ns.clone(), any),
         ("coordination.k8s.io", "leases", "update", ns.clone(), any),
-        ("", "events", "create", ns.clone(), any),
-        ("", "events", "list", ns.clone(), any),
+        ("events.k8s.io", "events", "create", ns.clone(), any),
+        ("events.k8s.io", "events", "list", ns.clone(), any),
+        ("events.k8s.io", "events", "patch", ns.clone(), any),
         ("", "nodes", "get", None, any),
         ("", "pods", "list", None, any),
         // The agent's TokenRequest for the plugin's kubeconfig: its own ServiceAccount only.
@@ -338,4 +339,80 @@ fn everything_the_store_does_is_within_the_shipped_rbac() {
     b.release(&Attachment::new("old", "net1")).unwrap();
     assert!(f.server.denied().is_empty(), "{:?}", f.server.denied());
     assert!(f.server.requests().len() > 10);
+}
+
+/// `events.k8s.io/v1` Events as the real API server takes them from a client of that version
+/// (what kube's events Recorder posts, and `iotlan status` lists): the strict create validation,
+/// field selectors the group converts, and a merge PATCH that may change only the series.
+#[test]
+fn events_keep_the_events_k8s_io_v1_rules() {
+    let f = KubeFixture::new();
+    let events = format!("/apis/events.k8s.io/v1/namespaces/{NS}/events");
+    let ev = json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": { "name": "iot.192-168-20-7.1", "namespace": NS },
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "type": "Warning", "reason": "DuplicateAddress", "action": "Reassert",
+        "note": "DUPLICATE ADDRESS", "reportingController": "iotlan", "reportingInstance": "pi-1",
+        "regarding": { "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                       "name": "iot.192-168-20-7", "namespace": NS }
+    });
+    // What only a core v1 Event may carry, or what this version requires, missing: 422.
+    for (field, value) in [
+        ("deprecatedCount", json!(1)),
+        ("deprecatedSource", json!({ "host": "pi-1" })),
+        ("reportingInstance", Value::Null),
+        ("eventTime", Value::Null),
+        ("note", json!("x".repeat(1025))),
+        (
+            "series",
+            json!({ "count": 1, "lastObservedTime": "2026-01-01T00:00:00.000000Z" }),
+        ),
+    ] {
+        let mut bad = ev.clone();
+        bad[field] = value;
+        let (code, got) = f.server.raw(TOKEN, "POST", &events, Some(&bad));
+        assert_eq!(code, 422, "{field}: {got}");
+    }
+    let (code, got) = f.server.raw(TOKEN, "POST", &events, Some(&ev));
+    assert_eq!(code, 201, "{got}");
+    let (code, _) = f.server.raw(TOKEN, "POST", &events, Some(&ev));
+    assert_eq!(code, 409, "a second create of one name");
+
+    // Listed by the fields the group converts; another field is refused.
+    let list = |sel: &str| {
+        f.server
+            .raw(TOKEN, "GET", &format!("{events}?fieldSelector={sel}"), None)
+    };
+    let (code, got) = list("reason%3DDuplicateAddress,reportingController%3Diotlan");
+    assert_eq!(
+        (code, got["items"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{got}"
+    );
+    let (_, got) = list("reason%3DOther");
+    assert_eq!(got["items"].as_array().map(Vec::len), Some(0), "{got}");
+    let (code, got) = list("note%3Dx");
+    assert_eq!(code, 400, "{got}");
+
+    // A recurrence adds to the series; the note (and every other field) is immutable.
+    let one = format!("{events}/iot.192-168-20-7.1");
+    let series =
+        json!({ "series": { "count": 2, "lastObservedTime": "2026-01-01T00:01:00.000000Z" } });
+    let (code, got) = f.server.raw(TOKEN, "PATCH", &one, Some(&series));
+    assert_eq!(code, 200, "{got}");
+    assert_eq!(got["series"]["count"], 2);
+    let (code, got) = f
+        .server
+        .raw(TOKEN, "PATCH", &one, Some(&json!({ "note": "other" })));
+    assert_eq!(code, 422, "{got}");
+    let bad =
+        json!({ "series": { "count": 1, "lastObservedTime": "2026-01-01T00:02:00.000000Z" } });
+    let (code, got) = f.server.raw(TOKEN, "PATCH", &one, Some(&bad));
+    assert_eq!(code, 422, "{got}");
+    let missing = format!("{events}/iot.192-168-20-8.1");
+    assert_eq!(f.server.raw(TOKEN, "PATCH", &missing, Some(&series)).0, 404);
+    // Core v1 Events are not what the agent posts: the shipped RBAC no longer grants them.
+    let core = format!("/api/v1/namespaces/{NS}/events");
+    assert_eq!(f.server.raw(TOKEN, "GET", &core, None).0, 403);
 }

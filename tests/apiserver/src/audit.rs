@@ -1,11 +1,9 @@
 //! What the double counts of the requests it serves (per verb, bytes, objects scanned), the
 //! Events it accepts, and test controls that act on many objects at once.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::http::Request;
-use super::leases::{list, matches, parse_selector};
-use super::{lock, now_unix, rfc3339, ApiServer, BTreeMap, State};
+use super::{lock, ApiServer, BTreeMap};
 
 impl ApiServer {
     /// How many requests were served so far: a mark for [`ApiServer::verbs_since`].
@@ -14,7 +12,7 @@ impl ApiServer {
     }
 
     /// The requests served since `mark`, counted per Kubernetes verb (`list`, `get`, `create`,
-    /// `update`, `delete`), as the API server's audit log names them.
+    /// `update`, `patch`, `delete`), as the API server's audit log names them.
     pub fn verbs_since(&self, mark: usize) -> Verbs {
         let s = lock(&self.state);
         let mut v = Verbs::default();
@@ -28,6 +26,7 @@ impl ApiServer {
                 ("POST", _) => "create",
                 ("PUT", _) => "update",
                 ("DELETE", _) => "delete",
+                ("PATCH", _) => "patch",
                 _ => "other",
             };
             *v.by_verb.entry(verb.to_string()).or_default() += 1;
@@ -38,7 +37,7 @@ impl ApiServer {
         v
     }
 
-    /// Every Event created so far.
+    /// Every Event created so far (`events.k8s.io/v1`, as last written).
     pub fn events(&self) -> Vec<Value> {
         lock(&self.state).events.clone()
     }
@@ -73,52 +72,4 @@ impl Verbs {
     pub fn of(&self, verb: &str) -> usize {
         self.by_verb.get(verb).copied().unwrap_or(0)
     }
-}
-
-/// `POST /api/v1/namespaces/<ns>/events`: kept, named from `generateName`.
-pub(super) fn create_event(s: &mut State, ns: &str, req: &Request) -> (u16, Value) {
-    let Ok(mut ev) = serde_json::from_slice::<Value>(&req.body) else {
-        return super::status(400, "BadRequest", "not a JSON object".into(), None);
-    };
-    let n = s.events.len();
-    let prefix = ev["metadata"]["generateName"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    ev["metadata"]["name"] = json!(format!("{prefix}{n:05}"));
-    ev["metadata"]["namespace"] = json!(ns);
-    ev["metadata"]["uid"] = json!(s.next_uid());
-    ev["metadata"]["resourceVersion"] = json!(s.next_rv());
-    ev["metadata"]["creationTimestamp"] = json!(rfc3339(now_unix()));
-    s.events.push(ev.clone());
-    (201, ev)
-}
-
-/// `GET /api/v1/namespaces/<ns>/events`: the Events of `ns` matching the label selector, as an
-/// `EventList` (no paging, no field selectors: refused, so a client relying on one fails loudly).
-pub(super) fn list_events(s: &mut State, ns: &str, req: &Request) -> (u16, Value) {
-    if req.query.contains_key("fieldSelector") {
-        return super::status(
-            400,
-            "BadRequest",
-            "field selectors on events are not supported by the test double".into(),
-            None,
-        );
-    }
-    let terms = match parse_selector(req.query.get("labelSelector").map_or("", String::as_str)) {
-        Ok(t) => t,
-        Err(e) => return super::status(400, "BadRequest", e, None),
-    };
-    s.scanning = s
-        .events
-        .iter()
-        .filter(|e| e["metadata"]["namespace"] == ns)
-        .count();
-    let items: Vec<Value> = s
-        .events
-        .iter()
-        .filter(|e| e["metadata"]["namespace"] == ns && matches(e, &terms))
-        .cloned()
-        .collect();
-    list(s, "EventList", "v1", items.iter())
 }

@@ -16,9 +16,14 @@ impl ApiServer {
     pub fn raw(&self, token: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         let mut conn = TcpStream::connect(self.addr).expect("connect to the double");
         let text = body.map(Value::to_string).unwrap_or_default();
+        // A PATCH body is a merge patch (the only kind the double speaks).
+        let content_type = match method {
+            "PATCH" => "application/merge-patch+json",
+            _ => "application/json",
+        };
         let head = format!(
             "{method} {path} HTTP/1.1\r\nhost: double\r\nauthorization: Bearer {token}\r\n\
-             content-type: application/json\r\naccept: application/json\r\n\
+             content-type: {content_type}\r\naccept: application/json\r\n\
              content-length: {}\r\n\r\n",
             text.len()
         );
@@ -57,6 +62,7 @@ pub(super) struct Request {
     pub(super) query: BTreeMap<String, String>,
     pub(super) auth: Option<String>,
     pub(super) accept: String,
+    pub(super) content_type: String,
     pub(super) body: Vec<u8>,
 }
 
@@ -72,6 +78,7 @@ pub(super) fn read_request<S: Read>(r: &mut BufReader<S>) -> Option<Request> {
     let mut len = 0usize;
     let mut auth = None;
     let mut accept = String::new();
+    let mut content_type = String::new();
     loop {
         let mut h = String::new();
         r.read_line(&mut h).ok()?;
@@ -84,6 +91,7 @@ pub(super) fn read_request<S: Read>(r: &mut BufReader<S>) -> Option<Request> {
             "content-length" => len = v.trim().parse().ok()?,
             "authorization" => auth = Some(v.trim().to_string()),
             "accept" => accept = v.trim().to_string(),
+            "content-type" => content_type = v.trim().to_string(),
             "transfer-encoding" => return None, // chunked bodies: not spoken here
             _ => {}
         }
@@ -105,6 +113,7 @@ pub(super) fn read_request<S: Read>(r: &mut BufReader<S>) -> Option<Request> {
         query,
         auth,
         accept,
+        content_type,
         body,
     })
 }

@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 use super::http::Request;
 use super::{conflict, not_found, now_unix, rfc3339, status, Key, State};
 
-fn is_dns_subdomain(s: &str) -> bool {
+pub(super) fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| {

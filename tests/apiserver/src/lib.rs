@@ -16,8 +16,9 @@
 //!   on an existing object, no `metadata.resourceVersion` is 422 `Invalid` ("must be specified
 //!   for an update") and a stale one is 409 `Conflict`;
 //! - delete with `preconditions` (uid, resourceVersion) that do not match: 409 `Conflict`;
-//! - core v1 Events, namespaced: create (POST, named from `generateName`) and list with a label
-//!   selector (no paging);
+//! - `events.k8s.io/v1` Events, namespaced (what kube's events Recorder posts): create, list with
+//!   a label and a field selector, and the merge PATCH that adds to an Event's series, with that
+//!   version's validation (apiserver/events.rs);
 //! - `GET /api/v1/nodes/{name}`: the nodes a test put in (with a `Ready` condition), else 404;
 //! - `GET /api/v1/pods` and `/api/v1/namespaces/{ns}/pods` list the pods a test put in, as a
 //!   `PartialObjectMetadataList` when the client's `Accept` asks for one (`as=...;g=meta.k8s.io`);
@@ -36,7 +37,8 @@
 //! client call the double does not know fails loudly instead of passing by accident.
 //!
 //! Lease lists page (`limit`, `continue`) and serve metadata only when asked. Not modelled:
-//! watches, patches, field selectors other than pods' `spec.nodeName`, set-based selectors, admission,
+//! watches, patches but the Events' merge patch, field selectors other than pods' `spec.nodeName` and
+//! the Events' fields, set-based selectors, admission,
 //! managedFields, generation, TLS (the double speaks plain HTTP; the store's TLS path is the
 //! kube crate's), and the apiserver's watch cache (a real list may be served slightly stale
 //! from it; ours is always current).
@@ -58,6 +60,7 @@ use serde_json::{json, Value};
 
 mod audit;
 mod authz;
+mod events;
 mod http;
 mod leases;
 mod routes;

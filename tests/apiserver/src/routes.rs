@@ -1,6 +1,6 @@
 //! What the double answers: a request authenticated, authorised (RBAC), staged races applied, then
 //! routed by method and path to the Lease registry (leases.rs), the TokenRequest (tokens.rs), the
-//! Events (audit.rs), or the nodes and pods a test put in; anything else is a 404 Status.
+//! events.k8s.io Events (events.rs), or the nodes and pods a test put in; anything else is a 404 Status.
 
 use std::sync::Mutex;
 
@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::authz::{attributes, forbidden_message};
 use super::http::Request;
 use super::leases::{create, delete, list, list_leases, put_as_other, replace};
-use super::{audit, lock, tokens, State};
+use super::{events, lock, tokens, State};
 
 pub(super) fn status(code: u16, reason: &str, message: String, name: Option<&str>) -> (u16, Value) {
     let mut v = json!({
@@ -141,8 +141,15 @@ fn handle_in(s: &mut State, req: &Request) -> (u16, Value) {
         ("POST", ["api", "v1", "namespaces", ns, "serviceaccounts", name, "token"]) => {
             tokens::create_token(s, ns, name, req)
         }
-        ("POST", ["api", "v1", "namespaces", ns, "events"]) => audit::create_event(s, ns, req),
-        ("GET", ["api", "v1", "namespaces", ns, "events"]) => audit::list_events(s, ns, req),
+        ("POST", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"]) => {
+            events::create(s, ns, req)
+        }
+        ("GET", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"]) => {
+            events::list_events(s, ns, req)
+        }
+        ("PATCH", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events", name]) => {
+            events::patch(s, ns, name, req)
+        }
         ("GET", ["api", "v1", "pods"]) => list_pods(s, None, req),
         ("GET", ["api", "v1", "namespaces", ns, "pods"]) => list_pods(s, Some(ns), req),
         _ => status(

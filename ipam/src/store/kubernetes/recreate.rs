@@ -41,7 +41,8 @@ impl KubernetesStore {
             return Ok(Vec::new());
         };
         let att = first.attachment();
-        let mut txn = self.txn(&first.identity, &att);
+        let names = super::txn::Names::default();
+        let mut txn = self.txn(&names, &first.identity, &att);
         let mut out = Vec::with_capacity(leases.len());
         for lease in leases {
             let holder = match self.get(lease.ip)? {

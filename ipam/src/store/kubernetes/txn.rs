@@ -10,11 +10,21 @@
 //! full pool the search reads candidates one GET at a time, in the identity's own order, so its
 //! cost grows with how full the pool is (about 1/(1 - fullness) requests), never with the
 //! number of objects in the namespace: a pool of 254 with 250 held costs about 50 GETs on average.
+//!
+//! The identity's object is read-modified-written through kube's [`Api::entry`]: the GET above is
+//! the entry's, kept for the whole allocation, and [`OccupiedEntry::commit`] is the create (the
+//! entry was vacant) or the replace, conditional on the resourceVersion read (it was occupied),
+//! or no request when nothing changed. A lost race (409, or 404: deleted meanwhile) takes a new
+//! entry, one GET, and merges again.
+//!
+//! [`Api::entry`]: kube::Api::entry
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::coordination::v1::Lease as KLease;
+use kube::api::entry::{CommitError, Entry, OccupiedEntry};
 use kube::api::PostParams;
 
 use super::objects::{AddressRef, AttachmentRecord, IdentityRecord};
@@ -29,6 +39,29 @@ const RACE_RETRIES: usize = 5;
 /// How many candidates of the search are created without reading them first.
 const OPTIMISTIC_CANDIDATES: usize = 2;
 
+/// The names of the identity objects one allocation reads, kept beside it: an [`Entry`] borrows
+/// the name it was taken for, and an allocation may change identities (rekey). Append-only, so
+/// that a name, once given out, stays where it is.
+#[derive(Default)]
+pub(super) struct Names {
+    name: OnceCell<String>,
+    next: OnceCell<Box<Names>>,
+}
+
+impl Names {
+    /// `name`, stored once.
+    fn intern(&self, name: &str) -> &str {
+        let mut cur = self;
+        loop {
+            let here = cur.name.get_or_init(|| name.to_string());
+            if here == name {
+                return here;
+            }
+            cur = cur.next.get_or_init(Box::default);
+        }
+    }
+}
+
 /// One allocation against the API server: what it read and created, for conditional writes.
 pub(super) struct Txn<'a> {
     store: &'a KubernetesStore,
@@ -37,8 +70,11 @@ pub(super) struct Txn<'a> {
     /// The identity and attachment this allocation is for.
     identity: String,
     att: Attachment,
-    /// The objects of the identities this allocation was keyed by, as read (`None`: there is none).
-    records: HashMap<String, Option<KLease>>,
+    /// Where the names of `records` live.
+    names: &'a Names,
+    /// The objects of the identities this allocation was keyed by, as read or written (vacant:
+    /// there is none).
+    records: HashMap<String, Entry<'a, KLease>>,
     /// Nodes asked about in this allocation, and whether they are lost.
     lost: HashMap<String, bool>,
 }
@@ -118,17 +154,19 @@ impl Txn<'_> {
 }
 
 impl Txn<'_> {
-    /// The identity's object, read once per allocation.
+    /// The identity's object, read once per allocation (one GET: the entry's).
     fn record(&mut self) -> Result<Option<&KLease>, Error> {
         if !self.records.contains_key(&self.identity) {
             let s = self.store;
-            let name = objects::identity_name(&s.netkey, &self.identity);
-            let obj = s
+            let name = self
+                .names
+                .intern(&objects::identity_name(&s.netkey, &self.identity));
+            let entry = s
                 .conn
-                .run(&format!("get lease {name}"), s.api.get_opt(&name))?;
-            self.records.insert(self.identity.clone(), obj);
+                .run(&format!("get lease {name}"), s.api.entry(name))?;
+            self.records.insert(self.identity.clone(), entry);
         }
-        Ok(self.records.get(&self.identity).and_then(Option::as_ref))
+        Ok(self.records.get(&self.identity).and_then(Entry::get))
     }
 
     pub(super) fn parsed(&mut self) -> Result<IdentityRecord, Error> {
@@ -263,29 +301,35 @@ impl Claims for Txn<'_> {
                 &ips,
                 &attachments,
             );
-            let current = self.record()?.cloned();
-            let result = match current {
-                None => s.conn.run(
-                    &format!("create lease {name}"),
-                    s.api.create(&PostParams::default(), &want),
-                ),
-                Some(cur) => {
-                    want.metadata.uid = cur.metadata.uid.clone();
-                    want.metadata.resource_version = cur.metadata.resource_version.clone();
-                    s.conn.run(
-                        &format!("replace lease {name}"),
-                        s.api.replace(&name, &PostParams::default(), &want),
-                    )
-                }
+            // `parsed` read it: the entry is there.
+            let Some(entry) = self.records.remove(&self.identity) else {
+                continue;
             };
-            match result {
-                Ok(written) => {
-                    self.records.insert(self.identity.clone(), Some(written));
+            let what = match entry {
+                Entry::Vacant(_) => format!("create lease {name}"),
+                Entry::Occupied(_) => format!("replace lease {name}"),
+            };
+            // Replaced whole, under the uid and resourceVersion read; created when there was none.
+            let mut entry = entry
+                .and_modify(|cur| {
+                    want.metadata.uid = cur.metadata.uid.take();
+                    want.metadata.resource_version = cur.metadata.resource_version.take();
+                    std::mem::swap(cur, &mut want);
+                })
+                .or_insert(|| want);
+            match s.conn.run(&what, commit(&mut entry)) {
+                Ok(Ok(())) => {
+                    self.records
+                        .insert(self.identity.clone(), Entry::Occupied(entry));
                     return Ok(());
                 }
-                Err(e) if e.is(409) || e.is(404) => {
-                    self.records.remove(&self.identity);
+                Ok(Err(invalid)) => {
+                    return Err(Error::Unavailable {
+                        reason: format!("{what}: not sent: {invalid}"),
+                    })
                 }
+                // Changed or deleted since it was read: read again (the entry is dropped).
+                Err(e) if e.is(409) || e.is(404) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -346,10 +390,24 @@ impl Claims for Txn<'_> {
     }
 }
 
+/// Commits `entry` (one create or replace, or none when unchanged): the API server's refusal is
+/// the request's error, a name or namespace the entry was not taken for is the inner one.
+async fn commit(
+    entry: &mut OccupiedEntry<'_, KLease>,
+) -> Result<Result<(), kube::api::entry::CommitValidationError>, kube::Error> {
+    match entry.commit(&PostParams::default()).await {
+        Ok(()) => Ok(Ok(())),
+        Err(CommitError::Save(e)) => Err(e),
+        Err(CommitError::Validate(invalid)) => Ok(Err(invalid)),
+    }
+}
+
 impl KubernetesStore {
-    pub(super) fn txn(&self, identity: &str, att: &Attachment) -> Txn<'_> {
+    /// One allocation's transaction; `names` holds the names of the identity objects it reads.
+    pub(super) fn txn<'a>(&'a self, names: &'a Names, identity: &str, att: &Attachment) -> Txn<'a> {
         Txn {
             store: self,
+            names,
             seen: HashMap::new(),
             probes: 0,
             identity: identity.to_string(),
