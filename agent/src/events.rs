@@ -11,7 +11,7 @@
 //! pass posts its own Events, as before.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use iotlan_ipam::store::kubernetes::{objects, Conn};
 use iotlan_ipam::Error;
@@ -189,7 +189,7 @@ fn duplicates_of(network: &str, namespace: &str, events: &[Event]) -> Vec<Duplic
             .entry((lease.to_string(), message.clone()))
             .or_insert_with(|| DuplicateReport {
                 network: network.to_string(),
-                ip: ip_of_key(&lease[prefix.len()..]),
+                ip: objects::ip_of_key(&lease[prefix.len()..]),
                 namespace: namespace.to_string(),
                 lease: lease.to_string(),
                 reason: DUPLICATE_REASON.to_string(),
@@ -211,28 +211,6 @@ fn duplicates_of(network: &str, namespace: &str, events: &[Event]) -> Vec<Duplic
     let mut out: Vec<DuplicateReport> = by.into_values().collect();
     out.sort_by(|a, b| b.last_unix.cmp(&a.last_unix).then(a.ip.cmp(&b.ip)));
     out
-}
-
-/// The address of an address object's name after `<net>.` ([`objects::ip_key`] backwards).
-fn ip_of_key(key: &str) -> Option<IpAddr> {
-    let parts: Vec<&str> = key.split('-').collect();
-    match parts.len() {
-        4 => {
-            let mut o = [0u8; 4];
-            for (d, p) in o.iter_mut().zip(&parts) {
-                *d = p.parse().ok()?;
-            }
-            Some(IpAddr::V4(Ipv4Addr::from(o)))
-        }
-        8 => {
-            let mut g = [0u16; 8];
-            for (d, p) in g.iter_mut().zip(&parts) {
-                *d = u16::from_str_radix(p, 16).ok()?;
-            }
-            Some(IpAddr::V6(Ipv6Addr::from(g)))
-        }
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -317,7 +295,6 @@ mod tests {
             (Some(500), Some(900))
         );
         assert_eq!(got[1].nodes, ["pi-1", "pi-3"]);
-        assert_eq!(ip_of_key("x-y"), None);
     }
 
     fn lease(ip: &str, container: &str, node: &str) -> iotlan_ipam::Lease {

@@ -116,6 +116,17 @@ pub fn ip_key(ip: IpAddr) -> String {
     }
 }
 
+/// The address an [`ip_key`] was made from (None for any other text).
+pub fn ip_of_key(key: &str) -> Option<IpAddr> {
+    if let Ok(v4) = key.replace('-', ".").parse::<std::net::Ipv4Addr>() {
+        return Some(IpAddr::V4(v4));
+    }
+    key.replace('-', ":")
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .map(IpAddr::V6)
+}
+
 pub fn address_name(netkey: &str, ip: IpAddr) -> String {
     format!("{netkey}.{}", ip_key(ip))
 }
@@ -371,6 +382,16 @@ mod tests {
                     && !l.starts_with('-')
                     && !l.ends_with('-')
             })
+    }
+
+    #[test]
+    fn ip_keys_read_back_to_their_address() {
+        for ip in ["192.168.20.210", "10.0.0.1", "fd00::64", "fe80::1:2:3:4"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_of_key(&ip_key(ip)), Some(ip), "{}", ip_key(ip));
+        }
+        assert_eq!(ip_of_key("x-y"), None);
+        assert_eq!(ip_of_key("id-3d3d968b38709d93"), None);
     }
 
     #[test]
